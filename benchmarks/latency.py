@@ -1,0 +1,64 @@
+"""Latency harness: the one timing loop for every backend.
+
+Warm-up runs, then timed runs of ``backend.run`` on a fixed random input until ``runs`` are done or
+``max_seconds`` have passed (at least ``min_runs`` always). Reports percentiles, mean, throughput in
+output megapixels per second, and the conditions (input size, threads, machine).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numpy as np
+
+from edgesr.runtime.backends import Backend
+
+__all__ = ["measure_latency", "machine_info"]
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+        torch_v = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_v = None
+    import onnxruntime
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch_v}
+
+
+def measure_latency(backend: Backend, input_hw: tuple[int, int], *, warmup: int = 3, runs: int = 30,
+                    max_seconds: float = 10.0, min_runs: int = 5, batch: int = 1, seed: int = 0) -> dict:
+    """Time ``backend.run`` on an N x 3 x H x W input; returns milliseconds percentiles and throughput."""
+    h, w = input_hw
+    x = np.random.default_rng(seed).random((batch, 3, h, w), dtype=np.float32)
+    out = None
+    for _ in range(warmup):
+        out = backend.run(x)
+    if out is None:
+        out = backend.run(x)
+    oh, ow = out.shape[-2:]
+    times = []
+    t_end = time.perf_counter() + max_seconds
+    while len(times) < runs and (len(times) < min_runs or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        backend.run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    t = np.array(times)
+    p50 = float(np.percentile(t, 50))
+    return {"input": [batch, 3, h, w], "output": [batch, 3, int(oh), int(ow)], "runs": len(times),
+            "warmup": warmup, "p50_ms": round(p50, 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
+            "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
+            "min_ms": round(float(t.min()), 3), "fps": round(1e3 * batch / p50, 2),
+            "output_mpix_per_s": round(batch * oh * ow / 1e6 / (p50 / 1e3), 2)}

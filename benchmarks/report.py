@@ -1,0 +1,117 @@
+"""Report: one results table (quality x latency per variant) as markdown, JSON and a Pareto plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["write_report", "pareto_front"]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated (lower latency and higher PSNR is better), sorted by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _fmt(x, nd=2, dash="–"):
+    return dash if x is None else f"{x:.{nd}f}"
+
+
+def _plot(rows: list[dict], set_name: str, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["latency"]["p50_ms"], r["quality"][set_name]["psnr"]) for r in rows]
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r, (x, y) in zip(rows, pts):
+        ax.scatter(x, y, s=40, zorder=3, color="tab:red" if r["precision"] == "int8" else "tab:blue")
+        ax.annotate(f"{r['variant']} ({r['precision']})", (x, y), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    fx, fy = zip(*[pts[i] for i in front])
+    ax.step(fx, fy, where="post", color="grey", linestyle="--", linewidth=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency p50 (ms, log scale)")
+    ax.set_ylabel(f"PSNR-Y on {set_name} (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], stages: list[dict],
+                 machine: dict, reference: dict, command: str, input_hw: tuple[int, int]) -> dict[str, Path]:
+    """Write ``report.md``, ``results.json`` and ``pareto.png`` into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    set_names = list(rows[0]["quality"]) if rows else []
+    results = {"recipe": recipe_name, "scale": scale, "command": command, "machine": machine,
+               "latency_input_hw": list(input_hw), "protocol_reference_bicubic": reference,
+               "stages": stages, "variants": rows}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    h, w = input_hw
+    lines = [f"# edgesr report — {recipe_name} (x{scale})", "",
+             f"Command: `{command}`", "",
+             f"Machine: {machine.get('cpu')} ({machine.get('logical_cores')} logical cores), "
+             f"{machine.get('platform')}; ONNX Runtime {machine.get('onnxruntime')}, PyTorch {machine.get('torch')}.",
+             "",
+             "Quality: PSNR-Y / SSIM-Y (BT.601 Y, border = scale cropped, SR rounded to 8 bits), LR by MATLAB bicubic. "
+             f"Latency: one {w}x{h} LR input (N=1), p50/p90/p99 of timed runs after warm-up; throughput in output "
+             "megapixels per second.", "",
+             "## Results", ""]
+    head = ["variant", "precision", "backend", "threads", "params", "GMACs"]
+    for s in set_names:
+        head += [f"{s} PSNR", f"{s} SSIM"]
+    head += ["p50 ms", "p90 ms", "p99 ms", "fps", "MP/s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["variant"], r["precision"], r["backend"], str(r["threads"]),
+                 f"{r['params']:,}" if r.get("params") is not None else "–",
+                 _fmt(r["macs"] / 1e9 if r.get("macs") else None)]
+        for s in set_names:
+            cells += [_fmt(r["quality"][s]["psnr"]), _fmt(r["quality"][s]["ssim"], 4)]
+        lat = r["latency"]
+        cells += [_fmt(lat["p50_ms"], 1), _fmt(lat["p90_ms"], 1), _fmt(lat["p99_ms"], 1), _fmt(lat["fps"], 1),
+                  _fmt(lat["output_mpix_per_s"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    deltas = [r for r in rows if r.get("vs_parent")]
+    if deltas:
+        lines += ["## Lossy steps against their parents", "",
+                  "| variant | parent | " + " | ".join(f"{s} ΔPSNR (dB)" for s in set_names) + " | speed-up (p50) |",
+                  "|" + "---|" * (3 + len(set_names))]
+        for r in deltas:
+            v = r["vs_parent"]
+            lines.append(f"| {r['variant']} | {v['parent']} | " +
+                         " | ".join(_fmt(v["psnr_delta"][s], 3) for s in set_names) + f" | {_fmt(v['speedup'], 2)}x |")
+        lines.append("")
+    bic = next((r for r in rows if r["variant"] == "bicubic"), None)
+    if bic:
+        lines += ["## Gain over bicubic", "", "| variant | " + " | ".join(f"{s} (dB)" for s in set_names) + " |",
+                  "|" + "---|" * (1 + len(set_names))]
+        for r in rows:
+            if r is not bic:
+                lines.append(f"| {r['variant']} | " + " | ".join(
+                    f"{r['quality'][s]['psnr'] - bic['quality'][s]['psnr']:+.2f}" for s in set_names) + " |")
+        lines.append("")
+    if reference:
+        lines += ["Protocol reference — MATLAB bicubic (edgesr.data.bicubic) on the same LR images: " +
+                  ", ".join(f"{s} {v:.2f} dB" for s, v in reference.items()) +
+                  ". The `bicubic` row above is the ONNX Resize graph, which clamps at borders where MATLAB mirrors.", ""]
+    lines += ["## Stages", "", "| stage | kind | status | wall time (s) | validation PSNR (dB) |", "|---|---|---|---|---|"]
+    for s in stages:
+        lines.append(f"| {s['name']} | {s['stage']} | {s['status']} | {_fmt(s['seconds'], 1)} | "
+                     f"{_fmt(s.get('val_psnr'))} |")
+    lines += ["", "![PSNR vs latency](pareto.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    if rows and set_names:
+        _plot(rows, set_names[0], out / "pareto.png", f"{recipe_name} x{scale}: PSNR vs latency ({w}x{h} input)")
+    return {"report": out / "report.md", "results": out / "results.json", "plot": out / "pareto.png"}

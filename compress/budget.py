@@ -1,0 +1,27 @@
+"""Quality budget: every lossy step measures its PSNR drop against its parent and fails (or warns)."""
+
+from __future__ import annotations
+
+from edgesr.progress import console
+
+__all__ = ["QualityBudgetExceeded", "check_budget"]
+
+
+class QualityBudgetExceeded(RuntimeError):
+    pass
+
+
+def check_budget(step: str, parent_psnr: float, psnr: float, max_drop_db: float | None, on_exceeded: str) -> dict:
+    """Return the budget record; raise :class:`QualityBudgetExceeded` when the drop is over budget and
+    ``on_exceeded == 'fail'``."""
+    drop = parent_psnr - psnr
+    record = {"parent_psnr": round(parent_psnr, 4), "psnr": round(psnr, 4), "psnr_drop_db": round(drop, 4),
+              "max_psnr_drop_db": max_drop_db, "within_budget": max_drop_db is None or drop <= max_drop_db}
+    if not record["within_budget"]:
+        msg = (f"{step}: PSNR dropped {drop:.3f} dB against its parent ({parent_psnr:.3f} -> {psnr:.3f} dB), over "
+               f"the budget max_psnr_drop_db={max_drop_db}. Loosen the budget, or make the step gentler "
+               "(lower prune ratio, more fine-tune steps, exclude sensitive layers from quantisation).")
+        if on_exceeded == "fail":
+            raise QualityBudgetExceeded(msg)
+        console.print(f"[yellow]warning:[/] {msg}")
+    return record

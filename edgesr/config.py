@@ -1,0 +1,286 @@
+"""Typed recipes. A recipe (YAML) names the data, chains stages, and says what the benchmark measures.
+
+Every section is a frozen dataclass; unknown keys, missing keys and wrong types are rejected when the
+recipe is loaded, with the file and the key named, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "PruneConfig", "QuantizeConfig",
+    "ExportConfig", "BenchmarkConfig", "Recipe", "load_recipe", "parse_recipe", "STAGE_CONFIGS",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the file, the key and what is expected."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "builtin"
+    """'builtin' (images shipped with scikit-image/scikit-learn), a DIV2K root, a benchmark set or a folder."""
+    eval: tuple[str, ...] = ("builtin",)
+    """Evaluation sets: 'builtin' (held-out built-in images) or benchmark set folders (e.g. .../Set5)."""
+    valid: str = "builtin"
+    """Validation set used during training and by quality budgets."""
+    patch_size: int = 32
+    """LR patch side in pixels."""
+    min_patch_std: float = 0.04
+    """Redraw LR patches whose standard deviation is below this (smooth patches teach little)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: dict[str, Any]
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_min_ratio: float = 0.01
+    loss: str = "l1"
+    grad_clip: float = 0.0
+    val_every: int = 200
+    checkpoint_every: int = 100
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str
+    model: dict[str, Any]
+    alpha: float = 0.5
+    """Weight of the teacher term: loss = (1 - alpha) L(sr, hr) + alpha L(sr, teacher(lr))."""
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_min_ratio: float = 0.01
+    loss: str = "l1"
+    grad_clip: float = 0.0
+    val_every: int = 200
+    checkpoint_every: int = 100
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    input: str
+    ratio: float = 0.5
+    """Fraction of prunable channels removed (per layer)."""
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    round_to: int = 4
+    teacher: str | None = None
+    """Fine-tune with this teacher as distillation target (None: against HR only)."""
+    alpha: float = 0.5
+    finetune_steps: int = 300
+    batch_size: int = 16
+    lr: float = 5e-4
+    max_psnr_drop_db: float | None = None
+    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    input: str
+    opset: int = 18
+    """ONNX opset (>= 17; 18 is what the PyTorch exporter writes natively)."""
+    parity_atol: float = 1e-4
+    """Max |ONNX Runtime - PyTorch| allowed on the parity image."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    input: str
+    """An ONNX artifact (FP32) to quantise."""
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    """onnxruntime: UINT8 asymmetric activations (fast on x86); tensorrt: INT8 symmetric (explicit Q/DQ)."""
+    calibration_images: int = 32
+    calibration_patch: int = 96
+    exclude: tuple[str, ...] = ()
+    """ONNX node names kept in floating point."""
+    max_psnr_drop_db: float | None = None
+    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    variants: tuple[str, ...] = ()
+    """Artifact names from the stages, plus 'bicubic'. Model artifacts run through their exported ONNX."""
+    backend: str = "onnxruntime"
+    input_size: tuple[int, int] = (360, 640)
+    """LR input (H, W) for latency."""
+    warmup: int = 3
+    runs: int = 30
+    max_seconds: float = 10.0
+    """Per-variant cap on timed runs (at least 5 runs are always made)."""
+
+
+STAGE_CONFIGS = {"train": TrainConfig, "distill": DistillConfig, "prune": PruneConfig,
+                 "export": ExportConfig, "quantize": QuantizeConfig}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    stage: str
+    config: Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    scale: int
+    stages: tuple[StageSpec, ...]
+    data: DataConfig = field(default_factory=DataConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    seed: int = 0
+    threads: int = 0
+    """Intra-op threads for PyTorch and ONNX Runtime; 0 = all cores."""
+    source: str = "<dict>"
+
+    def stage(self, name: str) -> StageSpec:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def with_overrides(self, **sections: Any) -> "Recipe":
+        """A new recipe with whole fields replaced (CLI flags); the recipe itself is never mutated."""
+        return dataclasses.replace(self, **sections)
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except RecipeError:
+                pass
+        raise RecipeError(f"{where}: {value!r} is not {tp}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise RecipeError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RecipeError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise RecipeError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _check_type(raw[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{where}: missing required key {name!r}")
+    return cls(**kwargs)
+
+
+def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping with name, scale and stages")
+    allowed = {"name", "scale", "stages", "data", "benchmark", "seed", "threads"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise RecipeError(f"{source}: unknown key(s) {unknown}; known: {sorted(allowed)}")
+    for key in ("name", "scale", "stages"):
+        if key not in raw:
+            raise RecipeError(f"{source}: missing required key {key!r}")
+    scale = _check_type(raw["scale"], int, f"{source}: scale")
+    if scale not in (2, 3, 4, 8):
+        raise RecipeError(f"{source}: scale {scale} not supported (2, 3, 4 or 8)")
+    stages = []
+    seen: set[str] = set()
+    for i, st in enumerate(raw["stages"] or []):
+        where = f"{source}: stages[{i}]"
+        if not isinstance(st, dict) or "name" not in st or "stage" not in st:
+            raise RecipeError(f"{where}: each stage needs 'name' and 'stage'")
+        name, kind = st["name"], st["stage"]
+        if kind not in STAGE_CONFIGS:
+            raise RecipeError(f"{where}: unknown stage {kind!r}; known: {sorted(STAGE_CONFIGS)}")
+        if name in seen or name == "bicubic":
+            raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")
+        cfg = _build(STAGE_CONFIGS[kind], {k: v for k, v in st.items() if k not in ("name", "stage")},
+                     f"{where} ({name})")
+        for ref in ("input", "teacher"):
+            ref_name = getattr(cfg, ref, None)
+            if ref_name is not None and ref_name not in seen:
+                raise RecipeError(f"{where}: {ref} {ref_name!r} is not a stage defined before {name!r}")
+        seen.add(name)
+        stages.append(StageSpec(name, kind, cfg))
+    data = _build(DataConfig, raw.get("data", {}), f"{source}: data")
+    bench = _build(BenchmarkConfig, raw.get("benchmark", {}), f"{source}: benchmark")
+    for v in bench.variants:
+        if v != "bicubic" and v not in seen:
+            raise RecipeError(f"{source}: benchmark variant {v!r} is not a stage; stages: {sorted(seen)}")
+    return Recipe(name=_check_type(raw["name"], str, f"{source}: name"), scale=scale, stages=tuple(stages),
+                  data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
+                  threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
+    return parse_recipe(raw, str(path))

@@ -1,0 +1,141 @@
+"""Datasets: image folders in the layouts SR code reads, the built-in images, and evaluation pairs.
+
+Layouts understood (``root`` is what the user names):
+
+* DIV2K: ``root/DIV2K_train_HR/*.png`` (+ ``root/DIV2K_train_LR_bicubic/X<s>/<name>x<s>.png``),
+  likewise ``DIV2K_valid_*``;
+* benchmark: ``root/HR/*.png`` (+ ``root/LR_bicubic/X<s>/<name>x<s>.png``);
+* a plain folder of images.
+
+Where no LR file is given, LR is synthesised with the protocol's MATLAB bicubic from the HR image
+mod-cropped to the scale, which is how the benchmark LR files were made.
+
+The built-in data needs no download: natural photographs and textures shipped inside scikit-image and
+scikit-learn, split into a training and a held-out validation part.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..imaging import IMAGE_SUFFIXES, ImageError, modcrop, read_image
+from .bicubic import imresize
+
+__all__ = [
+    "ImagePair", "BUILTIN_TRAIN", "BUILTIN_VALID", "builtin_images", "list_images", "find_layout",
+    "load_pairs", "make_lr",
+]
+
+# (package, file) of the images shipped with scikit-image / scikit-learn. Textured photographs train;
+# three other photographs are held out for validation.
+BUILTIN_TRAIN = [
+    ("skimage.data", "astronaut.png"), ("skimage.data", "brick.png"), ("skimage.data", "camera.png"),
+    ("skimage.data", "coins.png"), ("skimage.data", "grass.png"), ("skimage.data", "gravel.png"),
+    ("skimage.data", "hubble_deep_field.jpg"), ("skimage.data", "ihc.png"),
+    ("skimage.data", "motorcycle_left.png"), ("skimage.data", "retina.jpg"), ("skimage.data", "rocket.jpg"),
+    ("sklearn.datasets.images", "china.jpg"),
+]
+BUILTIN_VALID = [
+    ("skimage.data", "chelsea.png"), ("skimage.data", "coffee.png"), ("sklearn.datasets.images", "flower.jpg"),
+]
+
+
+@dataclass
+class ImagePair:
+    """An HR image (mod-cropped to the scale) and its LR counterpart, both ``uint8`` (or ``uint16``) HxWx3."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray
+
+
+def builtin_images(split: str) -> list[tuple[str, np.ndarray]]:
+    """The built-in images of ``split`` ('train' or 'valid') as (name, HxWx3 uint8)."""
+    table = {"train": BUILTIN_TRAIN, "valid": BUILTIN_VALID}
+    if split not in table:
+        raise ValueError(f"unknown built-in split {split!r}; use 'train' or 'valid'")
+    out = []
+    for package, fname in table[split]:
+        try:
+            path = importlib.resources.files(package) / fname
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(f"built-in data needs the package {package.split('.')[0]!r}: pip install "
+                               f"scikit-image scikit-learn") from exc
+        out.append((Path(fname).stem, read_image(Path(str(path)))))
+    return out
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def find_layout(root: str | Path, scale: int, split: str = "train") -> tuple[Path, Path | None]:
+    """Return (HR folder, LR folder or None) for ``root`` in any of the supported layouts."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such data folder. Give a DIV2K root, a benchmark set "
+                                "(with HR/), or a folder of images.")
+    div2k_hr = root / f"DIV2K_{split}_HR"
+    if div2k_hr.is_dir():
+        lr = root / f"DIV2K_{split}_LR_bicubic" / f"X{scale}"
+        return div2k_hr, (lr if lr.is_dir() else None)
+    if (root / "HR").is_dir():
+        lr = root / "LR_bicubic" / f"X{scale}"
+        return root / "HR", (lr if lr.is_dir() else None)
+    if list_images(root):
+        return root, None
+    raise FileNotFoundError(f"{root}: found no images, no HR/ folder and no DIV2K_{split}_HR/ folder.")
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The protocol's degradation: MATLAB bicubic downscale by ``scale`` of the mod-cropped HR image."""
+    hr = modcrop(hr, scale)
+    if hr.dtype == np.uint16:
+        lr = imresize(hr.astype(np.float64) / 65535.0, 1.0 / scale)
+        return np.clip(np.round(lr * 65535.0), 0, 65535).astype(np.uint16)
+    return imresize(hr, 1.0 / scale)
+
+
+def _lr_file(lr_dir: Path, hr_path: Path, scale: int) -> Path | None:
+    for cand in (lr_dir / f"{hr_path.stem}x{scale}{hr_path.suffix}", lr_dir / f"{hr_path.stem}x{scale}.png",
+                 lr_dir / hr_path.name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: int = 0) -> list[ImagePair]:
+    """Load (LR, HR) pairs from a folder layout or the built-in data (``source='builtin'``)."""
+    if scale < 1 or int(scale) != scale:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    pairs: list[ImagePair] = []
+    if str(source) == "builtin":
+        for name, hr in builtin_images("valid" if split in ("valid", "eval") else "train"):
+            hr = modcrop(hr, scale)
+            pairs.append(ImagePair(name, make_lr(hr, scale), hr))
+        return pairs
+    hr_dir, lr_dir = find_layout(source, scale, "valid" if split in ("valid", "eval") else "train")
+    for hr_path in list_images(hr_dir):
+        hr = modcrop(read_image(hr_path), scale)
+        if min(hr.shape[:2]) < max(min_size, scale):
+            raise ImageError(f"{hr_path}: {hr.shape[1]}x{hr.shape[0]} is too small for scale {scale}"
+                             f"{f' and patches of {min_size} px' if min_size else ''}; remove it from the folder.")
+        lr_path = _lr_file(lr_dir, hr_path, scale) if lr_dir is not None else None
+        if lr_path is None:
+            lr = make_lr(hr, scale)
+        else:
+            lr = read_image(lr_path)
+            want = (hr.shape[0] // scale, hr.shape[1] // scale)
+            if lr.shape[:2] != want:
+                raise ImageError(
+                    f"{lr_path}: LR is {lr.shape[1]}x{lr.shape[0]} but {hr_path.name} mod-cropped to x{scale} "
+                    f"needs {want[1]}x{want[0]}. The LR file belongs to another scale or image; fix or remove it "
+                    "(without LR files, edgesr synthesises LR with MATLAB bicubic).")
+        pairs.append(ImagePair(hr_path.stem, lr, hr))
+    if not pairs:
+        raise FileNotFoundError(f"{hr_dir}: no images found")
+    return pairs

@@ -1,0 +1,194 @@
+"""The recipe runner: executes a recipe's stages into a run directory, then benchmarks and reports.
+
+A stage whose inputs are unchanged (same configuration, same parent artifact hashes, same data and seed,
+recorded as ``recipe_fingerprint`` in its manifest) is skipped; anything else re-runs. Along with the CLI,
+this is the only module that imports the stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .artifacts import Artifact, ArtifactError, load_model, read_artifact, update_metrics
+from .config import Recipe, StageSpec
+from .data.bicubic import imresize
+from .data.datasets import ImagePair, load_pairs
+from .metrics import evaluate_pairs
+from .models import count_macs
+from .progress import console
+
+__all__ = ["run_recipe", "load_data", "set_name"]
+
+
+def set_name(source: str) -> str:
+    return "builtin" if source == "builtin" else Path(source).name
+
+
+def load_data(recipe: Recipe) -> tuple[list[ImagePair], list[ImagePair], dict[str, list[ImagePair]]]:
+    s = recipe.scale
+    train = load_pairs(recipe.data.train, s, "train", min_size=recipe.data.patch_size * s)
+    valid = load_pairs(recipe.data.valid, s, "valid")
+    evals = {set_name(src): load_pairs(src, s, "eval") for src in recipe.data.eval}
+    return train, valid, evals
+
+
+def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> str:
+    blob = json.dumps({"stage": spec.stage, "config": asdict(spec.config), "parents": [p.hash for p in parents],
+                       "data": asdict(recipe.data) | {"eval": None}, "scale": recipe.scale, "seed": recipe.seed},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artifact], train, valid) -> Artifact:
+    from .compress.distill import distill_stage
+    from .compress.prune import prune_stage
+    from .compress.quantize import quantize_stage
+    from .export.onnx import export_stage
+    from .train.loop import train_stage
+
+    cfg, common = spec.config, {"name": spec.name, "out": out / spec.name}
+    fit_kw = {"train_pairs": train, "val_pairs": valid, "scale": recipe.scale, "patch_size": recipe.data.patch_size,
+              "min_patch_std": recipe.data.min_patch_std, "seed": recipe.seed}
+    if spec.stage == "train":
+        return train_stage(cfg, **common, **fit_kw)
+    if spec.stage == "distill":
+        return distill_stage(cfg, **common, teacher=arts[cfg.teacher], **fit_kw)
+    if spec.stage == "prune":
+        return prune_stage(cfg, **common, source=arts[cfg.input],
+                           teacher=arts[cfg.teacher] if cfg.teacher else None, **fit_kw)
+    if spec.stage == "export":
+        return export_stage(cfg, **common, source=arts[cfg.input])
+    if spec.stage == "quantize":
+        return quantize_stage(cfg, **common, source=arts[cfg.input], calib_pairs=train, val_pairs=valid,
+                              scale=recipe.scale, seed=recipe.seed, threads=recipe.threads)
+    raise ValueError(f"unknown stage {spec.stage!r}")
+
+
+def _parents(spec: StageSpec, arts: dict[str, Artifact]) -> list[Artifact]:
+    return [arts[getattr(spec.config, ref)] for ref in ("input", "teacher") if getattr(spec.config, ref, None)]
+
+
+def _model_of(art: Artifact) -> Artifact | None:
+    """The PyTorch model artifact an ONNX artifact descends from (for MACs), following parents."""
+    seen = 0
+    while art is not None and art.kind != "model" and seen < 8:
+        parent = art.manifest.get("parent")
+        art = read_artifact(parent["path"]) if parent and Path(parent["path"]).is_dir() else None
+        seen += 1
+    return art
+
+
+def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str = "") -> dict:
+    """Run every stage of ``recipe`` into ``out``, then the benchmark; returns the results dict."""
+    from .benchmarks.latency import machine_info, measure_latency
+    from .benchmarks.quality import measure_quality
+    from .benchmarks.report import write_report
+    from .export.onnx import bicubic_stage
+    from .runtime import open_backend
+
+    out.mkdir(parents=True, exist_ok=True)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    t0 = time.perf_counter()
+    console.print(f"[bold]edgesr run[/] {recipe.name} (x{recipe.scale}) -> {out}")
+    train, valid, evals = load_data(recipe)
+    console.print(f"data: {len(train)} training images ({recipe.data.train}), {len(valid)} validation "
+                  f"({recipe.data.valid}), eval sets {list(evals)}; loaded in {time.perf_counter() - t0:.1f} s")
+    arts: dict[str, Artifact] = {}
+    stages: list[dict] = [{"name": "data", "stage": "load", "status": "ran", "seconds": time.perf_counter() - t0}]
+    for spec in recipe.stages:
+        fp = _fingerprint(spec, recipe, _parents(spec, arts))
+        path = out / spec.name
+        t = time.perf_counter()
+        status = "ran"
+        art = None
+        if not force and (path / "manifest.json").is_file():
+            try:
+                prev = read_artifact(path)
+                if prev.manifest.get("recipe_fingerprint") == fp:
+                    art, status = prev, "unchanged, skipped"
+            except ArtifactError:
+                art = None
+        if art is None:
+            console.print(f"[bold cyan]stage[/] {spec.name} ({spec.stage})")
+            art = _run_stage(spec, recipe, out, arts, train, valid)
+            art = update_metrics(art, {}, recipe_fingerprint=fp,
+                                 stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1)})
+        arts[spec.name] = art
+        seconds = art.manifest.get("stage", {}).get("seconds", 0.0) if status != "ran" else time.perf_counter() - t
+        stages.append({"name": spec.name, "stage": spec.stage, "status": status, "seconds": round(seconds, 1),
+                       "val_psnr": art.manifest.get("metrics", {}).get("val_psnr")})
+        console.print(f"  {spec.name}: {status} in {seconds:.1f} s"
+                      + (f", val PSNR {stages[-1]['val_psnr']:.2f} dB" if stages[-1]["val_psnr"] else ""))
+
+    # ---------------------------------------------------------------------------------- benchmark
+    bench = recipe.benchmark
+    t = time.perf_counter()
+    if "bicubic" in bench.variants:
+        arts["bicubic"] = bicubic_stage(out=out / "bicubic", scale=recipe.scale)
+    onnx_of = {}
+    for spec in recipe.stages:
+        if spec.stage == "export":
+            onnx_of[spec.config.input] = arts[spec.name]
+    rows = []
+    for variant in bench.variants:
+        art = arts[variant]
+        if bench.backend == "onnxruntime" and art.kind == "model":
+            if variant not in onnx_of:
+                raise ArtifactError(f"benchmark variant {variant!r} is a PyTorch model and the backend is onnxruntime: "
+                                    f"add an export stage with input: {variant} to {recipe.source}")
+            art = onnx_of[variant]
+        console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {bench.backend})")
+        backend = open_backend(art, bench.backend, threads=recipe.threads)
+        quality = measure_quality(backend, evals, recipe.scale, art.manifest.get("size_multiple", 1))
+        latency = measure_latency(backend, bench.input_size, warmup=bench.warmup, runs=bench.runs,
+                                  max_seconds=bench.max_seconds)
+        model_art = _model_of(art) if variant != "bicubic" else None
+        macs = params = None
+        if model_art is not None:
+            macs, params = count_macs(load_model(model_art), bench.input_size)
+        rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": bench.backend,
+                     "precision": art.manifest["precision"], "threads": backend.describe()["threads"],
+                     "params": params if params is not None else art.manifest.get("params"), "macs": macs,
+                     "quality": quality, "latency": latency, "parent": (art.manifest.get("parent") or {}).get("name")})
+        backend.close()
+        console.print(f"  " + ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items())
+                      + f"; p50 {latency['p50_ms']:.1f} ms")
+    by_artifact_name = {r["variant"]: r for r in rows}
+    # Lossy steps against their parents: quantised and pruned variants, compared with the closest benchmarked
+    # ancestor of another precision or shape.
+    for r in rows:
+        art = arts[r["variant"]]
+        lossy = [tr["type"] for tr in art.manifest.get("transforms", []) if tr["type"] in ("prune", "quantize")]
+        if not lossy:
+            continue
+        parent_variant = None
+        for spec in recipe.stages:
+            if spec.name == r["variant"]:
+                src = getattr(spec.config, "input", None)
+                src_spec = next((s for s in recipe.stages if s.name == src), None)
+                if src_spec is not None and src_spec.stage == "export":
+                    src = src_spec.config.input
+                parent_variant = src
+        if parent_variant in by_artifact_name:
+            p = by_artifact_name[parent_variant]
+            r["vs_parent"] = {"parent": parent_variant,
+                              "psnr_delta": {s: r["quality"][s]["psnr"] - p["quality"][s]["psnr"] for s in evals},
+                              "speedup": p["latency"]["p50_ms"] / r["latency"]["p50_ms"]}
+    reference = {}
+    for sname, pairs in evals.items():
+        reference[sname] = evaluate_pairs(lambda lr: imresize(lr, recipe.scale),
+                                          ((p.name, p.lr, p.hr) for p in pairs), recipe.scale, with_ssim=False).psnr
+    stages.append({"name": "benchmark", "stage": "benchmark", "status": "ran", "seconds": round(time.perf_counter() - t, 1)})
+    stages.append({"name": "total", "stage": "", "status": "", "seconds": round(time.perf_counter() - t0, 1)})
+    paths = write_report(out, recipe_name=recipe.name, scale=recipe.scale, rows=rows, stages=stages,
+                         machine=machine_info(), reference=reference, command=command, input_hw=bench.input_size)
+    console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s: {paths['report']}, {paths['results']}, "
+                  f"{paths['plot']}")
+    return json.loads(paths["results"].read_text())
