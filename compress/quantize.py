@@ -3,7 +3,7 @@
 ONNX Runtime's static quantiser calibrates activation ranges on real images (MinMax, Entropy or Percentile)
 and writes a QDQ graph: weights INT8 symmetric per output channel; activations either UINT8 asymmetric
 (``target: onnxruntime``, fastest on x86 CPUs) or INT8 symmetric with zero point 0
-(``target: tensorrt``, what TensorRT's explicit quantisation accepts). The result contains only standard
+(``target: tensorrt``, what TensorRT's explicit quantisation accepts, with biases left in float). The result contains only standard
 ONNX operators, never OpenVINO ``FakeQuantize``, and is checked for that.
 
 The PSNR drop against the FP32 parent graph is measured on the validation set through ONNX Runtime and
@@ -86,12 +86,14 @@ def quantize_onnx(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, me
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
                         nodes_to_exclude=list(exclude) or None,
                         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                                       "CalibMovingAverage": False})
+                                       "CalibMovingAverage": False,
+                                       # TensorRT takes biases in float and fuses them; it has no INT32 Q/DQ.
+                                       "QuantizeBias": not symmetric})
 
 
 def check_qdq(path: Path) -> dict:
     """Inspect a QDQ graph: operator inventory, non-standard operators, and whether TensorRT can build it
-    (INT8 Q/DQ with zero point 0 everywhere)."""
+    (INT8 Q/DQ with zero point 0 everywhere, no INT32 bias Q/DQ)."""
     proto = onnx.load(str(path))
     ops = Counter((n.domain or "", n.op_type) for n in proto.graph.node)
     nonstandard = sorted(f"{d}.{t}" for d, t in ops if d not in STANDARD_DOMAINS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 from rich.console import Console
@@ -12,22 +13,27 @@ console = Console(stderr=True)
 
 
 class _Bar:
-    def __init__(self, progress: Progress, task):
+    def __init__(self, progress: Progress, task, desc: str, total: int):
         self._p, self._t = progress, task
+        self._desc, self._total = desc, max(total, 1)
+        self._next_log = 0.1
+        self._t0 = time.perf_counter()
 
     def update(self, completed: int, info: str = "") -> None:
         self._p.update(self._t, completed=completed, info=info)
-
-    def advance(self, n: int = 1, info: str | None = None) -> None:
-        kw = {} if info is None else {"info": info}
-        self._p.update(self._t, advance=n, **kw)
+        if not console.is_terminal:  # logs (CI, redirected output): a plain line every 10 %
+            frac = completed / self._total
+            if frac >= self._next_log - 1e-9:
+                console.print(f"{self._desc}: {completed}/{self._total} "
+                              f"({time.perf_counter() - self._t0:.0f} s) {info}", highlight=False)
+                self._next_log = (int(frac * 10 + 1e-9) + 1) / 10
 
 
 @contextlib.contextmanager
 def progress_bar(desc: str, total: int, completed: int = 0) -> Iterator[_Bar]:
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                        TextColumn("{task.fields[info]}"), console=console)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    progress = Progress(*columns, console=console, disable=not console.is_terminal)
     with progress:
         task = progress.add_task(desc, total=total, completed=completed, info="")
-        yield _Bar(progress, task)
+        yield _Bar(progress, task, desc, total)

@@ -1,0 +1,105 @@
+"""Pruning (torch-pruning) and INT8 quantisation (ONNX Runtime QDQ) on tiny networks and real images."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgesr.artifacts import load_model, save_model
+from edgesr.compress.budget import QualityBudgetExceeded, check_budget
+from edgesr.compress.prune import protected_convs, prune_model
+from edgesr.compress.quantize import calibration_batches, check_qdq, quantize_stage
+from edgesr.config import ExportConfig, PruneConfig, QuantizeConfig
+from edgesr.export.onnx import export_stage
+from edgesr.models import build_model, count_macs
+from edgesr.runtime import open_backend
+
+
+@pytest.mark.parametrize("spec,protected,max_macs_ratio", [
+    ({"type": "abpn", "scale": 2, "channels": 16, "n_body": 3}, ["tail"], 0.4),
+    # At x4 the whole-pixel upsampler convs (kept whole) dominate the MACs of a 2-block EDSR.
+    ({"type": "edsr", "scale": 4, "n_resblocks": 2, "n_feats": 16}, ["tail", "upsample.0", "upsample.2"], 0.85),
+])
+def test_prune_keeps_sr_structure_and_rebuilds_from_manifest(spec, protected, max_macs_ratio, tmp_path):
+    model = build_model(spec).eval()
+    assert protected_convs(model) == protected
+    pruned, record = prune_model(model, PruneConfig(input="x", ratio=0.5, round_to=4))
+    assert record["macs_after"] < max_macs_ratio * record["macs_before"]
+    assert record["params_after"] < record["params_before"]
+    for name in protected:  # whole output pixels: PixelShuffle inputs and the image keep every channel
+        assert pruned.get_submodule(name).out_channels == model.get_submodule(name).out_channels
+    for name, shape in record["shapes"].items():
+        if name not in protected:
+            assert shape["out"] % 4 == 0
+    x = torch.rand(1, 3, 11, 9)
+    assert pruned(x).shape == model(x).shape
+    art = save_model(tmp_path / "p", pruned, name="p", arch=spec, transforms=[record])
+    assert torch.equal(load_model(art)(x), pruned(x))
+    assert count_macs(load_model(art), (11, 9))[1] == record["params_after"]
+
+
+def test_taylor_importance_needs_data(builtin_train):
+    from edgesr.data.patches import PatchSampler
+
+    model = build_model({"type": "abpn", "scale": 2, "channels": 8, "n_body": 1})
+    with pytest.raises(ValueError, match="Taylor"):
+        prune_model(model, PruneConfig(input="x", importance="taylor"))
+    pruned, rec = prune_model(model, PruneConfig(input="x", importance="taylor", ratio=0.5),
+                              PatchSampler(builtin_train, 2, 16, 4))
+    assert rec["params_after"] < rec["params_before"]
+
+
+@pytest.fixture(scope="module")
+def student_onnx(tmp_path_factory, builtin_train):
+    """A tiny ABPN trained a few hundred steps, so quantisation acts on real weight statistics."""
+    from edgesr.data.patches import PatchSampler
+    from edgesr.train.loop import fit
+
+    torch.manual_seed(0)
+    spec = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 2}
+    model = build_model(spec)
+    fit(model, PatchSampler(builtin_train, 2, 24, 8, min_std=0.04), steps=150, lr=2e-3,
+        loss_fn=lambda sr, lr, hr: (sr - hr).abs().mean(), val_pairs=builtin_train[:1], scale=2, val_every=1000)
+    root = tmp_path_factory.mktemp("q")
+    src = save_model(root / "student", model, name="student", arch=spec)
+    return export_stage(ExportConfig(input="student"), name="student_onnx", out=root / "student_onnx", source=src)
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_int8_is_standard_qdq_and_runs(student_onnx, builtin_train, builtin_valid, target, tmp_path):
+    cfg = QuantizeConfig(input="student_onnx", calibration_images=8, calibration_patch=48, target=target,
+                         max_psnr_drop_db=0.5)
+    art = quantize_stage(cfg, name="int8", out=tmp_path / "int8", source=student_onnx, calib_pairs=builtin_train,
+                         val_pairs=builtin_valid[:1], scale=2, seed=0, threads=2)
+    proto = onnx.load(str(art.payload))
+    domains = {n.domain for n in proto.graph.node}
+    assert domains <= {"", "ai.onnx"}
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "FakeQuantize" not in ops
+    report = check_qdq(art.payload)
+    assert report["nonstandard_ops"] == [] and report["qdq_pairs"] >= 5
+    assert report["tensorrt_explicit_int8"] is (target == "tensorrt")
+    assert art.manifest["precision"] == "int8" and art.manifest["parent"]["hash"] == student_onnx.hash
+    budget = art.manifest["metrics"]["budget"]
+    assert budget["within_budget"] and abs(budget["psnr_drop_db"]) < 0.5
+    # Int8 output close to FP32 on a real image, and the graph keeps dynamic shapes.
+    x = calibration_batches(builtin_train, 1, 40, seed=9)[0]
+    fp32, int8 = open_backend(student_onnx, threads=2).run(x), open_backend(art, threads=2).run(x)
+    assert fp32.shape == int8.shape == (1, 3, 80, 80)
+    assert 0 < np.abs(fp32 - int8).mean() < 0.02
+
+
+def test_quantize_refuses_non_fp32_onnx(student_onnx, builtin_train, tmp_path):
+    cfg = QuantizeConfig(input="x", calibration_images=2, calibration_patch=32)
+    art = quantize_stage(cfg, name="q", out=tmp_path / "q", source=student_onnx, calib_pairs=builtin_train,
+                         val_pairs=builtin_train[:1], scale=2, seed=0)
+    with pytest.raises(RuntimeError, match="FP32 ONNX"):
+        quantize_stage(cfg, name="q2", out=tmp_path / "q2", source=art, calib_pairs=builtin_train,
+                       val_pairs=builtin_train[:1], scale=2, seed=0)
+
+
+def test_quality_budget():
+    assert check_budget("s", 30.0, 29.95, 0.1, "fail")["within_budget"]
+    with pytest.raises(QualityBudgetExceeded, match="dropped 0.500 dB.*max_psnr_drop_db=0.1"):
+        check_budget("s", 30.0, 29.5, 0.1, "fail")
+    assert check_budget("s", 30.0, 29.5, 0.1, "warn")["within_budget"] is False

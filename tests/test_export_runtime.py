@@ -1,0 +1,80 @@
+"""ONNX export (dynamic shapes, parity) and the runtime (backends, Upscaler tiling)."""
+
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgesr.artifacts import ArtifactError, save_model
+from edgesr.config import ExportConfig
+from edgesr.export.onnx import bicubic_stage, export_stage
+from edgesr.imaging import read_image
+from edgesr.models import build_model
+from edgesr.runtime import Upscaler, open_backend
+
+SPECS = [{"type": "abpn", "scale": 2, "channels": 8, "n_body": 2},
+         {"type": "edsr", "scale": 3, "n_resblocks": 1, "n_feats": 8, "anchor": "nearest"}]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    out = []
+    for i, spec in enumerate(SPECS):
+        src = save_model(root / f"m{i}", build_model(spec), name=f"m{i}", arch=spec)
+        out.append((src, export_stage(ExportConfig(input=f"m{i}"), name=f"m{i}_onnx", out=root / f"m{i}_onnx", source=src)))
+    return out
+
+
+def test_export_is_checked_dynamic_and_matches_pytorch(exported):
+    for src, art in exported:
+        proto = onnx.load(str(art.payload))
+        assert proto.opset_import[0].version >= 17
+        assert [i.name for i in proto.graph.input] == ["lr"] and [o.name for o in proto.graph.output] == ["sr"]
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        assert not dims[2].HasField("dim_value") and not dims[3].HasField("dim_value")  # dynamic H, W
+        meta = {m.key: m.value for m in proto.metadata_props}
+        assert meta["edgesr.scales"] == f"[{src.scale}]" and meta["edgesr.source_hash"] == src.hash
+        assert art.manifest["metrics"]["parity"]["max_abs"] < 1e-5
+        assert art.manifest["parent"]["hash"] == src.hash
+        # Two other sizes through ONNX Runtime, against PyTorch.
+        ort_b, torch_b = open_backend(art, threads=2), open_backend(src, threads=2)
+        for h, w in ((9, 31), (40, 17)):
+            x = np.random.default_rng(h).random((1, 3, h, w), dtype=np.float32)
+            np.testing.assert_allclose(ort_b.run(x), torch_b.run(x), atol=1e-5)
+
+
+def test_backends_refuse_the_wrong_artifact_kind(exported):
+    src, art = exported[0]
+    with pytest.raises(ArtifactError, match="onnxruntime backend runs ONNX artifacts.*export"):
+        open_backend(src, "onnxruntime")
+    with pytest.raises(ArtifactError, match="torch backend runs model artifacts"):
+        open_backend(art, "torch")
+    with pytest.raises(KeyError, match="unknown backend 'tensorrtx'"):
+        open_backend(art, "tensorrtx")
+
+
+def test_tiled_upscale_equals_whole_image(exported):
+    """ABPN with 4 convs sees 4 LR pixels around each output: an overlap of 6 makes tiling exact."""
+    _, art = exported[0]
+    img = read_image(Path(str(importlib.resources.files("skimage.data"))) / "chelsea.png")[:101, :150]
+    backend = open_backend(art, threads=2)
+    whole = Upscaler(backend).upscale(img)
+    tiled = Upscaler(backend, tile=40, overlap=6).upscale(img)
+    assert whole.shape == (202, 300, 3) and whole.dtype == np.uint8
+    assert (whole == tiled).all()
+    with pytest.raises(ValueError, match="twice the overlap"):
+        Upscaler(backend, tile=10, overlap=6)
+
+
+def test_bicubic_graph_matches_matlab_away_from_borders(tmp_path):
+    from edgesr.data.bicubic import imresize
+
+    art = bicubic_stage(out=tmp_path / "bicubic", scale=2)
+    img = read_image(Path(str(importlib.resources.files("skimage.data"))) / "coffee.png")[:60, :80]
+    ours = Upscaler(open_backend(art, threads=1)).upscale_float(img) * 255
+    ref = imresize(img.astype(np.float64), 2)
+    assert np.abs(ours - ref)[4:-4, 4:-4].max() < 0.01

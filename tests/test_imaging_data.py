@@ -1,0 +1,131 @@
+"""Image I/O and datasets: real images from scikit-image, and every way a file can be wrong."""
+
+import importlib.resources
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesr.data.bicubic import imresize
+from edgesr.data.datasets import load_pairs
+from edgesr.data.patches import PatchSampler
+from edgesr.imaging import ImageError, read_image, to_float, write_image
+
+SKIMAGE = Path(str(importlib.resources.files("skimage.data")))
+
+
+def test_reads_rgb_and_grey_photographs():
+    rgb = read_image(SKIMAGE / "astronaut.png")
+    assert rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8
+    grey = read_image(SKIMAGE / "camera.png")
+    assert grey.shape == (512, 512, 3)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert (grey[..., 0] == np.asarray(Image.open(SKIMAGE / "camera.png"))).all()  # lossless
+
+
+def test_translucent_rgba_is_refused_with_the_fix():
+    with pytest.raises(ImageError, match=r"horse\.png.*transparent.*[Ff]latten"):
+        read_image(SKIMAGE / "horse.png")
+
+
+def test_opaque_rgba_keeps_colour(tmp_path):
+    rgb = read_image(SKIMAGE / "coffee.png")
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    assert (read_image(tmp_path / "opaque.png") == rgb).all()
+
+
+def test_truncated_and_corrupt_files_name_the_file(tmp_path):
+    data = (SKIMAGE / "astronaut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"cut\.png.*truncated.*corrupt, truncated"):
+        read_image(tmp_path / "cut.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ImageError, match=r"notes\.png"):
+        read_image(tmp_path / "notes.png")
+    with pytest.raises(ImageError, match="no such image"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_16bit_grey_is_kept_at_16_bits(tmp_path):
+    grey16 = (np.arange(40 * 30, dtype=np.uint32).reshape(30, 40) * 50).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    img = read_image(tmp_path / "g16.png")
+    assert img.dtype == np.uint16 and (img[..., 1] == grey16).all()
+    assert to_float(img).max() == pytest.approx(grey16.max() / 65535)
+
+
+def _png16_rgb(path: Path, arr: np.ndarray) -> None:
+    """A minimal 48-bit RGB PNG (Pillow cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+    def chunk(tag, payload):
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_colour_png_is_refused_rather_than_truncated(tmp_path):
+    _png16_rgb(tmp_path / "rgb16.png", np.full((4, 5, 3), 40000, np.uint16))
+    with pytest.raises(ImageError, match=r"rgb16\.png.*16-bit colour.*8-bit"):
+        read_image(tmp_path / "rgb16.png")
+
+
+def test_write_image_roundtrip_and_rejects_float(tmp_path):
+    img = read_image(SKIMAGE / "chelsea.png")
+    write_image(tmp_path / "out" / "c.png", img)
+    assert (read_image(tmp_path / "out" / "c.png") == img).all()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["c.png"]  # no temporary left behind
+    with pytest.raises(ValueError):
+        write_image(tmp_path / "bad.png", img.astype(np.float32))
+
+
+def test_builtin_data_is_split_and_mod_cropped():
+    for scale in (2, 3):
+        train = load_pairs("builtin", scale, "train")
+        valid = load_pairs("builtin", scale, "valid")
+        assert len(train) >= 10 and len(valid) == 3
+        assert not {p.name for p in train} & {p.name for p in valid}
+        for p in train + valid:
+            assert p.hr.shape[0] % scale == 0 and p.hr.shape[1] % scale == 0
+            assert p.lr.shape[:2] == (p.hr.shape[0] // scale, p.hr.shape[1] // scale)
+    chelsea = next(p for p in load_pairs("builtin", 3, "valid") if p.name == "chelsea")
+    assert chelsea.hr.shape == (300, 450, 3)  # 300 x 451 mod-cropped to x3
+
+
+def test_folder_layouts_and_lr_mismatch(tmp_path):
+    hr_dir = tmp_path / "DIV2K_train_HR"
+    hr_dir.mkdir()
+    for name in ("astronaut.png", "coffee.png"):
+        shutil.copy(SKIMAGE / name, hr_dir / name)
+    pairs = load_pairs(tmp_path, 2, "train")
+    assert [p.name for p in pairs] == ["astronaut", "coffee"]
+    assert (pairs[0].lr == imresize(pairs[0].hr, 0.5)).all()   # synthesised with the protocol's bicubic
+    lr_dir = tmp_path / "DIV2K_train_LR_bicubic" / "X2"
+    lr_dir.mkdir(parents=True)
+    write_image(lr_dir / "astronautx2.png", pairs[0].lr)
+    write_image(lr_dir / "coffeex2.png", pairs[0].lr)            # wrong image: wrong size
+    with pytest.raises(ImageError, match=r"coffeex2\.png.*needs 300x200"):
+        load_pairs(tmp_path, 2, "train")
+    with pytest.raises(FileNotFoundError, match="no such data folder"):
+        load_pairs(tmp_path / "nope", 2)
+
+
+def test_patches_are_aligned_deterministic_and_textured(builtin_train):
+    s = PatchSampler(builtin_train, 2, 24, 8, seed=3, augment=False, min_std=0.04)
+    lr, hr = s.batch(5)
+    assert lr.shape == (8, 3, 24, 24) and hr.shape == (8, 3, 48, 48)
+    lr2, hr2 = s.batch(5)
+    assert (lr == lr2).all() and (hr == hr2).all()
+    assert not (s.batch(6)[0] == lr).all()
+    # Aligned: downscaling the HR patch gives the LR patch away from its borders.
+    for i in range(8):
+        down = imresize(hr[i].numpy().transpose(1, 2, 0).astype(np.float64), 0.5)
+        assert np.abs(down - lr[i].numpy().transpose(1, 2, 0))[3:-3, 3:-3].mean() < 2 / 255
+    assert (lr.flatten(1).std(dim=1) >= 0.04).float().mean() > 0.8
+    with pytest.raises(ValueError, match="smaller than the LR patch"):
+        PatchSampler(builtin_train, 2, 4096, 4)

@@ -1,0 +1,80 @@
+"""Architectures, registry and artifacts: parameter counts, round trips, mismatched checkpoints."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgesr.artifacts import ArtifactError, load_model, read_artifact, save_model
+from edgesr.models import MODELS, build_model
+
+TINY = [
+    {"type": "abpn", "scale": 2, "channels": 8, "n_body": 2},
+    {"type": "abpn", "scale": 3, "channels": 8, "n_body": 1},
+    {"type": "edsr", "scale": 2, "n_resblocks": 2, "n_feats": 8, "anchor": "nearest"},
+    {"type": "edsr", "scale": 4, "n_resblocks": 1, "n_feats": 8},
+]
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ({"type": "edsr", "scale": 4}, 1_518_000),                           # EDSR baseline x4: 1.52M
+    ({"type": "edsr", "scale": 4, "n_resblocks": 32, "n_feats": 256, "res_scale": 0.1}, 43_100_000),  # EDSR x4 43.1M
+    ({"type": "abpn", "scale": 3}, 36_000),                               # ABPN paper config (28 ch), ~36k at x3
+])
+def test_parameter_counts_match_papers(spec, expected):
+    n = sum(p.numel() for p in build_model(spec).parameters())
+    assert abs(n - expected) / expected < 0.01, n
+
+
+def test_registry_names_known_entries_on_a_miss():
+    with pytest.raises(KeyError, match="unknown architecture 'edsrr'.*abpn.*edsr"):
+        build_model({"type": "edsrr"})
+    with pytest.raises(KeyError, match="registered twice"):
+        MODELS.register("edsr")(object)
+    with pytest.raises(TypeError, match="abpn"):
+        build_model({"type": "abpn", "chanels": 3})
+
+
+@pytest.mark.parametrize("spec", TINY, ids=lambda s: f"{s['type']}x{s['scale']}")
+def test_odd_sizes_and_round_trip(spec, tmp_path):
+    model = build_model(spec).eval()
+    x = torch.rand(2, 3, 13, 7)
+    y = model(x)
+    assert y.shape == (2, 3, 13 * spec["scale"], 7 * spec["scale"])
+    art = save_model(tmp_path / "a", model, name="a", arch=spec)
+    again = load_model(tmp_path / "a")
+    assert torch.equal(again(x), y)
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["arch"] == spec and manifest["scales"] == [spec["scale"]] and manifest["hash"] == art.hash
+
+
+def test_anchor_models_start_near_nearest_upsampling():
+    """The residual nets learn only a correction: at init the output is close to the anchor."""
+    x = torch.rand(1, 3, 16, 16)
+    for spec in ({"type": "abpn", "scale": 2, "channels": 8, "n_body": 2},):
+        model = build_model(spec).eval()
+        nearest = F.interpolate(x, scale_factor=2, mode="nearest")
+        assert (model(x) - nearest).abs().mean() < 0.2
+
+
+def test_mismatched_checkpoint_is_refused_with_the_fix(tmp_path):
+    save_model(tmp_path / "big", build_model({"type": "abpn", "scale": 2, "channels": 16, "n_body": 2}), name="big",
+               arch={"type": "abpn", "scale": 2, "channels": 16, "n_body": 2})
+    save_model(tmp_path / "small", build_model(TINY[0]), name="small", arch=TINY[0])
+    # Put the big model's weights under the small model's manifest.
+    (tmp_path / "small" / "model.safetensors").write_bytes((tmp_path / "big" / "model.safetensors").read_bytes())
+    with pytest.raises(ArtifactError, match=r"small/model\.safetensors.*do not fit.*shape mismatch.*same artifact"):
+        load_model(tmp_path / "small")
+    (tmp_path / "small" / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+        load_model(tmp_path / "small")
+    with pytest.raises(ArtifactError, match="not an edgesr artifact"):
+        read_artifact(tmp_path)
+
+
+def test_rewriting_an_artifact_replaces_it_whole(tmp_path):
+    a = save_model(tmp_path / "a", build_model(TINY[0]), name="a", arch=TINY[0])
+    b = save_model(tmp_path / "a", build_model(TINY[1]), name="a", arch=TINY[1])
+    assert read_artifact(tmp_path / "a").hash == b.hash != a.hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]

@@ -1,0 +1,135 @@
+"""The recipe runner end to end on a tiny recipe, recipe validation, and the CLI."""
+
+import importlib.resources
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgesr.cli import main
+from edgesr.config import RecipeError, load_recipe, parse_recipe
+from edgesr.imaging import read_image
+
+TINY = {
+    "name": "tiny", "scale": 2, "threads": 2, "data": {"patch_size": 24},
+    "stages": [
+        {"name": "teacher", "stage": "train", "model": {"type": "edsr", "n_resblocks": 1, "n_feats": 8,
+                                                          "anchor": "nearest"}, "steps": 20, "val_every": 10},
+        {"name": "student", "stage": "distill", "teacher": "teacher",
+         "model": {"type": "abpn", "channels": 8, "n_body": 2}, "steps": 40, "val_every": 20},
+        {"name": "pruned", "stage": "prune", "input": "student", "ratio": 0.25, "teacher": "teacher",
+         "finetune_steps": 10},
+        {"name": "teacher_onnx", "stage": "export", "input": "teacher"},
+        {"name": "student_onnx", "stage": "export", "input": "student"},
+        {"name": "pruned_onnx", "stage": "export", "input": "pruned"},
+        {"name": "int8", "stage": "quantize", "input": "student_onnx", "calibration_images": 4,
+         "calibration_patch": 48},
+    ],
+    "benchmark": {"variants": ["bicubic", "teacher", "student", "pruned", "int8"], "input_size": [45, 80],
+                  "runs": 5, "max_seconds": 1},
+}
+SKIMAGE = Path(str(importlib.resources.files("skimage.data")))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    eval_set = root / "eval" / "HR"
+    eval_set.mkdir(parents=True)
+    for name in ("chelsea.png", "coffee.png"):
+        shutil.copy(SKIMAGE / name, eval_set / name)
+    assert main(["run", str(root / "tiny.yaml"), "--out", str(root / "out"), "--eval", str(root / "eval"),
+                 "--eval", "builtin"]) == 0
+    return root
+
+
+def test_run_writes_report_results_and_plot(tiny_run):
+    out = tiny_run / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert [v["variant"] for v in results["variants"]] == ["bicubic", "teacher", "student", "pruned", "int8"]
+    report = (out / "report.md").read_text()
+    for v in results["variants"]:
+        assert set(v["quality"]) == {"eval", "builtin"}
+        assert v["latency"]["input"] == [1, 3, 45, 80] and v["latency"]["output"] == [1, 3, 90, 160]
+        assert v["latency"]["p50_ms"] > 0 and v["latency"]["runs"] >= 5
+        # Every number in the report comes from the run's results.
+        assert f"{v['quality']['eval']['psnr']:.2f}" in report and f"{v['latency']['p50_ms']:.1f}" in report
+    int8 = results["variants"][-1]
+    assert int8["precision"] == "int8" and int8["vs_parent"]["parent"] == "student"
+    delta = int8["quality"]["builtin"]["psnr"] - results["variants"][2]["quality"]["builtin"]["psnr"]
+    assert int8["vs_parent"]["psnr_delta"]["builtin"] == pytest.approx(delta)
+    assert results["variants"][3]["macs"] < results["variants"][2]["macs"]  # pruned has fewer MACs
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "int8" / "manifest.json").read_text())
+    assert manifest["transforms"][-1]["type"] == "quantize" and manifest["transforms"][0]["type"] == "distill"
+    assert abs(results["protocol_reference_bicubic"]["builtin"] - results["variants"][0]["quality"]["builtin"]["psnr"]) < 0.05
+
+
+def test_rerun_skips_unchanged_stages(tiny_run, capsys):
+    out = tiny_run / "out"
+    before = {p.name: (p / "manifest.json").read_text() for p in out.iterdir() if (p / "manifest.json").is_file()}
+    assert main(["run", str(tiny_run / "tiny.yaml"), "--out", str(out), "--eval", "builtin"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    statuses = {s["name"]: s["status"] for s in results["stages"]}
+    assert statuses["teacher"] == statuses["int8"] == "unchanged, skipped"
+    assert (out / "teacher" / "manifest.json").read_text() == before["teacher"]
+
+
+def test_upscale_and_eval_commands(tiny_run, tmp_path, capsys):
+    out = tiny_run / "out"
+    src = tmp_path / "in.png"
+    shutil.copy(SKIMAGE / "chelsea.png", src)
+    assert main(["upscale", str(out / "int8"), str(src), str(tmp_path / "sr.png"), "--tile", "64"]) == 0
+    assert read_image(tmp_path / "sr.png").shape == (600, 902, 3)
+    assert main(["eval", str(out / "student_onnx"), "--set", str(tiny_run / "eval")]) == 0
+    assert "eval: PSNR-Y" in capsys.readouterr().out
+
+
+def test_upscale_refuses_to_overwrite_its_input(tiny_run, tmp_path):
+    src = tmp_path / "in.png"
+    shutil.copy(SKIMAGE / "chelsea.png", src)
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        main(["upscale", str(tiny_run / "out" / "student"), str(src), str(src)])
+    assert read_image(src).shape == (300, 451, 3)
+
+
+def test_cli_errors_name_the_file(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--set", "builtin"]) == 2
+    assert "not an edgesr artifact" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "stages": [{**TINY["stages"][0], "stpes": 3}]}))
+    assert main(["run", str(bad)]) == 2
+    assert "stpes" in capsys.readouterr().err
+
+
+def test_recipe_validation():
+    with pytest.raises(RecipeError, match=r"unknown key\(s\) \['stpes'\]"):
+        parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "stpes": 3}]})
+    with pytest.raises(RecipeError, match="teacher 'nope' is not a stage defined before"):
+        parse_recipe({**TINY, "stages": [{**TINY["stages"][1], "teacher": "nope"}]})
+    with pytest.raises(RecipeError, match="steps: expected an integer"):
+        parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "steps": "many"}]})
+    with pytest.raises(RecipeError, match="benchmark variant 'ghost'"):
+        parse_recipe({**TINY, "benchmark": {"variants": ["ghost"]}})
+    with pytest.raises(RecipeError, match="scale 5 not supported"):
+        parse_recipe({**TINY, "scale": 5})
+    with pytest.raises(RecipeError, match="method.*not one of"):
+        parse_recipe({**TINY, "stages": TINY["stages"][:5] + [{**TINY["stages"][6], "method": "magic"}]})
+
+
+def test_builtin_quickstart_recipe_parses():
+    recipe = load_recipe(Path(str(importlib.resources.files("edgesr.benchmarks") / "recipes" / "quickstart.yaml")))
+    assert recipe.benchmark.variants == ("bicubic", "teacher", "student", "pruned", "int8")
+    assert recipe.benchmark.input_size == (360, 640)
+    assert recipe.data.train == "builtin" and recipe.data.eval == ("builtin",)
+
+
+def test_doctor_reports_unavailable_components(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "tensorrt" in out
+    assert "unavailable" in out  # tensorrt is not installed on CPU machines
