@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.resources
 import shlex
@@ -68,11 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_recipe
 
     recipe = load_recipe(args.recipe or _builtin_recipe())
-    data = recipe.data
-    if args.eval:
-        data = type(data)(**{**data.__dict__, "eval": tuple(args.eval)})
-    if args.train:
-        data = type(data)(**{**data.__dict__, "train": args.train})
+    data = dataclasses.replace(recipe.data, **({"eval": tuple(args.eval)} if args.eval else {}),
+                               **({"train": args.train} if args.train else {}))
     recipe = recipe.with_overrides(data=data, **({"threads": args.threads} if args.threads is not None else {}))
     out = Path(args.out or Path("runs") / recipe.name)
     run_recipe(recipe, out, force=args.force, command="edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -80,15 +78,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    from .artifacts import read_artifact
     from .imaging import read_image, write_image
     from .runtime import Upscaler, open_backend
 
     src, dst = Path(args.input), Path(args.output)
     if src.resolve() == dst.resolve():
         raise SystemExit(f"{dst}: refusing to overwrite the input image; choose another output path")
-    backend = open_backend(args.artifact, args.backend, threads=args.threads or 0)
-    from .artifacts import read_artifact
-    up = Upscaler(backend, tile=args.tile, size_multiple=read_artifact(args.artifact).manifest.get("size_multiple", 1))
+    art = read_artifact(args.artifact)
+    backend = open_backend(art, args.backend, threads=args.threads or 0)
+    up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
     write_image(dst, up.upscale(read_image(src)))
     print(f"{src} -> {dst} (x{backend.scale})")
     return 0

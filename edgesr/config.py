@@ -40,7 +40,7 @@ class DataConfig:
     """Redraw LR patches whose standard deviation is below this (smooth patches teach little)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     model: dict[str, Any]
     steps: int = 1000
@@ -54,21 +54,13 @@ class TrainConfig:
     resume: bool = True
 
 
-@dataclass(frozen=True)
-class DistillConfig:
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(TrainConfig):
+    """A training run whose targets mix HR and the teacher's output."""
+
     teacher: str
-    model: dict[str, Any]
     alpha: float = 0.5
     """Weight of the teacher term: loss = (1 - alpha) L(sr, hr) + alpha L(sr, teacher(lr))."""
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 1e-3
-    lr_min_ratio: float = 0.01
-    loss: str = "l1"
-    grad_clip: float = 0.0
-    val_every: int = 200
-    checkpoint_every: int = 100
-    resume: bool = True
 
 
 @dataclass(frozen=True)
