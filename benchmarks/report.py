@@ -42,7 +42,7 @@ def _plot(rows: list[dict], set_name: str, path: Path, title: str) -> None:
     ax.set_ylabel(f"PSNR-Y on {set_name} (dB)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
