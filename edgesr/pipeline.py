@@ -160,25 +160,18 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
         backend.close()
         console.print(f"  " + ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items())
                       + f"; p50 {latency['p50_ms']:.1f} ms")
-    by_artifact_name = {r["variant"]: r for r in rows}
-    # Lossy steps against their parents: quantised and pruned variants, compared with the closest benchmarked
-    # ancestor of another precision or shape.
+    # Lossy variants (pruned, quantised) against the benchmarked stage they came from (through its export).
+    rows_by_name = {r["variant"]: r for r in rows}
+    specs = {spec.name: spec for spec in recipe.stages}
     for r in rows:
-        art = arts[r["variant"]]
-        lossy = [tr["type"] for tr in art.manifest.get("transforms", []) if tr["type"] in ("prune", "quantize")]
-        if not lossy:
+        if not any(t["type"] in ("prune", "quantize") for t in arts[r["variant"]].manifest.get("transforms", [])):
             continue
-        parent_variant = None
-        for spec in recipe.stages:
-            if spec.name == r["variant"]:
-                src = getattr(spec.config, "input", None)
-                src_spec = next((s for s in recipe.stages if s.name == src), None)
-                if src_spec is not None and src_spec.stage == "export":
-                    src = src_spec.config.input
-                parent_variant = src
-        if parent_variant in by_artifact_name:
-            p = by_artifact_name[parent_variant]
-            r["vs_parent"] = {"parent": parent_variant,
+        src = getattr(specs[r["variant"]].config, "input", None)
+        if src in specs and specs[src].stage == "export":
+            src = specs[src].config.input
+        if src in rows_by_name:
+            p = rows_by_name[src]
+            r["vs_parent"] = {"parent": src,
                               "psnr_delta": {s: r["quality"][s]["psnr"] - p["quality"][s]["psnr"] for s in evals},
                               "speedup": p["latency"]["p50_ms"] / r["latency"]["p50_ms"]}
     reference = {}
