@@ -24,8 +24,8 @@ from edgesr.artifacts import Artifact, load_model, module_shapes, save_model
 from edgesr.config import PruneConfig
 from edgesr.data.datasets import ImagePair
 from edgesr.data.patches import PatchSampler
-from edgesr.models import count_macs
-from edgesr.train.loop import config_fingerprint, fit, validate
+from edgesr.models import count_macs, deploy_form, model_scales
+from edgesr.train.loop import config_fingerprint, fit, sampler_for, validate
 from edgesr.train.losses import LOSSES
 
 from .budget import check_budget
@@ -104,13 +104,13 @@ def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, tea
                 train_pairs: list[ImagePair], val_pairs: list[ImagePair], scale: int, patch_size: int,
                 min_patch_std: float, seed: int) -> Artifact:
     """The ``prune`` stage: prune the input model, fine-tune it, check the quality budget, save."""
-    parent = load_model(source)
+    parent, arch = deploy_form(load_model(source), source.manifest["arch"])  # prune what is deployed
     parent_psnr = validate(parent, val_pairs, scale)
-    sampler = PatchSampler(train_pairs, scale, patch_size, cfg.batch_size, seed=seed + 1, min_std=min_patch_std)
+    sampler = sampler_for(parent, train_pairs, scale, patch_size, cfg.batch_size, seed + 1, min_patch_std)
     model, record = prune_model(parent, cfg, sampler)
     record["psnr_before_finetune"] = round(validate(model, val_pairs, scale), 4)
     teacher_model = load_model(teacher) if teacher is not None else None
-    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha)
+    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha, model_scales(model))
     if cfg.finetune_steps > 0:
         result = fit(model, sampler, steps=cfg.finetune_steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs,
                      scale=scale, val_every=max(cfg.finetune_steps // 2, 1),
@@ -121,6 +121,7 @@ def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, tea
         psnr, seconds = validate(model, val_pairs, scale), 0.0
     record["finetune_steps"] = cfg.finetune_steps
     budget = check_budget(f"prune {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
-    return save_model(out, model, name=name, arch=source.manifest["arch"], parent=source,
-                      transforms=source.manifest.get("transforms", []) + [record],
+    pre = [] if arch == source.manifest["arch"] else [{"type": "reparameterize", "arch": arch}]
+    return save_model(out, model, name=name, arch=arch, parent=source,
+                      transforms=source.manifest.get("transforms", []) + pre + [record],
                       metrics={"val_psnr": round(psnr, 4), "budget": budget, "finetune_seconds": round(seconds, 1)})

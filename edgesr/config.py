@@ -49,6 +49,28 @@ class TrainConfig:
     lr_min_ratio: float = 0.01
     loss: str = "l1"
     grad_clip: float = 0.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning rate schedule: cosine to lr * lr_min_ratio; step: times gamma at each milestone."""
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    """Step schedule: fractions of training at which the learning rate is multiplied by ``gamma``."""
+    gamma: float = 0.5
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0 over this many steps."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights (e.g. 0.999); validated and saved instead of the raw
+    weights. 0: off."""
+    max_minutes: float | None = None
+    """Wall-clock budget. The schedule then follows max(step / steps, elapsed / budget), so a run that
+    hits the budget still ends its schedule; such a run is not bit-reproducible on resume."""
+    init_from: str | None = None
+    """Start from this earlier stage's weights where names and shapes match (curriculum: a x2 model's
+    trunk starts its x2+x4 successor); the layers that do not match keep their fresh initialisation."""
+    scale_weights: tuple[float, ...] = ()
+    """Multi-output networks: loss weight of each output scale, smallest scale first (default all 1)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    """Mixed precision (bfloat16 autocast) when training on a GPU; ignored on CPU."""
     val_every: int = 200
     checkpoint_every: int = 100
     resume: bool = True
@@ -87,6 +109,8 @@ class ExportConfig:
     """ONNX opset (>= 17; 18 is what the PyTorch exporter writes natively)."""
     parity_atol: float = 1e-4
     """Max |ONNX Runtime - PyTorch| allowed on the parity image."""
+    scales: tuple[int, ...] = ()
+    """Outputs to export from a multi-output model (default: all); the others' layers are left out."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +275,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
             raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")
         cfg = _build(STAGE_CONFIGS[kind], {k: v for k, v in st.items() if k not in ("name", "stage")},
                      f"{where} ({name})")
-        for ref in ("input", "teacher"):
+        for ref in ("input", "teacher", "init_from"):
             ref_name = getattr(cfg, ref, None)
             if ref_name is not None and ref_name not in seen:
                 raise RecipeError(f"{where}: {ref} {ref_name!r} is not a stage defined before {name!r}")

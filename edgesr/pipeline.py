@@ -56,7 +56,7 @@ def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artif
     fit_kw = {"train_pairs": train, "val_pairs": valid, "scale": recipe.scale, "patch_size": recipe.data.patch_size,
               "min_patch_std": recipe.data.min_patch_std, "seed": recipe.seed}
     if spec.stage == "train":
-        return train_stage(cfg, **common, **fit_kw)
+        return train_stage(cfg, **common, **fit_kw, init=arts[cfg.init_from] if cfg.init_from else None)
     if spec.stage == "distill":
         return distill_stage(cfg, **common, teacher=arts[cfg.teacher], **fit_kw)
     if spec.stage == "prune":
@@ -71,7 +71,7 @@ def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artif
 
 
 def _parents(spec: StageSpec, arts: dict[str, Artifact]) -> list[Artifact]:
-    return [arts[getattr(spec.config, ref)] for ref in ("input", "teacher") if getattr(spec.config, ref, None)]
+    return [arts[getattr(spec.config, ref)] for ref in ("input", "teacher", "init_from") if getattr(spec.config, ref, None)]
 
 
 def _model_of(art: Artifact) -> Artifact | None:

@@ -13,13 +13,15 @@ console = Console(stderr=True)
 
 
 class _Bar:
-    def __init__(self, progress: Progress, task, desc: str, total: int):
-        self._p, self._t = progress, task
+    def __init__(self, progress: Progress, task, desc: str, total: int, enabled: bool = True):
+        self._p, self._t, self._enabled = progress, task, enabled
         self._desc, self._total = desc, max(total, 1)
         self._next_log = 0.1
         self._t0 = time.perf_counter()
 
     def update(self, completed: int, info: str = "") -> None:
+        if not self._enabled:
+            return
         self._p.update(self._t, completed=completed, info=info)
         if not console.is_terminal:  # logs (CI, redirected output): a plain line every 10 %
             frac = completed / self._total
@@ -30,10 +32,11 @@ class _Bar:
 
 
 @contextlib.contextmanager
-def progress_bar(desc: str, total: int, completed: int = 0) -> Iterator[_Bar]:
+def progress_bar(desc: str, total: int, completed: int = 0, enabled: bool = True) -> Iterator[_Bar]:
+    """A bar with elapsed time, ETA and an info field; ``enabled=False`` (non-zero ranks) shows nothing."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    progress = Progress(*columns, console=console, disable=not console.is_terminal)
+    progress = Progress(*columns, console=console, disable=not (console.is_terminal and enabled))
     with progress:
         task = progress.add_task(desc, total=total, completed=completed, info="")
-        yield _Bar(progress, task, desc, total)
+        yield _Bar(progress, task, desc, total, enabled)

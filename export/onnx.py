@@ -24,6 +24,7 @@ from edgesr.artifacts import Artifact, load_model, read_artifact, write_artifact
 from edgesr.config import ExportConfig
 from edgesr.data.datasets import builtin_images
 from edgesr.imaging import image_to_tensor
+from edgesr.models import deploy_form, select_outputs
 
 __all__ = ["export_onnx", "export_stage", "op_inventory", "parity_check", "ExportError", "output_names",
            "bicubic_onnx", "bicubic_stage"]
@@ -100,18 +101,22 @@ def parity_image() -> np.ndarray:
 def export_stage(cfg: ExportConfig, *, name: str, out: Path, source: Artifact | str | Path) -> Artifact:
     """The ``export`` stage: model artifact -> ONNX artifact, checked and parity-tested."""
     src = source if isinstance(source, Artifact) else read_artifact(source)
-    model = load_model(src)
-    scales = [int(s) for s in src.manifest["scales"]]
+    model, arch = deploy_form(load_model(src), src.manifest["arch"])
+    transforms = list(src.manifest.get("transforms", []))
+    if arch != src.manifest["arch"]:
+        transforms.append({"type": "reparameterize", "arch": arch})
+    scales = list(cfg.scales) if cfg.scales else [int(s) for s in src.manifest["scales"]]
+    model = select_outputs(model, tuple(scales))
     manifest = {
-        "kind": "onnx", "name": name, "arch": src.manifest["arch"], "scales": scales, "precision": "fp32",
-        "params": src.manifest.get("params"), "size_multiple": src.manifest.get("size_multiple", 1),
-        "transforms": src.manifest.get("transforms", []) + [{"type": "export", "format": "onnx", "opset": cfg.opset}],
+        "kind": "onnx", "name": name, "arch": arch, "scales": scales, "precision": "fp32",
+        "params": sum(p.numel() for p in model.parameters()), "size_multiple": src.manifest.get("size_multiple", 1),
+        "transforms": transforms + [{"type": "export", "format": "onnx", "opset": cfg.opset}],
         "parent": {"name": src.manifest.get("name"), "hash": src.hash, "path": str(src.path)},
     }
 
     def writer(path: Path) -> None:
         proto = export_onnx(model, path, scales=scales, opset=cfg.opset, metadata={
-            "edgesr.source_hash": src.hash, "edgesr.arch": json.dumps(src.manifest["arch"])})
+            "edgesr.source_hash": src.hash, "edgesr.arch": json.dumps(arch)})
         parity = parity_check(model, path, parity_image())
         if parity["max_abs"] > cfg.parity_atol:
             raise ExportError(f"{out}: ONNX Runtime output differs from PyTorch by up to {parity['max_abs']:.2e} "

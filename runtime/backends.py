@@ -68,6 +68,8 @@ class TorchBackend:
 
         with torch.inference_mode():
             out = self.model(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)).to(self.device))
+        if isinstance(out, tuple):  # a multi-output model: its first (smallest) scale, as the manifest's scale
+            out = out[0]
         return out.float().cpu().numpy()
 
     def close(self) -> None:

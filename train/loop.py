@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,20 +18,22 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from edgesr.artifacts import Artifact, save_model
+from edgesr.artifacts import Artifact, load_model, save_model
 from edgesr.config import TrainConfig
-from edgesr.data.datasets import ImagePair
+from edgesr.data.datasets import ImagePair, make_lr
 from edgesr.data.patches import PatchSampler
-from edgesr.imaging import image_to_tensor
+from edgesr.imaging import image_to_tensor, modcrop
 from edgesr.metrics import evaluate_pairs
-from edgesr.models import build_model
+from edgesr.models import build_model, model_scales, pick_output
 from edgesr.progress import progress_bar
 
 from .losses import LOSSES
 
-__all__ = ["FitResult", "fit", "train_stage", "validate", "torch_upscaler"]
+__all__ = ["FitResult", "Schedule", "fit", "train_stage", "validate", "torch_upscaler", "scale_loss",
+           "sampler_for", "fit_options", "fit_metrics", "init_weights", "distributed"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,21 +46,27 @@ class FitResult:
     best_psnr: float
     best_step: int
     history: list[dict] = field(default_factory=list)
+    stopped_by_time: bool = False
 
 
-def torch_upscaler(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+def torch_upscaler(model: nn.Module, scale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 LR image -> float SR image in [0, 1], with a PyTorch model (the protocol's upscale callable)."""
+    scales = model_scales(model)
+    scale = scale or scales[0]
+    device = next(model.parameters()).device
+
     def run(lr: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            sr = model(image_to_tensor(lr))
-        return sr[0].clamp(0, 1).numpy().transpose(1, 2, 0)
+            sr = pick_output(model(image_to_tensor(lr).to(device)), scales, scale)
+        return sr[0].clamp(0, 1).float().cpu().numpy().transpose(1, 2, 0)
     return run
 
 
 def validate(model: nn.Module, pairs: list[ImagePair], scale: int, with_ssim: bool = False) -> float:
     was_training = model.training
     model.eval()
-    res = evaluate_pairs(torch_upscaler(model), ((p.name, p.lr, p.hr) for p in pairs), scale, with_ssim=with_ssim)
+    res = evaluate_pairs(torch_upscaler(model, scale), ((p.name, p.lr, p.hr) for p in pairs), scale,
+                         with_ssim=with_ssim)
     model.train(was_training)
     return res.psnr
 
@@ -68,101 +77,261 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate as a function of training progress in [0, 1] (and of the step, for warm-up)."""
+
+    kind: str = "cosine"
+    min_ratio: float = 0.01
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.5
+    warmup_steps: int = 0
+
+    def factor(self, progress: float, step: int) -> float:
+        progress = min(max(progress, 0.0), 1.0)
+        if self.kind == "cosine":
+            f = self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        elif self.kind == "step":
+            f = self.gamma ** sum(progress >= m for m in self.milestones)
+        elif self.kind == "constant":
+            f = 1.0
+        else:
+            raise ValueError(f"unknown schedule {self.kind!r}; use cosine, step or constant")
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            f *= (step + 1) / self.warmup_steps
+        return f
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but PyTorch sees no CUDA GPU (torch.cuda.is_available() "
+                           "is False); use device: auto or cpu, or install a CUDA build of PyTorch.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_fn: LossFn,
         val_pairs: list[ImagePair], scale: int, lr_min_ratio: float = 0.01, grad_clip: float = 0.0,
         val_every: int = 200, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
-        resume: bool = True, fingerprint: str = "", desc: str = "train", stop_after: int | None = None) -> FitResult:
+        resume: bool = True, fingerprint: str = "", desc: str = "train", stop_after: int | None = None,
+        schedule: Schedule | None = None, ema_decay: float = 0.0, max_seconds: float | None = None,
+        device: str = "cpu", amp: bool = True) -> FitResult:
     """Train ``model`` for ``steps`` steps; returns the weights with the best validation PSNR.
 
-    ``loss_fn(sr, lr, hr)`` gives the loss. ``stop_after`` ends the loop early after that many steps (a
-    checkpoint is written), as an interruption would; the next call with ``resume`` continues the run.
+    ``loss_fn(sr, lr, hr)`` gives the loss (``sr`` and ``hr`` are per-scale for multi-output models).
+    ``stop_after`` ends the loop early after that many steps (a checkpoint is written), as an
+    interruption would; the next call with ``resume`` continues the run. Under ``torchrun`` (WORLD_SIZE > 1)
+    the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU), each process trains on its
+    slice of every global batch, and only rank 0 validates and writes checkpoints.
     """
+    schedule = schedule or Schedule(min_ratio=lr_min_ratio)
+    dist_ctx = distributed()
+    rank, world = dist_ctx
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    model.to(dev)
+    use_amp = amp and dev.type == "cuda"
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    ema = None
+    if ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * lr_min_ratio)
-    start, history = 0, []
+    start, history, elapsed0 = 0, [], 0.0
     best = {"psnr": float("-inf"), "step": 0, "state": None}
     ckpt = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if ckpt is not None and resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         if state.get("fingerprint") != fingerprint:
             raise RuntimeError(f"{ckpt}: checkpoint was written by a different configuration (model, data or "
                                "schedule changed). Delete it to start over, or restore the configuration.")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
-        start, history = int(state["step"]), json.loads(state["history"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start, history, elapsed0 = int(state["step"]), json.loads(state["history"]), float(state["elapsed"])
         best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and rank == 0:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    evaluated = lambda: ema.module if ema is not None else model  # the weights validated and kept
 
-    def checkpoint(step: int) -> None:
-        if ckpt is None:
+    def checkpoint(step: int, elapsed: float) -> None:
+        if ckpt is None or rank != 0:
             return
-        _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                      "step": step, "history": json.dumps(history), "best_psnr": best["psnr"],
-                      "best_step": best["step"], "best_state": best["state"] or model.state_dict(),
+        _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(),
+                      "ema": ema.state_dict() if ema is not None else None,
+                      "step": step, "elapsed": elapsed, "history": json.dumps(history), "best_psnr": best["psnr"],
+                      "best_step": best["step"], "best_state": best["state"] or evaluated().state_dict(),
                       "fingerprint": fingerprint}, ckpt)
 
     def run_validation(step: int) -> float:
-        psnr = validate(model, val_pairs, scale)
+        psnr = validate(evaluated(), val_pairs, scale)
         history.append({"step": step, "val_psnr": round(psnr, 4)})
         if psnr > best["psnr"]:
-            best.update(psnr=psnr, step=step, state={k: v.detach().clone() for k, v in model.state_dict().items()})
+            best.update(psnr=psnr, step=step,
+                        state={k: v.detach().cpu().clone() for k, v in evaluated().state_dict().items()})
+            if checkpoint_dir is not None:
+                save_file(best["state"], str(checkpoint_dir / "best.safetensors"))
         return psnr
 
     t0 = time.perf_counter()
-    model.train()
+    net.train()
     end = steps if stop_after is None else min(steps, start + stop_after)
-    running = None
-    with progress_bar(desc, total=steps, completed=start) as bar:
+    running, step, stopped_by_time = None, start, False
+    with progress_bar(desc, total=steps, completed=start, enabled=rank == 0) as bar:
         for step in range(start, end):
-            lr_b, hr_b = sampler.batch(step)
-            sr = model(lr_b)
+            elapsed = elapsed0 + time.perf_counter() - t0
+            progress = step / max(steps, 1)
+            if max_seconds:
+                progress = max(progress, elapsed / max_seconds)
+                if world > 1:  # every process must follow the same schedule and stop at the same step
+                    p = torch.tensor([progress], dtype=torch.float64)
+                    torch.distributed.all_reduce(p, op=torch.distributed.ReduceOp.MAX)
+                    progress = float(p)
+                if progress >= 1.0:
+                    stopped_by_time = True
+                    break
+            for group in opt.param_groups:
+                group["lr"] = lr * schedule.factor(progress, step)
+            lr_b, hr_b = sampler.batch(step, (rank, world))
+            lr_b = lr_b.to(dev)
+            hr_b = {k: v.to(dev) for k, v in hr_b.items()} if isinstance(hr_b, dict) else hr_b.to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                sr = net(lr_b)
+            sr = tuple(t.float() for t in sr) if isinstance(sr, tuple) else sr.float()
             loss = loss_fn(sr, lr_b, hr_b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             done = step + 1
             info = f"loss {running:.4f}"
-            if done % val_every == 0 or done == steps:
+            if rank == 0 and (done % val_every == 0 or done == steps):
                 info += f"  val {run_validation(done):.2f} dB"
             bar.update(done, info)
             if done % checkpoint_every == 0 or done == end:
-                checkpoint(done)
-    if end == steps and (not history or history[-1]["step"] != steps):
-        run_validation(steps)
+                checkpoint(done, elapsed0 + time.perf_counter() - t0)
+        else:
+            step = end
+    finished = end == steps or stopped_by_time
+    if rank == 0 and finished and (not history or history[-1]["step"] != step):
+        run_validation(step)
+        checkpoint(step, elapsed0 + time.perf_counter() - t0)
+    if world > 1:
+        torch.distributed.barrier()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    model.eval()
-    return FitResult(model, end, time.perf_counter() - t0, best["psnr"], best["step"], history)
+    model.cpu().eval()
+    return FitResult(model, step, elapsed0 + time.perf_counter() - t0, best["psnr"], best["step"], history,
+                     stopped_by_time=stopped_by_time)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by ``torchrun`` with WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as tdist
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return tdist.get_rank(), world
 
 
 def config_fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def scale_loss(criterion: Callable, scales: tuple[int, ...], weights: tuple[float, ...] = ()) -> LossFn:
+    """``loss_fn(sr, lr, hr)`` for a model emitting ``scales``: the weighted sum of the per-scale losses
+    (multi-scale supervision, as MS-LapSRN trains); plain ``criterion(sr, hr)`` for one output."""
+    if weights and len(weights) != len(scales):
+        raise ValueError(f"scale_weights {list(weights)} must give one weight per output scale {list(scales)}")
+    if len(scales) == 1:
+        return lambda sr, lr, hr: criterion(sr, hr)
+    w = weights or (1.0,) * len(scales)
+    return lambda sr, lr, hr: sum(wi * criterion(o, hr[s]) for wi, o, s in zip(w, sr, scales))
+
+
+def pairs_at_scale(pairs: list[ImagePair], scale: int, min_size: int = 0) -> list[ImagePair]:
+    """The same HR images paired with LR at another scale (mod-crop + the protocol's bicubic)."""
+    out = []
+    for p in pairs:
+        hr = modcrop(p.hr, scale)
+        if min(hr.shape[:2]) >= min_size:
+            out.append(ImagePair(p.name, make_lr(hr, scale), hr))
+    return out
+
+
+def init_weights(model: nn.Module, art: Artifact) -> dict:
+    """Copy the artifact's weights into ``model`` wherever name and shape match (curriculum / warm start)."""
+    source = load_model(art).state_dict()
+    own = model.state_dict()
+    loaded = sorted(k for k in own if k in source and source[k].shape == own[k].shape)
+    if not loaded:
+        raise ValueError(f"{art.path}: init_from shares no layer (name and shape) with {type(model).__name__}; "
+                         "it must be the same architecture family")
+    model.load_state_dict({**own, **{k: source[k] for k in loaded}})
+    return {"from": art.manifest.get("name"), "hash": art.hash, "loaded": len(loaded),
+            "fresh": sorted(set(own) - set(loaded))}
+
+
+def sampler_for(model: nn.Module, train_pairs: list[ImagePair], scale: int, patch_size: int, batch_size: int,
+                seed: int, min_patch_std: float) -> PatchSampler:
+    """Patches for ``model``: one target at ``scale``, or one per output for multi-scale models."""
+    scales = model_scales(model)
+    if scale not in scales:
+        raise ValueError(f"the model emits x{list(scales)}; the recipe trains x{scale}")
+    top = max(scales)
+    pairs = train_pairs if top == scale else pairs_at_scale(train_pairs, top, min_size=patch_size * top)
+    if not pairs:
+        raise ValueError(f"no training image is at least {patch_size * top} px for x{top} patches of {patch_size}")
+    return PatchSampler(pairs, top, patch_size, batch_size, seed=seed, min_std=min_patch_std, targets=scales)
+
+
+def fit_options(cfg: TrainConfig) -> dict:
+    """The fit() keywords a TrainConfig (or a subclass) sets."""
+    return {"steps": cfg.steps, "lr": cfg.lr, "grad_clip": cfg.grad_clip, "val_every": cfg.val_every,
+            "checkpoint_every": cfg.checkpoint_every, "resume": cfg.resume, "ema_decay": cfg.ema_decay,
+            "max_seconds": cfg.max_minutes * 60 if cfg.max_minutes else None, "device": cfg.device, "amp": cfg.amp,
+            "schedule": Schedule(cfg.schedule, cfg.lr_min_ratio, cfg.milestones, cfg.gamma, cfg.warmup_steps)}
+
+
+def fit_metrics(result: FitResult) -> dict:
+    return {"val_psnr": round(result.best_psnr, 4), "best_step": result.best_step, "train_steps": result.steps,
+            "train_seconds": round(result.seconds, 1), "stopped_by_time": result.stopped_by_time,
+            "history": result.history}
+
+
 def train_stage(cfg: TrainConfig, *, name: str, out: Path, train_pairs: list[ImagePair],
                 val_pairs: list[ImagePair], scale: int, patch_size: int, min_patch_std: float,
-                seed: int) -> Artifact:
-    """The ``train`` stage: build ``cfg.model`` at ``scale``, fit it on HR patches, save the artifact."""
+                seed: int, init: Artifact | None = None) -> Artifact:
+    """The ``train`` stage: build ``cfg.model`` at ``scale``, fit it on HR patches, save the artifact.
+
+    Multi-output models are supervised at every output; ``init`` (the ``init_from`` stage) warm-starts
+    the layers it shares with the model."""
     arch = {**cfg.model, "scale": scale}
     torch.manual_seed(seed)
     model = build_model(arch)
-    sampler = PatchSampler(train_pairs, scale, patch_size, cfg.batch_size, seed=seed, min_std=min_patch_std)
-    criterion = LOSSES.build({"type": cfg.loss})
-    result = fit(model, sampler, steps=cfg.steps, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
-                 loss_fn=lambda sr, lr, hr: criterion(sr, hr), val_pairs=val_pairs, scale=scale,
-                 grad_clip=cfg.grad_clip, val_every=cfg.val_every, checkpoint_dir=out.with_name(out.name + ".ckpt"),
-                 checkpoint_every=cfg.checkpoint_every, resume=cfg.resume,
+    init_record = init_weights(model, init) if init is not None else None
+    sampler = sampler_for(model, train_pairs, scale, patch_size, cfg.batch_size, seed, min_patch_std)
+    loss_fn = scale_loss(LOSSES.build({"type": cfg.loss}), model_scales(model), cfg.scale_weights)
+    result = fit(model, sampler, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
+                 checkpoint_dir=out.with_name(out.name + ".ckpt"),
                  fingerprint=config_fingerprint(arch, cfg, patch_size, min_patch_std, seed,
-                                                [p.name for p in train_pairs]),
-                 desc=f"train {name}")
-    return save_model(out, result.model, name=name, arch=arch, metrics={
-        "val_psnr": round(result.best_psnr, 4), "best_step": result.best_step, "train_steps": result.steps,
-        "train_seconds": round(result.seconds, 1), "history": result.history},
-        extra={"training": {"loss": cfg.loss, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                            "patch_size": patch_size, "seed": seed}})
+                                                [p.name for p in train_pairs], init.hash if init else None),
+                 desc=f"train {name}", **fit_options(cfg))
+    if distributed()[0] != 0:
+        return None
+    return save_model(out, result.model, name=name, arch=arch, parent=init, metrics=fit_metrics(result),
+                      transforms=[{"type": "init_from", **init_record}] if init_record else [],
+                      extra={"training": {"loss": cfg.loss, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                                          "patch_size": patch_size, "seed": seed, "ema_decay": cfg.ema_decay,
+                                          "schedule": cfg.schedule, "max_minutes": cfg.max_minutes}})

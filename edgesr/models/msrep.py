@@ -1,0 +1,149 @@
+"""MSRep — edgesr's multi-scale re-parameterizable student for edge inference and INT8.
+
+What it follows, and from where:
+
+* **Re-parameterization** (RepVGG, Ding et al. CVPR 2021; ACNet, Ding et al. ICCV 2019; ECBSR, Zhang et al.
+  ACM MM 2021; SESR, Bhardwaj et al. MLSys 2022): every convolution is trained as a sum of linear branches
+  with different receptive fields — 3x3, 1x3, 3x1, 1x1, a 1x1-expand/3x3-squeeze pair, and the identity
+  when shapes allow — and collapses into one plain 3x3 convolution for deployment. No batch norm: every
+  branch is linear, so the sum is exactly one 3x3 kernel and bias (``RepConv.merged``).
+  During training the branches are merged on the fly and the input goes through one 3x3 convolution
+  (the "online" form of OREPA, Hu et al. CVPR 2022): the output and the gradients are those of the
+  multi-branch block, at the cost of a plain conv. ``forward_branches`` runs the branches one by one; a
+  test checks both forms and the deployed model agree to 1e-5.
+* **Anchor residual in image space** (ABPN, Du et al. CVPRW 2021; XLSR, Ayazoglu CVPRW 2021): the LR input
+  repeated ``r^2`` times is added to the last conv's ``3 r^2`` channels before PixelShuffle, so the network
+  predicts only a correction to nearest-neighbour upsampling and INT8 noise lands on a residual, not on the
+  image. Plain Conv/Relu/Add/DepthToSpace only: quantizes cleanly in ONNX Runtime and TensorRT.
+* **Progressive heads** (LapSRN, Lai et al. CVPR 2017, adapted to LR space as in QuickSRNet, Berger et al.
+  CVPRW 2023): one trunk, the x2 head taps it after ``n_blocks`` blocks, the x4 head continues
+  ``x4_blocks`` blocks deeper. One forward pass emits every scale in ``heads``; every head works in LR
+  space, so x4 costs only its extra blocks and a wider last conv.
+
+Sizes (deployed x2-only parameter counts): ``s`` 16 ch x 3 blocks = 9.1k, ``m`` 32 x 5 = 50.6k,
+``l`` 64 x 5 = 193k. ``heads=[2, 4]`` adds the x4 path. ``deploy=True`` builds the collapsed form
+(what ``reparameterized()`` returns and what is exported, pruned and quantized).
+Forward returns one tensor for one head, else a tuple ordered like ``heads``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import MODELS
+
+SIZES = {"s": (16, 3), "m": (32, 5), "l": (64, 5)}
+
+
+class RepConv(nn.Module):
+    """A 3x3 convolution trained as 3x3 + 1x3 + 3x1 + 1x1 + (1x1 -> 3x3) [+ identity] branches."""
+
+    def __init__(self, cin: int, cout: int, *, expand: int = 2, deploy: bool = False):
+        super().__init__()
+        self.cin, self.cout, self.deploy = cin, cout, deploy
+        if deploy:
+            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+            return
+        self.k3 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.k13 = nn.Conv2d(cin, cout, (1, 3), padding=(0, 1))
+        self.k31 = nn.Conv2d(cin, cout, (3, 1), padding=(1, 0))
+        self.k1 = nn.Conv2d(cin, cout, 1)
+        self.expand = nn.Conv2d(cin, expand * cout, 1, bias=False)  # no bias: zero padding stays exact
+        self.squeeze = nn.Conv2d(expand * cout, cout, 3, padding=1)
+        self.identity = cin == cout
+        with torch.no_grad():  # five summed branches: keep the merged kernel's variance that of one conv
+            for m in (self.k3, self.k13, self.k31, self.k1, self.squeeze):
+                m.weight.mul_(5 ** -0.5)
+
+    def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The single 3x3 kernel and bias equal to the sum of the branches (differentiable)."""
+        if self.deploy:
+            return self.conv.weight, self.conv.bias
+        w = (self.k3.weight + F.pad(self.k13.weight, (0, 0, 1, 1)) + F.pad(self.k31.weight, (1, 1, 0, 0))
+             + F.pad(self.k1.weight, (1, 1, 1, 1))
+             + torch.einsum("oekl,ei->oikl", self.squeeze.weight, self.expand.weight[:, :, 0, 0]))
+        if self.identity:
+            eye = torch.zeros_like(w)
+            idx = torch.arange(self.cin)
+            eye[idx, idx, 1, 1] = 1.0
+            w = w + eye
+        b = self.k3.bias + self.k13.bias + self.k31.bias + self.k1.bias + self.squeeze.bias
+        return w, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            return self.conv(x)
+        w, b = self.merged()
+        return F.conv2d(x, w, b, padding=1)
+
+    def forward_branches(self, x: torch.Tensor) -> torch.Tensor:
+        """The multi-branch form, branch by branch (the reference the merged kernel is checked against)."""
+        if self.deploy:
+            return self.conv(x)
+        y = self.k3(x) + self.k13(x) + self.k31(x) + self.k1(x) + self.squeeze(self.expand(x))
+        return y + x if self.identity else y
+
+
+@MODELS.register("msrep")
+class MSRep(nn.Module):
+    def __init__(self, *, scale: int = 2, heads: list[int] | None = None, size: str = "s",
+                 channels: int | None = None, n_blocks: int | None = None, x4_blocks: int = 1,
+                 expand: int = 2, deploy: bool = False):
+        super().__init__()
+        if size not in SIZES:
+            raise ValueError(f"MSRep size must be one of {sorted(SIZES)}, got {size!r}")
+        heads = sorted(heads) if heads else [scale]
+        if scale not in heads or any(h not in (2, 3, 4) for h in heads) or len(set(heads)) != len(heads):
+            raise ValueError(f"MSRep heads must be distinct scales among 2, 3, 4 and include scale={scale}; got {heads}")
+        c, n = SIZES[size]
+        c, n = channels or c, n_blocks if n_blocks is not None else n
+        self.scale, self.scales, self.deploy_form = scale, tuple(heads), deploy
+        rep = lambda i, o: RepConv(i, o, expand=expand, deploy=deploy)
+        self.head = rep(3, c)
+        self.act = nn.ReLU()
+        # Trunk blocks; head k taps the trunk after depth[k] blocks.
+        self.depth = [n + i * x4_blocks for i in range(len(heads))]
+        self.blocks = nn.ModuleList(rep(c, c) for _ in range(self.depth[-1]))
+        self.tails = nn.ModuleList(rep(c, 3 * s * s) for s in heads)
+        self.shuffles = nn.ModuleList(nn.PixelShuffle(s) for s in heads)
+        if not deploy:  # start close to the anchor (nearest upsampling): a small, not zero, residual
+            with torch.no_grad():
+                for tail in self.tails:
+                    for p in tail.parameters():
+                        p.mul_(0.1)
+
+    def _run(self, lr: torch.Tensor, branches: bool):
+        conv = (lambda m, x: m.forward_branches(x)) if branches else (lambda m, x: m(x))
+        x = self.act(conv(self.head, lr))
+        outs, done = [], 0
+        for s, depth, tail, shuffle in zip(self.scales, self.depth, self.tails, self.shuffles):
+            for blk in self.blocks[done:depth]:
+                x = self.act(conv(blk, x))
+            done = depth
+            anchor = torch.repeat_interleave(lr, s * s, dim=1)  # channel c*r2+k -> colour c, as PixelShuffle reads it
+            outs.append(shuffle(conv(tail, x) + anchor))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def forward(self, lr: torch.Tensor):
+        return self._run(lr, branches=False)
+
+    def forward_branches(self, lr: torch.Tensor):
+        return self._run(lr, branches=True)
+
+    def reparameterized(self) -> tuple[nn.Module, dict]:
+        """The deploy form (plain 3x3 convs) with the merged weights, and the hyper-parameter change."""
+        if self.deploy_form:
+            return self, {}
+        plain = MSRep(scale=self.scale, heads=list(self.scales), channels=self.head.cout,
+                      n_blocks=self.depth[0], x4_blocks=(self.depth[1] - self.depth[0]) if len(self.depth) > 1 else 1,
+                      deploy=True)
+        with torch.no_grad():
+            for name, mod in self.named_modules():
+                if isinstance(mod, RepConv):
+                    w, b = mod.merged()
+                    target = plain.get_submodule(name).conv
+                    target.weight.copy_(w)
+                    target.bias.copy_(b)
+        return plain.eval(), {"deploy": True}
