@@ -73,7 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                **({"train": args.train} if args.train else {}))
     recipe = recipe.with_overrides(data=data, **({"threads": args.threads} if args.threads is not None else {}))
     out = Path(args.out or Path("runs") / recipe.name)
-    run_recipe(recipe, out, force=args.force, command="edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    only = [n for part in (args.only or []) for n in part.split(",") if n]
+    run_recipe(recipe, out, force=args.force, command="edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+               only=only or None)
     return 0
 
 
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", metavar="PATH", help="training data (DIV2K root, image folder, or 'builtin')")
     p.add_argument("--threads", type=int, help="intra-op threads (0 = all cores)")
     p.add_argument("--force", action="store_true", help="re-run stages even when their inputs are unchanged")
+    p.add_argument("--only", action="append", metavar="STAGE[,STAGE]",
+                   help="run only these stages (and what they need), no benchmark; repeatable. Under torchrun: "
+                        "the training stages to run data-parallel")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("upscale", help="upscale one image with an artifact")
     p.add_argument("artifact")

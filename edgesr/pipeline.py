@@ -84,8 +84,40 @@ def _model_of(art: Artifact) -> Artifact | None:
     return art
 
 
-def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str = "") -> dict:
-    """Run every stage of ``recipe`` into ``out``, then the benchmark; returns the results dict."""
+def stages_needed(recipe: Recipe, only: list[str]) -> set[str]:
+    """The named stages and every stage they depend on (input, teacher, init_from), transitively."""
+    specs = {s.name: s for s in recipe.stages}
+    unknown = [n for n in only if n not in specs]
+    if unknown:
+        raise KeyError(f"{recipe.source}: no stage named {unknown}; stages: {list(specs)}")
+    need, todo = set(), list(only)
+    while todo:
+        name = todo.pop()
+        if name in need:
+            continue
+        need.add(name)
+        todo += [getattr(specs[name].config, ref) for ref in ("input", "teacher", "init_from")
+                 if getattr(specs[name].config, ref, None)]
+    return need
+
+
+def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str = "",
+               only: list[str] | None = None) -> dict | None:
+    """Run every stage of ``recipe`` into ``out``, then the benchmark; returns the results dict.
+
+    ``only``: run just these stages (and what they depend on, skipped when unchanged), without the
+    benchmark; how independent trainings of one recipe run side by side. Under ``torchrun`` (data-parallel
+    training) every process runs the training stages and rank 0 writes the artifacts; ``only`` must then
+    name training stages."""
+    from .train.loop import distributed
+
+    rank, world = distributed()
+    needed = stages_needed(recipe, only) if only else {s.name for s in recipe.stages}
+    if world > 1:
+        bad = [s.name for s in recipe.stages if s.name in needed and s.stage not in ("train", "distill")]
+        if not only or bad:
+            raise ValueError(f"under torchrun only training stages run (pass --only with train/distill stages); "
+                             f"not {bad or 'the whole recipe'}. Run the other stages without torchrun.")
     from .benchmarks.latency import machine_info, measure_latency
     from .benchmarks.quality import measure_quality
     from .benchmarks.report import write_report
@@ -103,6 +135,8 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
     arts: dict[str, Artifact] = {}
     stages: list[dict] = [{"name": "data", "stage": "load", "status": "ran", "seconds": time.perf_counter() - t0}]
     for spec in recipe.stages:
+        if spec.name not in needed:
+            continue
         fp = _fingerprint(spec, recipe, _parents(spec, arts))
         path = out / spec.name
         t = time.perf_counter()
@@ -118,14 +152,23 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
         if art is None:
             console.print(f"[bold cyan]stage[/] {spec.name} ({spec.stage})")
             art = _run_stage(spec, recipe, out, arts, train, valid)
-            art = update_metrics(art, {}, recipe_fingerprint=fp,
-                                 stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1)})
+            if rank == 0:
+                art = update_metrics(art, {}, recipe_fingerprint=fp,
+                                     stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1)})
+            if world > 1:
+                torch.distributed.barrier()
+                art = read_artifact(path)
         arts[spec.name] = art
         seconds = art.manifest.get("stage", {}).get("seconds", 0.0) if status != "ran" else time.perf_counter() - t
         stages.append({"name": spec.name, "stage": spec.stage, "status": status, "seconds": round(seconds, 1),
                        "val_psnr": art.manifest.get("metrics", {}).get("val_psnr")})
         console.print(f"  {spec.name}: {status} in {seconds:.1f} s"
                       + (f", val PSNR {stages[-1]['val_psnr']:.2f} dB" if stages[-1]["val_psnr"] else ""))
+
+    if only:
+        console.print(f"[bold green]done[/] stages {sorted(needed)} in {time.perf_counter() - t0:.0f} s "
+                      "(no benchmark with --only)")
+        return None
 
     # ---------------------------------------------------------------------------------- benchmark
     bench = recipe.benchmark

@@ -17,18 +17,20 @@ class _Bar:
         self._p, self._t, self._enabled = progress, task, enabled
         self._desc, self._total = desc, max(total, 1)
         self._next_log = 0.1
-        self._t0 = time.perf_counter()
+        self._t0 = self._last_line = time.perf_counter()
 
     def update(self, completed: int, info: str = "") -> None:
         if not self._enabled:
             return
         self._p.update(self._t, completed=completed, info=info)
-        if not console.is_terminal:  # logs (CI, redirected output): a plain line every 10 %
+        if not console.is_terminal:  # logs (CI, redirected output): a plain line every 10 % or every minute
             frac = completed / self._total
-            if frac >= self._next_log - 1e-9:
-                console.print(f"{self._desc}: {completed}/{self._total} "
-                              f"({time.perf_counter() - self._t0:.0f} s) {info}", highlight=False)
+            now = time.perf_counter()
+            if frac >= self._next_log - 1e-9 or now - self._last_line >= 60:
+                console.print(f"{self._desc}: {completed}/{self._total} ({now - self._t0:.0f} s) {info}",
+                              highlight=False)
                 self._next_log = (int(frac * 10 + 1e-9) + 1) / 10
+                self._last_line = now
 
 
 @contextlib.contextmanager
