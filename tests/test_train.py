@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from edgesr.artifacts import load_model
 from edgesr.data.patches import PatchSampler
 from edgesr.metrics import evaluate_pairs
 from edgesr.models import build_model
-from edgesr.train.loop import fit, validate
+from edgesr.train.loop import Schedule, fit, init_weights, pairs_at_scale, resolve_device, scale_loss, validate
 
 SPEC = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1}
 
@@ -52,3 +54,106 @@ def test_training_beats_its_nearest_anchor_on_held_out_images(builtin_train, bui
     # It starts as nearest upsampling plus noise and learns a residual that beats it clearly and steadily.
     assert res.best_psnr > nearest + 0.5, (nearest, res.history)
     assert res.history[-1]["val_psnr"] > res.history[0]["val_psnr"]
+
+
+def test_resume_with_ema_and_step_schedule_reproduces_uninterrupted_run(builtin_train, tmp_path):
+    sampler = PatchSampler(builtin_train, 2, 16, 4, seed=2)
+    kw = {"ema_decay": 0.9, "schedule": Schedule("step", milestones=(0.5,), gamma=0.1, warmup_steps=2)}
+    torch.manual_seed(0)
+    straight = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "a", **kw)
+    torch.manual_seed(0)
+    _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "b", stop_after=5, **kw)
+    resumed = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "b", **kw)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert (tmp_path / "b" / "best.safetensors").is_file() and (tmp_path / "b" / "last.pt").is_file()
+
+
+def test_schedules_warm_up_decay_and_step():
+    cos = Schedule("cosine", min_ratio=0.1, warmup_steps=4)
+    assert cos.factor(0.0, 0) == pytest.approx(0.25) and cos.factor(0.0, 10) == pytest.approx(1.0)
+    assert cos.factor(1.0, 99) == pytest.approx(0.1) and cos.factor(0.5, 50) == pytest.approx(0.55)
+    step = Schedule("step", milestones=(0.5, 0.75), gamma=0.5)
+    assert [step.factor(p, 99) for p in (0.1, 0.5, 0.8)] == [1.0, 0.5, 0.25]
+
+
+def test_time_budget_ends_the_run_and_its_schedule(builtin_train, tmp_path):
+    torch.manual_seed(0)
+    res = fit(build_model(SPEC), PatchSampler(builtin_train, 2, 16, 4), steps=10_000, lr=1e-3,
+              loss_fn=lambda sr, lr, hr: (sr - hr).abs().mean(), val_pairs=builtin_train[:1], scale=2,
+              val_every=10_000, max_seconds=1.0)
+    assert res.stopped_by_time and 0 < res.steps < 10_000
+    assert res.history and res.history[-1]["step"] == res.steps  # the stopped run is still validated
+
+
+def test_asking_for_cuda_without_a_gpu_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*device: auto or cpu"):
+        resolve_device("cuda")
+
+
+def test_multi_scale_sampler_gives_a_target_per_output(builtin_train):
+    pairs = pairs_at_scale(builtin_train[:2], 4)
+    sampler = PatchSampler(pairs, 4, 12, 3, seed=0, targets=(2, 4))
+    lr, hr = sampler.batch(0)
+    assert lr.shape == (3, 3, 12, 12) and hr[2].shape == (3, 3, 24, 24) and hr[4].shape == (3, 3, 48, 48)
+    # The x2 target is the x4 target reduced by 2 (bicubic, antialiased): close to its 2x2 average.
+    assert (F.avg_pool2d(hr[4], 2) - hr[2]).abs().mean() < 0.03
+    part0, part1 = sampler.batch(0, (0, 3)), sampler.batch(0, (2, 3))
+    assert torch.equal(part0[0], lr[:1]) and torch.equal(part1[1][4], hr[4][2:])
+    loss = scale_loss(torch.nn.L1Loss(), (2, 4), (1.0, 0.5))
+    sr = (torch.zeros_like(hr[2]), torch.zeros_like(hr[4]))
+    assert loss(sr, lr, hr) == pytest.approx(hr[2].mean().item() + 0.5 * hr[4].mean().item(), rel=1e-5)
+
+
+def test_curriculum_x2_then_x4_reuses_the_trunk(builtin_train, builtin_valid, tmp_path):
+    """Train x2, then a x2+x4 model starting from it: the x2 path is inherited whole, the x4 head is new,
+    and both outputs are supervised."""
+    from edgesr.config import TrainConfig
+    from edgesr.train.loop import train_stage
+
+    common = dict(train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=12,
+                  min_patch_std=0.0, seed=0)
+    small = {"type": "msrep", "channels": 8, "n_blocks": 2}
+    x2 = train_stage(TrainConfig(model=small, steps=20, batch_size=4, val_every=20), name="x2",
+                     out=tmp_path / "x2", **common)
+    both = train_stage(TrainConfig(model={**small, "heads": [2, 4]}, steps=0, batch_size=4), name="x24",
+                       out=tmp_path / "x24", init=x2, **common)
+    record = both.manifest["transforms"][0]
+    assert record["type"] == "init_from" and record["from"] == "x2"
+    assert record["fresh"] and all(k.startswith(("tails.1", "blocks.2")) for k in record["fresh"])
+    a, b = load_model(x2), load_model(both)
+    x = torch.rand(1, 3, 11, 9)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x)[0])
+        assert b(x)[1].shape == (1, 3, 44, 36)
+    with pytest.raises(ValueError, match="shares no layer"):
+        init_weights(build_model(SPEC), x2)
+
+
+def test_data_parallel_processes_stay_in_sync_and_match_one_process(builtin_train, tmp_path):
+    """torchrun, 2 CPU processes (gloo): same weights on both ranks, equal to a single process trained on
+    the same global batches."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(worker), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    single = tmp_path / "single"
+    single.mkdir()
+    subprocess.run([sys.executable, str(worker), str(single)], check=True, env=env, timeout=300)
+    one = torch.load(single / "rank0.pt", weights_only=True)
+    assert one["world"] == 1
+    for k in r0["state"]:
+        assert torch.allclose(r0["state"][k], one["state"][k], atol=1e-5), k

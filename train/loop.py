@@ -229,6 +229,8 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
         torch.distributed.barrier()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    elif ema is not None:  # processes that do not validate end on the averaged weights too
+        model.load_state_dict(ema.module.state_dict())
     model.cpu().eval()
     return FitResult(model, step, elapsed0 + time.perf_counter() - t0, best["psnr"], best["step"], history,
                      stopped_by_time=stopped_by_time)
