@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 __all__ = [
-    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "PruneConfig", "QuantizeConfig",
+    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig",
     "ExportConfig", "BenchmarkConfig", "Recipe", "load_recipe", "parse_recipe", "STAGE_CONFIGS",
 ]
 
@@ -86,6 +86,26 @@ class DistillConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class GanConfig:
+    """Perceptual + adversarial fine-tune of a trained model (SRGAN/ESRGAN-style)."""
+
+    input: str
+    vgg_weights: str
+    """Path to VGG-19 ImageNet weights (torchvision's vgg19-dcbb9e9d.pth or a safetensors copy); never downloaded."""
+    vgg_layer: str = "relu5_4"
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-4
+    disc_lr: float = 1e-4
+    pixel_weight: float = 0.01
+    perceptual_weight: float = 1.0
+    adversarial_weight: float = 5e-3
+    disc_feats: int = 64
+    val_every: int = 200
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     input: str
     ratio: float = 0.5
@@ -142,7 +162,7 @@ class BenchmarkConfig:
     """Per-variant cap on timed runs (at least 5 runs are always made)."""
 
 
-STAGE_CONFIGS = {"train": TrainConfig, "distill": DistillConfig, "prune": PruneConfig,
+STAGE_CONFIGS = {"train": TrainConfig, "distill": DistillConfig, "gan": GanConfig, "prune": PruneConfig,
                  "export": ExportConfig, "quantize": QuantizeConfig}
 
 

@@ -57,6 +57,9 @@ def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artif
               "min_patch_std": recipe.data.min_patch_std, "seed": recipe.seed}
     if spec.stage == "train":
         return train_stage(cfg, **common, **fit_kw, init=arts[cfg.init_from] if cfg.init_from else None)
+    if spec.stage == "gan":
+        from .train.gan import gan_stage
+        return gan_stage(cfg, **common, source=arts[cfg.input], **fit_kw)
     if spec.stage == "distill":
         return distill_stage(cfg, **common, teacher=arts[cfg.teacher], **fit_kw)
     if spec.stage == "prune":

@@ -157,3 +157,36 @@ def test_data_parallel_processes_stay_in_sync_and_match_one_process(builtin_trai
     assert one["world"] == 1
     for k in r0["state"]:
         assert torch.allclose(r0["state"][k], one["state"][k], atol=1e-5), k
+
+
+def test_gan_fine_tune_needs_the_users_vgg_file_and_runs_with_it(builtin_train, builtin_valid, tmp_path):
+    from edgesr.artifacts import save_model
+    from edgesr.config import GanConfig
+    from edgesr.train.gan import VGGFeatures, gan_stage
+
+    spec = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1}
+    src = save_model(tmp_path / "g", build_model(spec), name="g", arch=spec)
+    common = dict(name="gan", out=tmp_path / "gan", source=src, train_pairs=builtin_train, val_pairs=builtin_valid[:1],
+                  scale=2, patch_size=16, min_patch_std=0.0, seed=0)
+    with pytest.raises(FileNotFoundError, match="nothere.pth: VGG-19 weights not found.*vgg19-dcbb9e9d.pth"):
+        gan_stage(GanConfig(input="g", vgg_weights=str(tmp_path / "nothere.pth")), **common)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pth: cannot read VGG-19 weights"):
+        VGGFeatures(tmp_path / "bad.pth", "relu2_2")
+    torch.save({"features.0.weight": torch.zeros(3, 3, 3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not VGG-19 features weights"):
+        VGGFeatures(tmp_path / "other.pth", "relu1_1")
+    # A stand-in VGG file with the torchvision key layout (random weights: only the plumbing is under test).
+    torch.manual_seed(0)
+    import torch.nn as nn
+    layers, cin = [], 3
+    for v in [64, 64, "M", 128, 128]:
+        layers += [nn.MaxPool2d(2)] if v == "M" else [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+        cin = v if v != "M" else cin
+    torch.save({f"features.{k}": t for k, t in nn.Sequential(*layers).state_dict().items()}, tmp_path / "vgg.pth")
+    art = gan_stage(GanConfig(input="g", vgg_weights=str(tmp_path / "vgg.pth"), vgg_layer="relu2_2", steps=3,
+                              batch_size=2, disc_feats=8, val_every=3), **common)
+    assert art.manifest["transforms"][-1]["type"] == "gan"
+    assert "val_psnr_before" in art.manifest["metrics"] and len(art.manifest["metrics"]["history"]) == 1
+    before, after = load_model(src).state_dict(), load_model(art).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
