@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgesr.artifacts import Artifact, write_artifact
-from edgesr.config import QuantizeConfig
+from edgesr.config import Fp16Config, QuantizeConfig
 from edgesr.data.datasets import ImagePair
 from edgesr.imaging import to_float
 from edgesr.metrics import evaluate_pairs
@@ -30,7 +30,8 @@ from edgesr.runtime import Upscaler, open_backend
 
 from .budget import check_budget
 
-__all__ = ["calibration_batches", "quantize_onnx", "check_qdq", "quantize_stage", "QuantizeError"]
+__all__ = ["calibration_batches", "quantize_onnx", "check_qdq", "quantize_stage", "QuantizeError",
+           "activation_ranges", "fp16_onnx", "fp16_stage", "FP16_MAX"]
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -159,3 +160,151 @@ def quantize_stage(cfg: QuantizeConfig, *, name: str, out: Path, source: Artifac
 
     parent_psnr = onnx_quality(source, val_pairs, scale, threads)
     return write_artifact(out, writer, "model.onnx", manifest)
+
+
+# ------------------------------------------------------------------------------------------------ FP16
+
+FP16_MAX = 65504.0
+
+
+def activation_ranges(src: Path, batches: list[np.ndarray]) -> dict[str, tuple[str, float]]:
+    """Largest |value| of every node output of an FP32 graph over ``batches``: {tensor: (node, max_abs)}."""
+    import onnxruntime as ort
+
+    proto = onnx.load(str(src))
+    producers = {o: n.name or n.op_type for n in proto.graph.node for o in n.output}
+    known = {o.name for o in proto.graph.output}
+    for n in proto.graph.node:
+        for o in n.output:
+            if o and o not in known:
+                proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(o))
+                known.add(o)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    peak: dict[str, float] = {}
+    for b in batches:
+        for name, value in zip(names, sess.run(None, {"lr": b})):
+            if value.dtype.kind == "f" and value.size:
+                peak[name] = max(peak.get(name, 0.0), float(np.nanmax(np.abs(value))))
+    return {t: (producers.get(t, t), v) for t, v in peak.items()}
+
+
+def fp16_onnx(src: Path, dst: Path, *, keep_io_types: bool = True, node_block_list: tuple[str, ...] = ()) -> None:
+    """Convert an FP32 ONNX graph to FP16 (onnxconverter-common); ``keep_io_types`` keeps FP32 inputs and
+    outputs (a Cast at each end), ``node_block_list`` keeps those nodes in FP32. The converter casts every
+    kept node's output to FP16 even when the next node is kept too, which would still overflow between
+    them: those Cast(FP16) -> Cast(FP32) round trips are removed, so a run of kept nodes stays FP32 inside."""
+    from onnxconverter_common import float16
+
+    proto = onnx.load(str(src))
+    half = float16.convert_float_to_float16(proto, keep_io_types=keep_io_types,
+                                            node_block_list=list(node_block_list) or None,
+                                            max_finite_val=FP16_MAX, disable_shape_infer=False)
+    _drop_cast_round_trips(half.graph)
+    onnx.checker.check_model(half)
+    onnx.save_model(half, str(dst))
+
+
+def _drop_cast_round_trips(graph: onnx.GraphProto) -> None:
+    """Rewire Cast(to FP32)(Cast(to FP16)(x)) to x, then delete Casts nothing reads."""
+    to = lambda n: next((a.i for a in n.attribute if a.name == "to"), None)
+    producer = {o: n for n in graph.node for o in n.output}
+    alias = {}
+    for n in graph.node:
+        if n.op_type == "Cast" and to(n) == onnx.TensorProto.FLOAT:
+            p = producer.get(n.input[0])
+            if p is not None and p.op_type == "Cast" and to(p) == onnx.TensorProto.FLOAT16:
+                alias[n.output[0]] = p.input[0]
+    outputs = {o.name for o in graph.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+
+
+def fp16_stage(cfg: Fp16Config, *, name: str, out: Path, source: Artifact, calib_pairs: list[ImagePair],
+               val_pairs: list[ImagePair], scale: int, seed: int, threads: int = 0) -> Artifact:
+    """The ``fp16`` stage: FP32 ONNX -> FP16 ONNX with an overflow guard and the quality budget.
+
+    The guard runs the FP32 graph on the calibration crops and finds every node whose output exceeds
+    ``saturation`` x 65504 (FP16's largest finite value); with ``on_overflow: fallback`` those nodes stay in
+    FP32, with ``fail`` the stage stops and names them. The FP16 graph is then run on the same crops and
+    must produce no Inf/NaN."""
+    if source.kind != "onnx" or source.manifest["precision"] != "fp32":
+        raise QuantizeError(f"{source.path}: fp16 takes an FP32 ONNX artifact (an export stage's output), got "
+                            f"{source.kind} {source.manifest['precision']}")
+    import onnxruntime as ort
+
+    batches = calibration_batches(calib_pairs, cfg.calibration_images, cfg.calibration_patch, seed)
+    ranges = activation_ranges(source.payload, batches)
+    limit = cfg.saturation * FP16_MAX
+    hot_tensors = {t for t, (_, peak) in ranges.items() if peak > limit}
+    # A hot tensor must neither be produced nor consumed in FP16 (a Cast to FP16 in front of its consumer
+    # would overflow just the same), so both ends stay in FP32.
+    graph = onnx.load(str(source.payload)).graph
+    hot = sorted({n.name for n in graph.node if hot_tensors & (set(n.output) | set(n.input))})
+    peak_all = max((v for _, v in ranges.values()), default=0.0)
+    if hot and cfg.on_overflow == "fail":
+        raise QuantizeError(f"fp16 {name}: activations of {hot} exceed {limit:.0f} on the calibration crops (FP16 "
+                            f"overflows at {FP16_MAX:.0f}); set on_overflow: fallback to keep them in FP32.")
+    manifest = {
+        "kind": "onnx", "name": name, "arch": source.manifest["arch"], "scales": source.manifest["scales"],
+        "precision": "fp16", "params": source.manifest.get("params"),
+        "size_multiple": source.manifest.get("size_multiple", 1),
+        "parent": {"name": source.manifest.get("name"), "hash": source.hash, "path": str(source.path)},
+    }
+
+    def writer(path: Path) -> None:
+        fp16_onnx(source.payload, path, keep_io_types=cfg.keep_io_types, node_block_list=tuple(hot))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        in_type = np.float32 if cfg.keep_io_types else np.float16
+        bad = [i for i, b in enumerate(batches)
+               if not all(np.isfinite(o).all() for o in sess.run(None, {"lr": b.astype(in_type)}))]
+        if bad:
+            raise QuantizeError(f"{path}: the FP16 graph gives Inf/NaN on calibration crops {bad[:5]} (FP32 kept for "
+                                f"{hot or 'no node'}); lower saturation or keep this model in FP32.")
+        manifest["ops"] = op_counts(path)
+        manifest["transforms"] = source.manifest.get("transforms", []) + [{
+            "type": "fp16", "tool": "onnxconverter_common.float16", "keep_io_types": cfg.keep_io_types,
+            "fp32_nodes": hot, "fp32_reason": f"activation above {limit:.0f} on calibration crops" if hot else "",
+            "peak_activation": round(peak_all, 3), "calibration_images": cfg.calibration_images}]
+        if cfg.keep_io_types:
+            draft = Artifact(path.parent, {**manifest, "payload": path.name})
+            psnr = onnx_quality(draft, val_pairs, scale, threads)
+        else:  # FP16 I/O: the protocol feeds FP32, so convert at the edges for measuring only
+            psnr = _fp16_io_quality(path, val_pairs, scale, threads)
+        budget = check_budget(f"fp16 {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
+        manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget}
+
+    parent_psnr = onnx_quality(source, val_pairs, scale, threads)
+    return write_artifact(out, writer, "model.onnx", manifest)
+
+
+def _fp16_io_quality(path: Path, pairs: list[ImagePair], scale: int, threads: int) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or 0
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        x = to_float(lr).transpose(2, 0, 1)[None].astype(np.float16)
+        return np.clip(sess.run(None, {"lr": x})[0][0].astype(np.float32), 0, 1).transpose(1, 2, 0)
+    return evaluate_pairs(run, ((p.name, p.lr, p.hr) for p in pairs), scale, with_ssim=False).psnr
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    proto = onnx.load(str(path))
+    return dict(sorted(Counter(n.op_type if n.domain in STANDARD_DOMAINS else f"{n.domain}.{n.op_type}"
+                               for n in proto.graph.node).items()))

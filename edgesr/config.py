@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 __all__ = [
-    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig",
+    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig", "Fp16Config",
     "ExportConfig", "BenchmarkConfig", "Recipe", "load_recipe", "parse_recipe", "STAGE_CONFIGS",
 ]
 
@@ -150,6 +150,23 @@ class QuantizeConfig:
 
 
 @dataclass(frozen=True)
+class Fp16Config:
+    input: str
+    """An ONNX artifact (FP32) to convert."""
+    keep_io_types: bool = True
+    """Keep FP32 inputs and outputs (Casts inside the graph); false: the graph takes and returns FP16."""
+    calibration_images: int = 16
+    calibration_patch: int = 96
+    saturation: float = 0.25
+    """Overflow guard: a node whose FP32 activations exceed saturation x 65504 on the calibration crops is
+    an overflow risk (4x headroom: FP16 kernels may accumulate partial sums above the output value)."""
+    on_overflow: Literal["fallback", "fail"] = "fallback"
+    """fallback: keep the risky nodes in FP32 (named in the manifest); fail: stop and name them."""
+    max_psnr_drop_db: float | None = None
+    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     variants: tuple[str, ...] = ()
     """Artifact names from the stages, plus 'bicubic'. Model artifacts run through their exported ONNX."""
@@ -163,7 +180,7 @@ class BenchmarkConfig:
 
 
 STAGE_CONFIGS = {"train": TrainConfig, "distill": DistillConfig, "gan": GanConfig, "prune": PruneConfig,
-                 "export": ExportConfig, "quantize": QuantizeConfig}
+                 "export": ExportConfig, "quantize": QuantizeConfig, "fp16": Fp16Config}
 
 
 @dataclass(frozen=True)

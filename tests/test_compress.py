@@ -103,3 +103,50 @@ def test_quality_budget():
     with pytest.raises(QualityBudgetExceeded, match="dropped 0.500 dB.*max_psnr_drop_db=0.1"):
         check_budget("s", 30.0, 29.5, 0.1, "fail")
     assert check_budget("s", 30.0, 29.5, 0.1, "warn")["within_budget"] is False
+
+
+def test_fp16_keeps_quality_and_fp32_io(student_onnx, builtin_train, builtin_valid, tmp_path):
+    from edgesr.compress.quantize import fp16_stage
+    from edgesr.config import Fp16Config
+
+    art = fp16_stage(Fp16Config(input="s", calibration_images=4, calibration_patch=48, max_psnr_drop_db=0.01),
+                     name="half", out=tmp_path / "half", source=student_onnx, calib_pairs=builtin_train,
+                     val_pairs=builtin_valid[:1], scale=2, seed=0)
+    proto = onnx.load(str(art.payload))
+    conv_w = [i for i in proto.graph.initializer if i.dims and len(i.dims) == 4]
+    assert conv_w and all(i.data_type == onnx.TensorProto.FLOAT16 for i in conv_w)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    assert art.manifest["precision"] == "fp16" and art.manifest["transforms"][-1]["fp32_nodes"] == []
+    assert abs(art.manifest["metrics"]["budget"]["psnr_drop_db"]) <= 0.01
+    x = calibration_batches(builtin_train, 1, 40, seed=3)[0]
+    assert np.abs(open_backend(art).run(x) - open_backend(student_onnx).run(x)).max() < 5e-3
+
+
+def test_fp16_overflow_guard_names_and_keeps_the_hot_layers(builtin_train, builtin_valid, tmp_path):
+    """A net whose inner activations exceed FP16's range: the guard finds the layers and keeps them in FP32
+    (or fails, naming them); the FP16 graph then gives finite output."""
+    from edgesr.compress.quantize import QuantizeError, activation_ranges, fp16_stage
+    from edgesr.config import Fp16Config
+
+    spec = {"type": "edsr", "scale": 2, "n_resblocks": 1, "n_feats": 8}
+    model = build_model(spec).eval()
+    with torch.no_grad():  # blow up the body's activations, undo it before the upsampler
+        model.head.weight.mul_(1e5)
+        model.head.bias.mul_(1e5)
+        model.upsample[0].weight.div_(1e5)
+    src = save_model(tmp_path / "m", model, name="m", arch=spec)
+    onnx_art = export_stage(ExportConfig(input="m", parity_atol=1.0), name="o", out=tmp_path / "o", source=src)
+    batches = calibration_batches(builtin_train, 2, 32)
+    peaks = activation_ranges(onnx_art.payload, batches)
+    assert max(v for _, v in peaks.values()) > 65504
+    kw = dict(calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    with pytest.raises(QuantizeError, match="exceed 16376.*on_overflow: fallback"):
+        fp16_stage(Fp16Config(input="o", calibration_images=2, calibration_patch=32, on_overflow="fail"),
+                   name="h", out=tmp_path / "h", source=onnx_art, **kw)
+    assert not (tmp_path / "h").exists()
+    art = fp16_stage(Fp16Config(input="o", calibration_images=2, calibration_patch=32), name="h",
+                     out=tmp_path / "h", source=onnx_art, **kw)
+    kept = art.manifest["transforms"][-1]["fp32_nodes"]
+    assert kept and any("conv" in k.lower() for k in kept)
+    out = open_backend(art).run(batches[0])
+    assert np.isfinite(out).all()
