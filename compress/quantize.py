@@ -92,6 +92,48 @@ def quantize_onnx(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, me
                                        "QuantizeBias": not symmetric})
 
 
+def quantize_onnx_nncf(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, target: str = "onnxruntime",
+                       exclude: tuple[str, ...] = ()) -> None:
+    """Static INT8 quantisation of ``src`` with NNCF's ONNX backend (MinMax statistics + fast bias correction).
+
+    NNCF quantizes the ONNX graph directly and writes standard QuantizeLinear/DequantizeLinear; quantizing
+    the PyTorch model and exporting it would leave OpenVINO FakeQuantize nodes that neither ONNX Runtime nor
+    TensorRT runs. ``target: tensorrt`` uses the PERFORMANCE preset (symmetric INT8 activations), otherwise
+    MIXED (asymmetric activations)."""
+    import logging
+
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    batches = [{"lr": b} for b in calibration]
+    preset = nncf.QuantizationPreset.PERFORMANCE if target == "tensorrt" else nncf.QuantizationPreset.MIXED
+    model = onnx.load(str(src))
+    quantized = nncf.quantize(model, nncf.Dataset(batches), preset=preset, subset_size=len(batches),
+                              fast_bias_correction=True,
+                              ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None)
+    onnx.save_model(quantized, str(dst))
+
+
+def quantize_graph(src: Path, dst: Path, batches: list[np.ndarray], cfg: QuantizeConfig,
+                   exclude: tuple[str, ...] = ()) -> None:
+    """Quantize with the tool the config names; ``exclude`` adds nodes kept in floating point."""
+    keep = tuple(cfg.exclude) + tuple(exclude)
+    if cfg.tool == "nncf":
+        quantize_onnx_nncf(src, dst, batches, target=cfg.target, exclude=keep)
+    else:
+        quantize_onnx(src, dst, batches, method=cfg.method, per_channel=cfg.per_channel, target=cfg.target,
+                      exclude=keep)
+
+
+_SHAPE_OPS = {"Shape", "Constant", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Cast", "Concat",
+              "Slice", "Range", "ConstantOfShape"}
+
+
+def quantizable_nodes(path: Path) -> list[str]:
+    """Names of the nodes INT8 can apply to (compute and elementwise ops, not shape arithmetic), graph order."""
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type not in _SHAPE_OPS]
+
+
 def check_qdq(path: Path) -> dict:
     """Inspect a QDQ graph: operator inventory, non-standard operators, and whether TensorRT can build it
     (INT8 Q/DQ with zero point 0 everywhere, no INT32 bias Q/DQ)."""
@@ -125,10 +167,20 @@ def onnx_quality(art: Artifact, pairs: list[ImagePair], scale: int, threads: int
 
 def quantize_stage(cfg: QuantizeConfig, *, name: str, out: Path, source: Artifact, calib_pairs: list[ImagePair],
                    val_pairs: list[ImagePair], scale: int, seed: int, threads: int = 0) -> Artifact:
-    """The ``quantize`` stage: FP32 ONNX artifact -> INT8 QDQ ONNX artifact, budget-checked."""
+    """The ``quantize`` stage: FP32 ONNX artifact -> INT8 QDQ ONNX artifact, budget-checked.
+
+    With ``on_budget_exceeded: fallback`` a graph over budget becomes mixed precision: each quantizable
+    layer is quantized alone and its PSNR drop measured (its sensitivity); the most sensitive layers are
+    then kept in floating point, one more at a time, until the drop is within ``max_psnr_drop_db``. The
+    manifest names the layers kept and their measured sensitivities."""
     if source.kind != "onnx" or source.manifest["precision"] != "fp32":
         raise QuantizeError(f"{source.path}: quantize takes an FP32 ONNX artifact (an export stage's output), got "
                             f"{source.kind} {source.manifest['precision']}")
+    if cfg.tool == "nncf" and (cfg.method != "minmax" or not cfg.per_channel):
+        raise QuantizeError(f"quantize {name}: tool nncf calibrates with its own MinMax statistics and per-channel "
+                            "weights; method and per_channel apply to tool onnxruntime only")
+    if cfg.on_budget_exceeded == "fallback" and cfg.max_psnr_drop_db is None:
+        raise QuantizeError(f"quantize {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
     batches = calibration_batches(calib_pairs, cfg.calibration_images, cfg.calibration_patch, seed)
     manifest = {
         "kind": "onnx", "name": name, "arch": source.manifest["arch"], "scales": source.manifest["scales"],
@@ -137,29 +189,63 @@ def quantize_stage(cfg: QuantizeConfig, *, name: str, out: Path, source: Artifac
         "parent": {"name": source.manifest.get("name"), "hash": source.hash, "path": str(source.path)},
     }
 
+    def quality(path: Path) -> float:
+        return onnx_quality(Artifact(path.parent, {**manifest, "payload": path.name}), val_pairs, scale, threads)
+
     def writer(path: Path) -> None:
-        quantize_onnx(source.payload, path, batches, method=cfg.method, per_channel=cfg.per_channel,
-                      target=cfg.target, exclude=cfg.exclude)
+        quantize_graph(source.payload, path, batches, cfg)
+        psnr = quality(path)
+        mixed = None
+        if cfg.on_budget_exceeded == "fallback" and parent_psnr - psnr > cfg.max_psnr_drop_db:
+            mixed = _mixed_precision(source.payload, path, batches, cfg, parent_psnr, psnr, quality)
+            psnr = mixed["psnr"]
         report = check_qdq(path)
         if report["nonstandard_ops"]:
             raise QuantizeError(f"{path}: quantised graph has non-standard operators {report['nonstandard_ops']}; "
                                 "neither ONNX Runtime nor TensorRT can run it")
         manifest["ops"] = report.pop("ops")
+        manifest["precision"] = "int8" if not mixed or not mixed["fp_layers"] else "int8+fp32"
         manifest["transforms"] = source.manifest.get("transforms", []) + [{
-            "type": "quantize", "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "method": cfg.method, "per_channel": cfg.per_channel, "target": cfg.target,
+            "type": "quantize", "format": "QDQ",
+            "tool": "nncf.quantize (ONNX backend)" if cfg.tool == "nncf" else "onnxruntime.quantization.quantize_static",
+            "method": cfg.method if cfg.tool == "onnxruntime" else "nncf minmax + fast bias correction",
+            "per_channel": cfg.per_channel, "target": cfg.target,
             "weights": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
-            "activations": "int8 symmetric" if cfg.target == "tensorrt" else "uint8 asymmetric",
+            "activations": "int8 symmetric" if cfg.target == "tensorrt" else "uint8/int8 asymmetric",
             "calibration_images": cfg.calibration_images, "calibration_patch": cfg.calibration_patch,
-            "excluded_nodes": list(cfg.exclude), **report}]
+            "excluded_nodes": list(cfg.exclude), "mixed_precision": mixed, **report}]
         # Measured before the artifact is moved into place: a graph over budget never lands.
-        draft = Artifact(path.parent, {**manifest, "payload": path.name})
-        psnr = onnx_quality(draft, val_pairs, scale, threads)
-        budget = check_budget(f"quantize {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
+        policy = "warn" if cfg.on_budget_exceeded == "warn" else "fail"
+        budget = check_budget(f"quantize {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, policy)
         manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget}
 
     parent_psnr = onnx_quality(source, val_pairs, scale, threads)
     return write_artifact(out, writer, "model.onnx", manifest)
+
+
+def _mixed_precision(src: Path, dst: Path, batches: list[np.ndarray], cfg: QuantizeConfig, parent_psnr: float,
+                     full_psnr: float, quality) -> dict:
+    """Keep the most sensitive layers in floating point until the drop fits the budget; rewrites ``dst``."""
+    layers = [n for n in quantizable_nodes(src) if n not in cfg.exclude]
+    trial = dst.with_name("sensitivity.onnx")
+    sensitivity = {}
+    for layer in layers:  # quantize this layer alone: exclude every other one
+        quantize_graph(src, trial, batches, cfg, exclude=tuple(x for x in layers if x != layer))
+        sensitivity[layer] = round(parent_psnr - quality(trial), 4)
+    ranked = sorted(layers, key=lambda n: sensitivity[n], reverse=True)
+    kept: list[str] = []
+    psnr = full_psnr
+    for layer in ranked:
+        if parent_psnr - psnr <= cfg.max_psnr_drop_db:
+            break
+        kept.append(layer)
+        quantize_graph(src, dst, batches, cfg, exclude=tuple(kept))
+        psnr = quality(dst)
+    trial.unlink(missing_ok=True)
+    return {"fp_layers": kept, "psnr": psnr, "full_int8_drop_db": round(parent_psnr - full_psnr, 4),
+            "sensitivity_db": sensitivity,
+            "reason": "kept in floating point, most sensitive first (PSNR drop when quantized alone), until the "
+                      "drop fits max_psnr_drop_db"}
 
 
 # ------------------------------------------------------------------------------------------------ FP16

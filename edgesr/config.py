@@ -137,6 +137,8 @@ class ExportConfig:
 class QuantizeConfig:
     input: str
     """An ONNX artifact (FP32) to quantise."""
+    tool: Literal["onnxruntime", "nncf"] = "onnxruntime"
+    """onnxruntime: quantize_static (method below); nncf: NNCF's post-training quantization (ONNX backend)."""
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -146,7 +148,9 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = ()
     """ONNX node names kept in floating point."""
     max_psnr_drop_db: float | None = None
-    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+    on_budget_exceeded: Literal["fail", "warn", "fallback"] = "fail"
+    """fallback: accuracy-aware mixed precision, keeping the most sensitive layers in floating point until
+    the drop fits max_psnr_drop_db."""
 
 
 @dataclass(frozen=True)

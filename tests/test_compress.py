@@ -150,3 +150,40 @@ def test_fp16_overflow_guard_names_and_keeps_the_hot_layers(builtin_train, built
     assert kept and any("conv" in k.lower() for k in kept)
     out = open_backend(art).run(batches[0])
     assert np.isfinite(out).all()
+
+
+def test_nncf_ptq_writes_standard_qdq(student_onnx, builtin_train, builtin_valid, tmp_path):
+    cfg = QuantizeConfig(input="s", tool="nncf", calibration_images=8, calibration_patch=48, target="tensorrt")
+    art = quantize_stage(cfg, name="nncf", out=tmp_path / "nncf", source=student_onnx, calib_pairs=builtin_train,
+                         val_pairs=builtin_valid[:1], scale=2, seed=0)
+    report = check_qdq(art.payload)
+    assert report["nonstandard_ops"] == [] and report["qdq_pairs"] >= 3
+    assert "FakeQuantize" not in art.manifest["ops"] and "nncf" in art.manifest["transforms"][-1]["tool"]
+    assert abs(art.manifest["metrics"]["budget"]["psnr_drop_db"]) < 0.5
+    with pytest.raises(RuntimeError, match="method and per_channel apply to tool onnxruntime"):
+        quantize_stage(QuantizeConfig(input="s", tool="nncf", method="entropy"), name="x", out=tmp_path / "x",
+                       source=student_onnx, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+
+
+def test_mixed_precision_keeps_the_most_sensitive_layers_until_the_budget_holds(student_onnx, builtin_train,
+                                                                               builtin_valid, tmp_path):
+    kw = dict(source=student_onnx, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    full = quantize_stage(QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False),
+                          name="full", out=tmp_path / "full", **kw)
+    drop = full.manifest["metrics"]["budget"]["psnr_drop_db"]
+    assert drop > 0.002
+    budget = drop / 3  # force the fallback: all-INT8 misses this budget
+    art = quantize_stage(QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False,
+                                        max_psnr_drop_db=budget, on_budget_exceeded="fallback"),
+                         name="mixed", out=tmp_path / "mixed", **kw)
+    mixed = art.manifest["transforms"][-1]["mixed_precision"]
+    assert mixed["fp_layers"] and set(mixed["sensitivity_db"]) >= set(mixed["fp_layers"])
+    first = max(mixed["sensitivity_db"], key=mixed["sensitivity_db"].get)
+    assert mixed["fp_layers"][0] == first  # the most sensitive goes first
+    assert art.manifest["metrics"]["budget"]["psnr_drop_db"] <= budget
+    assert art.manifest["precision"] == "int8+fp32"
+    proto = onnx.load(str(art.payload))
+    q_inputs = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    by_name = {n.name: n for n in proto.graph.node}
+    for layer in mixed["fp_layers"]:  # a kept layer's output is not quantized: it stays in float
+        assert layer in by_name and not set(by_name[layer].output) & q_inputs, layer
