@@ -83,6 +83,16 @@ class DistillConfig(TrainConfig):
     teacher: str
     alpha: float = 0.5
     """Weight of the teacher term: loss = (1 - alpha) L(sr, hr) + alpha L(sr, teacher(lr))."""
+    cache_teacher: bool = True
+    """Compute the teacher's outputs for every training batch once and keep them on disk (8-bit, keyed by
+    the teacher's content hash and the patch sampling), so re-runs and sweeps skip the teacher."""
+    cache_limit_gb: float = 8.0
+    """Do not cache (run the teacher live, with a message) when the cache would exceed this size."""
+    feature_layers: dict[str, str] = field(default_factory=dict)
+    """Feature distillation: student module name -> teacher module name; each pair is matched through a
+    learned 1x1 conv adapter on the student side (the teacher then runs live)."""
+    feature_weight: float = 0.0
+    """Weight of the feature term (L1 between adapted student and teacher features)."""
 
 
 @dataclass(frozen=True)

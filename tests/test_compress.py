@@ -187,3 +187,59 @@ def test_mixed_precision_keeps_the_most_sensitive_layers_until_the_budget_holds(
     by_name = {n.name: n for n in proto.graph.node}
     for layer in mixed["fp_layers"]:  # a kept layer's output is not quantized: it stays in float
         assert layer in by_name and not set(by_name[layer].output) & q_inputs, layer
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    spec = {"type": "edsr", "scale": 2, "n_resblocks": 1, "n_feats": 8, "anchor": "nearest"}
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("t") / "teacher", build_model(spec), name="teacher", arch=spec)
+
+
+def test_teacher_outputs_are_cached_once_and_reused(tiny_teacher, builtin_train, builtin_valid, tmp_path):
+    from edgesr.compress.distill import TeacherCache, distill_stage
+    from edgesr.config import DistillConfig
+    from edgesr.data.patches import PatchSampler
+
+    cfg = DistillConfig(model={"type": "abpn", "channels": 8, "n_body": 1}, teacher="teacher", steps=6,
+                        batch_size=4, alpha=0.5, val_every=6, checkpoint_every=100)
+    kw = dict(teacher=tiny_teacher, train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=16,
+              min_patch_std=0.0, seed=0)
+    first = distill_stage(cfg, name="s1", out=tmp_path / "s1", **kw)
+    second = distill_stage(cfg, name="s2", out=tmp_path / "s2", **kw)
+    c1, c2 = (a.manifest["transforms"][0]["teacher_cache"] for a in (first, second))
+    assert c1["used"] and (c1["misses"], c1["hits"]) == (6, 0) and (c2["misses"], c2["hits"]) == (0, 6)
+    assert c1["dir"] == c2["dir"]
+    w1, w2 = load_model(first).state_dict(), load_model(second).state_dict()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    # What the cache holds is the teacher's output for that step's batch, to 8-bit precision.
+    teacher = load_model(tiny_teacher)
+    sampler = PatchSampler(builtin_train, 2, 16, 4, seed=0)
+    cache = TeacherCache(tmp_path / ".teacher_cache", teacher, tiny_teacher.hash, sampler, 6)
+    assert cache.filled.all()
+    lr, _ = sampler.batch(3)
+    with torch.no_grad():
+        live = teacher(lr).clamp(0, 1)
+    assert (cache.get(3, lr)[2] - live).abs().max() <= 0.5 / 255 + 1e-6
+    # Another teacher (other content hash) gets another cache.
+    other = TeacherCache(tmp_path / ".teacher_cache", teacher, "0" * 16, sampler, 6)
+    assert other.dir != cache.dir and not other.filled.any()
+
+
+def test_feature_distillation_trains_adapters_and_names_bad_layers(tiny_teacher, builtin_train, builtin_valid,
+                                                                     tmp_path):
+    from edgesr.compress.distill import distill_stage
+    from edgesr.config import DistillConfig
+
+    kw = dict(teacher=tiny_teacher, train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=16,
+              min_patch_std=0.0, seed=0)
+    cfg = DistillConfig(model={"type": "abpn", "channels": 4, "n_body": 1}, teacher="teacher", steps=4, batch_size=2,
+                        alpha=0.3, feature_layers={"body.1": "body.0"}, feature_weight=0.1, val_every=4)
+    art = distill_stage(cfg, name="f", out=tmp_path / "f", **kw)
+    rec = art.manifest["transforms"][0]
+    assert rec["feature_layers"] == {"body.1": "body.0"} and rec["feature_weight"] == 0.1
+    assert not any("adapter" in k for k in load_model(art).state_dict())  # adapters are not part of the student
+    bad = DistillConfig(model={"type": "abpn", "channels": 4, "n_body": 1}, teacher="teacher", steps=2, batch_size=2,
+                        feature_layers={"body.9": "body.0"}, feature_weight=0.1)
+    with pytest.raises(ValueError, match="no module 'body.9' in ABPN"):
+        distill_stage(bad, name="b", out=tmp_path / "b", **kw)

@@ -116,14 +116,15 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
         val_every: int = 200, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
         resume: bool = True, fingerprint: str = "", desc: str = "train", stop_after: int | None = None,
         schedule: Schedule | None = None, ema_decay: float = 0.0, max_seconds: float | None = None,
-        device: str = "cpu", amp: bool = True) -> FitResult:
+        device: str = "cpu", amp: bool = True, extra_params: list | None = None) -> FitResult:
     """Train ``model`` for ``steps`` steps; returns the weights with the best validation PSNR.
 
     ``loss_fn(sr, lr, hr)`` gives the loss (``sr`` and ``hr`` are per-scale for multi-output models).
     ``stop_after`` ends the loop early after that many steps (a checkpoint is written), as an
     interruption would; the next call with ``resume`` continues the run. Under ``torchrun`` (WORLD_SIZE > 1)
     the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU), each process trains on its
-    slice of every global batch, and only rank 0 validates and writes checkpoints.
+    slice of every global batch, and only rank 0 validates and writes checkpoints. ``extra_params`` are
+    optimised with the model but not part of it (distillation adapters).
     """
     schedule = schedule or Schedule(min_ratio=lr_min_ratio)
     dist_ctx = distributed()
@@ -140,7 +141,10 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     if ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
+    extra = list(extra_params or [])
+    for p in extra:
+        p.data = p.data.to(dev)
+    opt = torch.optim.Adam(list(model.parameters()) + extra, lr=lr, betas=(0.9, 0.999))
     start, history, elapsed0 = 0, [], 0.0
     best = {"psnr": float("-inf"), "step": 0, "state": None}
     ckpt = checkpoint_dir / "last.pt" if checkpoint_dir else None
@@ -153,6 +157,9 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
         opt.load_state_dict(state["optim"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        with torch.no_grad():
+            for p, saved in zip(extra, state.get("extra") or []):
+                p.copy_(saved)
         start, history, elapsed0 = int(state["step"]), json.loads(state["history"]), float(state["elapsed"])
         best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
     if checkpoint_dir is not None and rank == 0:
@@ -164,6 +171,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
             return
         _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(),
                       "ema": ema.state_dict() if ema is not None else None,
+                      "extra": [p.detach().cpu() for p in extra],
                       "step": step, "elapsed": elapsed, "history": json.dumps(history), "best_psnr": best["psnr"],
                       "best_step": best["step"], "best_state": best["state"] or evaluated().state_dict(),
                       "fingerprint": fingerprint}, ckpt)
@@ -198,8 +206,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
             for group in opt.param_groups:
                 group["lr"] = lr * schedule.factor(progress, step)
             lr_b, hr_b = sampler.batch(step, (rank, world))
-            lr_b = lr_b.to(dev)
-            hr_b = {k: v.to(dev) for k, v in hr_b.items()} if isinstance(hr_b, dict) else hr_b.to(dev)
+            lr_b, hr_b = lr_b.to(dev), _to(hr_b, dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 sr = net(lr_b)
             sr = tuple(t.float() for t in sr) if isinstance(sr, tuple) else sr.float()
@@ -234,6 +241,11 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     model.cpu().eval()
     return FitResult(model, step, elapsed0 + time.perf_counter() - t0, best["psnr"], best["step"], history,
                      stopped_by_time=stopped_by_time)
+
+
+def _to(x, dev: torch.device):
+    """Tensors, or nested dicts of tensors, onto ``dev``."""
+    return {k: _to(v, dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
 
 
 def distributed() -> tuple[int, int]:
