@@ -3,8 +3,15 @@
 SR structure is respected: residual adds are coupled by the dependency graph (channels removed from one
 member of an add are removed from all), and every convolution whose output feeds a PixelShuffle, or is
 the image output, keeps all its output channels — those channels are whole output pixels and colours, so
-removing any would change the output geometry (this version leaves them whole; pruning them in groups of
-r^2 is left to a later version). Channel counts are rounded to ``round_to`` for hardware-friendly kernels.
+removing any would change the output geometry. They are left whole by choice: in the anchor-residual
+students that conv *is* the image (3 r^2 channels = 3 colours x r^2 sub-pixels, nothing to remove), and
+in EDSR-style upsamplers (conv n -> r^2 n, PixelShuffle) its r^2-channel groups are the post-shuffle
+feature maps, coupled to the next conv; keeping them whole costs those MACs but never breaks the pixel
+layout. Channel counts are rounded to ``round_to`` for hardware-friendly kernels.
+
+Targets: a channel ratio; a MACs fraction; or a measured latency (the ratio is found by bisection, each
+candidate exported to ONNX and timed in ONNX Runtime). Pruning can be iterative: ``iterations`` steps of
+prune -> fine-tune, optionally distilling from a teacher during the fine-tunes.
 
 The pruned model's layer shapes go into the manifest (``transforms[].shapes``), so it rebuilds from the
 manifest without pickling.
@@ -24,14 +31,14 @@ from edgesr.artifacts import Artifact, load_model, module_shapes, save_model
 from edgesr.config import PruneConfig
 from edgesr.data.datasets import ImagePair
 from edgesr.data.patches import PatchSampler
-from edgesr.models import count_macs, deploy_form, model_scales
+from edgesr.models import count_macs, deploy_form, model_scales, pick_output
 from edgesr.train.loop import config_fingerprint, fit, sampler_for, validate
 from edgesr.train.losses import LOSSES
 
 from .budget import check_budget
 from .distill import distill_loss
 
-__all__ = ["protected_convs", "prune_model", "prune_stage"]
+__all__ = ["protected_convs", "prune_model", "prune_to_target", "prune_stage", "onnx_latency_ms"]
 
 _PASS_THROUGH = {"add", "sub", "mul", "iadd", "clamp", "clip", "relu", "truediv"}
 
@@ -67,8 +74,11 @@ def protected_convs(model: nn.Module) -> list[str]:
     return sorted(found)
 
 
-def prune_model(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None = None) -> tuple[nn.Module, dict]:
-    """Return a pruned copy of ``model`` and the record of what was removed."""
+def prune_model(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None = None,
+                ratio: float | None = None) -> tuple[nn.Module, dict]:
+    """Return a copy of ``model`` with ``ratio`` (default ``cfg.ratio``) of its prunable channels removed,
+    and the record of what was removed."""
+    ratio = cfg.ratio if ratio is None else ratio
     model = copy.deepcopy(model).eval()
     protected = protected_convs(model)
     ignored = [model.get_submodule(n) for n in protected]
@@ -77,15 +87,17 @@ def prune_model(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None
         importance = tp.importance.MagnitudeImportance(p=1)
     else:
         importance = tp.importance.TaylorImportance()
-    pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=cfg.ratio,
+    pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
                                   ignored_layers=ignored, round_to=cfg.round_to or None)
     if cfg.importance == "taylor":
         if sampler is None:
             raise ValueError("Taylor importance needs training data for its gradients")
         model.zero_grad()
+        scales = model_scales(model)
         for step in range(4):
             lr_b, hr_b = sampler.batch(10_000_000 + step)
-            nn.functional.l1_loss(model(lr_b), hr_b).backward()
+            sr = pick_output(model(lr_b), scales, scales[0])
+            nn.functional.l1_loss(sr, hr_b[scales[0]] if isinstance(hr_b, dict) else hr_b).backward()
     before_macs, before_params = count_macs(model)
     before_shapes = module_shapes(model)
     pruner.step()
@@ -94,34 +106,113 @@ def prune_model(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None
     shapes = module_shapes(model)
     changed = {k: v for k, v in shapes.items() if before_shapes.get(k) != v}
     record = {"type": "prune", "tool": f"torch-pruning {tp.__version__}", "importance": cfg.importance,
-              "ratio": cfg.ratio, "round_to": cfg.round_to, "protected": protected, "shapes": changed,
+              "ratio": round(ratio, 4), "round_to": cfg.round_to, "protected": protected, "shapes": changed,
               "params_before": before_params, "params_after": after_params,
               "macs_before": before_macs, "macs_after": after_macs}
     return model, record
 
 
+def onnx_latency_ms(model: nn.Module, hw: tuple[int, int], threads: int = 0) -> float:
+    """p50 latency of ``model`` exported to ONNX and run by ONNX Runtime (CPU) on a 1 x 3 x H x W input."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from edgesr.benchmarks.latency import measure_latency
+    from edgesr.export.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "m.onnx"
+        export_onnx(model.eval(), onnx_path, scales=list(model_scales(model)))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+        class _Run:
+            scale = model_scales(model)[0]
+
+            def run(self, x):
+                return sess.run(None, {"lr": x})[0]
+        return measure_latency(_Run(), hw, warmup=2, runs=10, max_seconds=5.0)["p50_ms"]
+
+
+def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None, fraction: float = 1.0,
+                    threads: int = 0, base_macs: int | None = None) -> tuple[nn.Module, dict]:
+    """Prune ``model`` to the config's target. For MACs and latency targets the channel ratio is found by
+    bisection (7 steps); ``fraction`` in (0, 1] scales the target for one step of iterative pruning
+    (MACs: target ** fraction of the start; latency: interpolated geometrically)."""
+    if cfg.target == "ratio":
+        return prune_model(model, cfg, sampler, ratio=1 - (1 - cfg.ratio) ** fraction)
+    base_macs = base_macs or count_macs(model)[0]
+    if cfg.target == "macs":
+        goal_macs = base_macs * cfg.macs_ratio ** fraction
+        meets = lambda cand, rec: rec["macs_after"] <= goal_macs
+        goal = {"macs": int(goal_macs)}
+    else:
+        if cfg.latency_ms is None:
+            raise ValueError("prune target latency needs latency_ms")
+        start = onnx_latency_ms(model, cfg.latency_input, threads)
+        goal_ms = start * (cfg.latency_ms / start) ** fraction
+        meets = lambda cand, rec: onnx_latency_ms(cand, cfg.latency_input, threads) <= goal_ms
+        goal = {"latency_ms": round(goal_ms, 2), "start_latency_ms": round(start, 2)}
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        cand, rec = prune_model(model, cfg, sampler, ratio=mid)
+        if meets(cand, rec):
+            best, hi = (cand, rec), mid
+        else:
+            lo = mid
+    if best is None:
+        cand, rec = prune_model(model, cfg, sampler, ratio=0.95)
+        if not meets(cand, rec):
+            raise ValueError(f"prune: cannot reach {goal} even at ratio 0.95 (MACs {rec['macs_after']:,} of "
+                             f"{base_macs:,}); the protected convs (PixelShuffle inputs, image output) bound it")
+        best = (cand, rec)
+    best[1]["goal"] = goal
+    return best
+
+
 def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, teacher: Artifact | None,
                 train_pairs: list[ImagePair], val_pairs: list[ImagePair], scale: int, patch_size: int,
-                min_patch_std: float, seed: int) -> Artifact:
-    """The ``prune`` stage: prune the input model, fine-tune it, check the quality budget, save."""
+                min_patch_std: float, seed: int, threads: int = 0) -> Artifact:
+    """The ``prune`` stage: prune the input model to its target (in ``iterations`` steps, each followed by a
+    fine-tune, optionally distilling from ``teacher``), check the quality budget, save."""
     parent, arch = deploy_form(load_model(source), source.manifest["arch"])  # prune what is deployed
     parent_psnr = validate(parent, val_pairs, scale)
     sampler = sampler_for(parent, train_pairs, scale, patch_size, cfg.batch_size, seed + 1, min_patch_std)
-    model, record = prune_model(parent, cfg, sampler)
-    record["psnr_before_finetune"] = round(validate(model, val_pairs, scale), 4)
     teacher_model = load_model(teacher) if teacher is not None else None
-    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha, model_scales(model))
-    if cfg.finetune_steps > 0:
-        result = fit(model, sampler, steps=cfg.finetune_steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs,
-                     scale=scale, val_every=max(cfg.finetune_steps // 2, 1),
-                     checkpoint_dir=out.with_name(out.name + ".ckpt"), checkpoint_every=100,
-                     fingerprint=config_fingerprint(source.hash, cfg, seed), desc=f"fine-tune {name}")
-        psnr, seconds = result.best_psnr, result.seconds
-    else:
-        psnr, seconds = validate(model, val_pairs, scale), 0.0
-    record["finetune_steps"] = cfg.finetune_steps
+    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha, model_scales(parent))
+    base_macs, base_params = count_macs(parent)
+    base_shapes = module_shapes(parent)
+    model, steps_log, seconds, psnr = parent, [], 0.0, parent_psnr
+    k = max(cfg.iterations, 1)
+    per_step = cfg.finetune_steps // k
+    for i in range(1, k + 1):
+        model, record = prune_to_target(model, cfg, sampler, fraction=i / k, threads=threads, base_macs=base_macs)
+        entry = {"iteration": i, "ratio": record["ratio"], "macs": record["macs_after"],
+                 "params": record["params_after"], "psnr_before_finetune": round(validate(model, val_pairs, scale), 4)}
+        if per_step > 0:
+            result = fit(model, sampler, steps=per_step, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs,
+                         scale=scale, val_every=max(per_step // 2, 1),
+                         checkpoint_dir=out.with_name(f"{out.name}.ckpt{i}"), checkpoint_every=100,
+                         fingerprint=config_fingerprint(source.hash, cfg, seed, i), desc=f"fine-tune {name} ({i}/{k})")
+            psnr, seconds = result.best_psnr, seconds + result.seconds
+        else:
+            psnr = entry["psnr_before_finetune"]
+        entry["psnr_after_finetune"] = round(psnr, 4)
+        steps_log.append(entry)
+    shapes = module_shapes(model)
+    macs, params = count_macs(model)
+    final = {**record, "shapes": {k2: v for k2, v in shapes.items() if base_shapes.get(k2) != v},
+             "params_before": base_params, "params_after": params, "macs_before": base_macs, "macs_after": macs,
+             "target": cfg.target, "iterations": steps_log, "finetune_steps": cfg.finetune_steps,
+             "psnr_before_finetune": steps_log[-1]["psnr_before_finetune"]}
+    if cfg.target == "latency":
+        final["latency_ms_after"] = round(onnx_latency_ms(model, cfg.latency_input, threads), 2)
     budget = check_budget(f"prune {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
     pre = [] if arch == source.manifest["arch"] else [{"type": "reparameterize", "arch": arch}]
     return save_model(out, model, name=name, arch=arch, parent=source,
-                      transforms=source.manifest.get("transforms", []) + pre + [record],
+                      transforms=source.manifest.get("transforms", []) + pre + [final],
                       metrics={"val_psnr": round(psnr, 4), "budget": budget, "finetune_seconds": round(seconds, 1)})

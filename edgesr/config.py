@@ -118,8 +118,18 @@ class GanConfig:
 @dataclass(frozen=True)
 class PruneConfig:
     input: str
+    target: Literal["ratio", "macs", "latency"] = "ratio"
+    """What ``ratio``/``macs_ratio``/``latency_ms`` means: a channel ratio, a MACs fraction, or a measured
+    ONNX Runtime latency to reach (the channel ratio is then searched by bisection)."""
     ratio: float = 0.5
-    """Fraction of prunable channels removed (per layer)."""
+    """target ratio: fraction of prunable channels removed (per layer)."""
+    macs_ratio: float = 0.5
+    """target macs: the pruned model's MACs as a fraction of the unpruned model's."""
+    latency_ms: float | None = None
+    """target latency: p50 latency to reach at ``latency_input`` on ONNX Runtime (CPU, recipe threads)."""
+    latency_input: tuple[int, int] = (360, 640)
+    iterations: int = 1
+    """Prune in this many steps, each followed by an equal share of the fine-tune (iterative pruning)."""
     importance: Literal["magnitude", "taylor"] = "magnitude"
     round_to: int = 4
     teacher: str | None = None

@@ -63,7 +63,7 @@ def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artif
     if spec.stage == "distill":
         return distill_stage(cfg, **common, teacher=arts[cfg.teacher], **fit_kw)
     if spec.stage == "prune":
-        return prune_stage(cfg, **common, source=arts[cfg.input],
+        return prune_stage(cfg, **common, source=arts[cfg.input], threads=recipe.threads,
                            teacher=arts[cfg.teacher] if cfg.teacher else None, **fit_kw)
     if spec.stage == "export":
         return export_stage(cfg, **common, source=arts[cfg.input])

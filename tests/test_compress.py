@@ -243,3 +243,41 @@ def test_feature_distillation_trains_adapters_and_names_bad_layers(tiny_teacher,
                         feature_layers={"body.9": "body.0"}, feature_weight=0.1)
     with pytest.raises(ValueError, match="no module 'body.9' in ABPN"):
         distill_stage(bad, name="b", out=tmp_path / "b", **kw)
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "msrep", "scale": 2, "channels": 16, "n_blocks": 2, "heads": [2, 4]},
+    {"type": "rcan", "scale": 2, "n_groups": 1, "n_blocks": 2, "n_feats": 16, "reduction": 4},
+    {"type": "edsr_msa", "scale": 2, "n_resblocks": 2, "n_feats": 16, "reduction": 2},
+], ids=["msrep", "rcan", "edsr_msa"])
+def test_iterative_pruning_to_a_macs_target(spec, builtin_train, builtin_valid, tmp_path):
+    from edgesr.compress.prune import prune_stage
+
+    src = save_model(tmp_path / "src", build_model(spec), name="src", arch=spec)
+    cfg = PruneConfig(input="src", target="macs", macs_ratio=0.6, iterations=2, finetune_steps=4, batch_size=2,
+                      round_to=2)
+    art = prune_stage(cfg, name="p", out=tmp_path / "p", source=src, teacher=None, train_pairs=builtin_train,
+                      val_pairs=builtin_valid[:1], scale=2, patch_size=16, min_patch_std=0.0, seed=0)
+    rec = art.manifest["transforms"][-1]
+    assert rec["type"] == "prune" and len(rec["iterations"]) == 2
+    assert rec["macs_after"] <= 0.6 * rec["macs_before"] * 1.0001
+    assert rec["iterations"][0]["macs"] > rec["iterations"][1]["macs"]  # the first step prunes less
+    model = load_model(art)  # rebuilds from the manifest: deploy form + recorded shapes
+    x = torch.rand(1, 3, 9, 11)
+    out = model(x)
+    assert (out[0] if isinstance(out, tuple) else out).shape == (1, 3, 18, 22)
+    if spec["type"] == "msrep":
+        assert art.manifest["arch"]["deploy"] is True and art.manifest["scales"] == [2, 4]
+
+
+def test_pruning_to_a_measured_latency(builtin_train, tmp_path):
+    from edgesr.compress.prune import onnx_latency_ms, prune_to_target
+
+    model = build_model({"type": "abpn", "scale": 2, "channels": 32, "n_body": 3}).eval()
+    start = onnx_latency_ms(model, (96, 96), threads=1)
+    cfg = PruneConfig(input="x", target="latency", latency_ms=start * 0.7, latency_input=(96, 96))
+    pruned, rec = prune_to_target(model, cfg, None, threads=1)
+    assert rec["goal"]["latency_ms"] == pytest.approx(start * 0.7, rel=1e-3)
+    assert rec["macs_after"] < rec["macs_before"]
+    with pytest.raises(ValueError, match="latency needs latency_ms"):
+        prune_to_target(model, PruneConfig(input="x", target="latency"), None)
