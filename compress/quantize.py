@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgesr.artifacts import Artifact, write_artifact
-from edgesr.config import Fp16Config, QuantizeConfig
+from edgesr.config import Fp16Config, QatConfig, QuantizeConfig
 from edgesr.data.datasets import ImagePair
 from edgesr.imaging import to_float
 from edgesr.metrics import evaluate_pairs
@@ -31,7 +31,7 @@ from edgesr.runtime import Upscaler, open_backend
 from .budget import check_budget
 
 __all__ = ["calibration_batches", "quantize_onnx", "check_qdq", "quantize_stage", "QuantizeError",
-           "activation_ranges", "fp16_onnx", "fp16_stage", "FP16_MAX"]
+           "activation_ranges", "fp16_onnx", "fp16_stage", "FP16_MAX", "qat_stage"]
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -394,3 +394,87 @@ def op_counts(path: Path) -> dict[str, int]:
     proto = onnx.load(str(path))
     return dict(sorted(Counter(n.op_type if n.domain in STANDARD_DOMAINS else f"{n.domain}.{n.op_type}"
                                for n in proto.graph.node).items()))
+
+
+# ------------------------------------------------------------------------------------------------- QAT
+
+def qat_stage(cfg: QatConfig, *, name: str, out: Path, source: Artifact, teacher: Artifact | None,
+              train_pairs: list[ImagePair], val_pairs: list[ImagePair], scale: int, patch_size: int,
+              min_patch_std: float, seed: int, threads: int = 0) -> Artifact:
+    """The ``qat`` stage: PyTorch model artifact -> INT8 Q/DQ ONNX artifact trained with fake quantization.
+
+    1. ``nncf.quantize`` on the PyTorch model (deploy form) with calibration crops: the PTQ starting point.
+    2. Fine-tune the NNCF model (fake quantizers on weights and activations, their ranges trainable)
+       against HR, or HR and a teacher, with the edgesr fit loop (best validation PSNR kept).
+    3. ``nncf.strip`` turns NNCF's quantizers into standard quantize/dequantize ops, and the TorchScript
+       ONNX exporter writes QuantizeLinear/DequantizeLinear (no FakeQuantize), checked like every INT8 graph.
+    The ONNX Runtime PSNR of the result is held to the budget against the FP32 parent.
+    """
+    import logging
+
+    import nncf
+    import torch
+
+    from edgesr.artifacts import load_model
+    from edgesr.export.onnx import output_names, parity_image
+    from edgesr.imaging import image_to_tensor
+    from edgesr.models import deploy_form, model_scales
+    from edgesr.train.loop import config_fingerprint, fit, sampler_for, validate
+    from edgesr.train.losses import LOSSES
+
+    from .distill import distill_loss
+
+    if source.kind != "model":
+        raise QuantizeError(f"{source.path}: qat takes a PyTorch model artifact (a train/distill/prune stage's "
+                            f"output), got {source.kind!r}")
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    model, arch = deploy_form(load_model(source), source.manifest["arch"])
+    scales = list(model_scales(model))
+    parent_psnr = validate(model, val_pairs, scale)
+    calib = [torch.from_numpy(b) for b in calibration_batches(train_pairs, cfg.calibration_images,
+                                                              cfg.calibration_patch, seed)]
+    preset = nncf.QuantizationPreset.PERFORMANCE if cfg.target == "tensorrt" else nncf.QuantizationPreset.MIXED
+    qmodel = nncf.quantize(model.eval(), nncf.Dataset(calib), preset=preset, subset_size=len(calib),
+                           fast_bias_correction=True)
+    ptq_psnr = validate(qmodel, val_pairs, scale)
+    sampler = sampler_for(model, train_pairs, scale, patch_size, cfg.batch_size, seed + 3, min_patch_std)
+    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), load_model(teacher) if teacher else None, cfg.alpha,
+                           tuple(scales))
+    result = fit(qmodel, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
+                 val_every=cfg.val_every, fingerprint=config_fingerprint(source.hash, cfg, seed),
+                 desc=f"qat {name}")
+    example = image_to_tensor(parity_image())
+    stripped = nncf.strip(result.model.eval(), do_copy=True, example_input=example)
+    manifest = {
+        "kind": "onnx", "name": name, "arch": arch, "scales": scales, "precision": "int8",
+        "params": sum(p.numel() for p in model.parameters()), "size_multiple": source.manifest.get("size_multiple", 1),
+        "parent": {"name": source.manifest.get("name"), "hash": source.hash, "path": str(source.path)},
+    }
+
+    def writer(path: Path) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(stripped, (example,), str(path), input_names=["lr"], output_names=output_names(scales),
+                              opset_version=cfg.opset, dynamo=False,
+                              dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}})
+        report = check_qdq(path)
+        if report["nonstandard_ops"] or report["qdq_pairs"] == 0:
+            raise QuantizeError(f"{path}: the QAT export is not a standard Q/DQ graph (non-standard ops "
+                                f"{report['nonstandard_ops']}, {report['qdq_pairs']} Q/DQ pairs)")
+        manifest["ops"] = report.pop("ops")
+        draft = Artifact(path.parent, {**manifest, "payload": path.name})
+        psnr = onnx_quality(draft, val_pairs, scale, threads)
+        manifest["transforms"] = source.manifest.get("transforms", []) + ([] if arch == source.manifest["arch"] else [
+            {"type": "reparameterize", "arch": arch}]) + [{
+                "type": "qat", "tool": f"nncf {nncf.__version__} (quantize + fine-tune + strip)", "format": "QDQ",
+                "target": cfg.target, "preset": str(preset.value), "steps": result.steps, "lr": cfg.lr,
+                "teacher": teacher.manifest.get("name") if teacher else None,
+                "calibration_images": cfg.calibration_images, **report}]
+        budget = check_budget(f"qat {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
+        manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget, "fp32_val_psnr": round(parent_psnr, 4),
+                               "ptq_val_psnr": round(ptq_psnr, 4), "qat_torch_val_psnr": round(result.best_psnr, 4),
+                               "train_seconds": round(result.seconds, 1), "history": result.history}
+
+    return write_artifact(out, writer, "model.onnx", manifest)

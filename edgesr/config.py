@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 __all__ = [
-    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig", "Fp16Config",
+    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig", "Fp16Config", "QatConfig",
     "ExportConfig", "BenchmarkConfig", "Recipe", "load_recipe", "parse_recipe", "STAGE_CONFIGS",
 ]
 
@@ -174,6 +174,29 @@ class QuantizeConfig:
 
 
 @dataclass(frozen=True)
+class QatConfig:
+    """Quantization-aware training through NNCF: PTQ initialisation, then fine-tuning with fake quantizers,
+    then export to standard Q/DQ ONNX."""
+
+    input: str
+    """A PyTorch model artifact (FP32)."""
+    target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    """onnxruntime: NNCF MIXED preset (asymmetric activations); tensorrt: PERFORMANCE (symmetric INT8)."""
+    calibration_images: int = 32
+    calibration_patch: int = 96
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 5e-5
+    teacher: str | None = None
+    """Distil from this model during the fine-tune (None: HR only)."""
+    alpha: float = 0.5
+    val_every: int = 100
+    opset: int = 17
+    max_psnr_drop_db: float | None = None
+    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+
+
+@dataclass(frozen=True)
 class Fp16Config:
     input: str
     """An ONNX artifact (FP32) to convert."""
@@ -204,7 +227,8 @@ class BenchmarkConfig:
 
 
 STAGE_CONFIGS = {"train": TrainConfig, "distill": DistillConfig, "gan": GanConfig, "prune": PruneConfig,
-                 "export": ExportConfig, "quantize": QuantizeConfig, "fp16": Fp16Config}
+                 "export": ExportConfig, "quantize": QuantizeConfig, "fp16": Fp16Config,
+                 "qat": QatConfig}
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,10 @@ def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artif
     if spec.stage == "quantize":
         return quantize_stage(cfg, **common, source=arts[cfg.input], calib_pairs=train, val_pairs=valid,
                               scale=recipe.scale, seed=recipe.seed, threads=recipe.threads)
+    if spec.stage == "qat":
+        from .compress.quantize import qat_stage
+        return qat_stage(cfg, **common, source=arts[cfg.input], teacher=arts[cfg.teacher] if cfg.teacher else None,
+                         **fit_kw, threads=recipe.threads)
     if spec.stage == "fp16":
         from .compress.quantize import fp16_stage
         return fp16_stage(cfg, **common, source=arts[cfg.input], calib_pairs=train, val_pairs=valid,
@@ -214,7 +218,7 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
     rows_by_name = {r["variant"]: r for r in rows}
     specs = {spec.name: spec for spec in recipe.stages}
     for r in rows:
-        if not any(t["type"] in ("prune", "quantize", "fp16") for t in arts[r["variant"]].manifest.get("transforms", [])):
+        if not any(t["type"] in ("prune", "quantize", "fp16", "qat") for t in arts[r["variant"]].manifest.get("transforms", [])):
             continue
         src = getattr(specs[r["variant"]].config, "input", None)
         if src in specs and specs[src].stage == "export":

@@ -281,3 +281,26 @@ def test_pruning_to_a_measured_latency(builtin_train, tmp_path):
     assert rec["macs_after"] < rec["macs_before"]
     with pytest.raises(ValueError, match="latency needs latency_ms"):
         prune_to_target(model, PruneConfig(input="x", target="latency"), None)
+
+
+def test_qat_through_nncf_exports_standard_qdq(builtin_train, builtin_valid, tmp_path):
+    """NNCF PTQ start, fake-quant fine-tune, strip, export: a Q/DQ graph ONNX Runtime runs, no FakeQuantize."""
+    from edgesr.compress.quantize import qat_stage
+    from edgesr.config import QatConfig
+
+    spec = {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1}
+    torch.manual_seed(0)
+    src = save_model(tmp_path / "s", build_model(spec), name="s", arch=spec)
+    cfg = QatConfig(input="s", calibration_images=4, calibration_patch=32, steps=6, batch_size=4, val_every=3,
+                    target="tensorrt")
+    art = qat_stage(cfg, name="qat", out=tmp_path / "qat", source=src, teacher=None, train_pairs=builtin_train,
+                    val_pairs=builtin_valid[:1], scale=2, patch_size=16, min_patch_std=0.0, seed=0)
+    report = check_qdq(art.payload)
+    assert report["nonstandard_ops"] == [] and report["qdq_pairs"] >= 4
+    assert "FakeQuantize" not in art.manifest["ops"] and art.manifest["precision"] == "int8"
+    m = art.manifest["metrics"]
+    assert {"fp32_val_psnr", "ptq_val_psnr", "qat_torch_val_psnr", "val_psnr"} <= set(m)
+    assert abs(m["val_psnr"] - m["qat_torch_val_psnr"]) < 0.3  # ORT runs the exported graph like NNCF's model
+    assert art.manifest["arch"]["deploy"] is True
+    out = open_backend(art).run(calibration_batches(builtin_train, 1, 21, seed=1)[0])
+    assert out.shape == (1, 3, 42, 42) and np.isfinite(out).all()
