@@ -62,3 +62,38 @@ def measure_latency(backend: Backend, input_hw: tuple[int, int], *, warmup: int 
             "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
             "min_ms": round(float(t.min()), 3), "fps": round(1e3 * batch / p50, 2),
             "output_mpix_per_s": round(batch * oh * ow / 1e6 / (p50 / 1e3), 2)}
+
+
+def peak_throughput(threads: int = 0, n: int = 1024, seconds: float = 2.0) -> dict:
+    """What this CPU reaches on large dense products, the yardstick for a network's achieved GOP/s:
+    FP32 MatMul and INT8 MatMulInteger (uint8 x int8 -> int32), both N x N x N in ONNX Runtime with
+    ``threads`` intra-op threads (2 N^3 operations each)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def graph(op: str, ta: int, tb: int, tout: int):
+        node = helper.make_node(op, ["a", "b"], ["c"])
+        g = helper.make_graph([node], op, [helper.make_tensor_value_info("a", ta, [n, n]),
+                                           helper.make_tensor_value_info("b", tb, [n, n])],
+                              [helper.make_tensor_value_info("c", tout, [n, n])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+
+    rng = np.random.default_rng(0)
+    cases = {"fp32_matmul": (graph("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT),
+                             rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)),
+             "int8_matmul": (graph("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32),
+                             rng.integers(0, 255, (n, n), dtype=np.uint8), rng.integers(-127, 127, (n, n), dtype=np.int8))}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    result = {"n": n, "threads": threads}
+    for name, (model, a, b) in cases.items():
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        sess.run(None, {"a": a, "b": b})
+        times, t_end = [], time.perf_counter() + seconds
+        while len(times) < 3 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            sess.run(None, {"a": a, "b": b})
+            times.append(time.perf_counter() - t0)
+        result[f"{name}_gops"] = round(2 * n ** 3 / float(np.median(times)) / 1e9, 1)
+    return result

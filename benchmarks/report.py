@@ -70,7 +70,7 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
     head = ["variant", "precision", "backend", "threads", "params", "GMACs"]
     for s in set_names:
         head += [f"{s} PSNR", f"{s} SSIM"]
-    head += ["p50 ms", "p90 ms", "p99 ms", "fps", "MP/s"]
+    head += ["p50 ms", "p90 ms", "p99 ms", "fps", "MP/s", "GOP/s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"], r["precision"], r["backend"], str(r["threads"]),
@@ -80,7 +80,8 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
             cells += [_fmt(r["quality"][s]["psnr"]), _fmt(r["quality"][s]["ssim"], 4)]
         lat = r["latency"]
         cells += [_fmt(lat["p50_ms"], 1), _fmt(lat["p90_ms"], 1), _fmt(lat["p99_ms"], 1), _fmt(lat["fps"], 1),
-                  _fmt(lat["output_mpix_per_s"], 1)]
+                  _fmt(lat["output_mpix_per_s"], 1),
+                  _fmt(2 * r["macs"] / (lat["p50_ms"] / 1e3) / 1e9 if r.get("macs") else None, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     deltas = [r for r in rows if r.get("vs_parent")]
@@ -102,6 +103,11 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                 lines.append(f"| {r['variant']} | " + " | ".join(
                     f"{r['quality'][s]['psnr'] - bic['quality'][s]['psnr']:+.2f}" for s in set_names) + " |")
         lines.append("")
+    peak = machine.get("peak")
+    if peak:
+        lines += [f"Machine yardstick (ONNX Runtime, {peak['threads'] or 'all'} threads, {peak['n']}^3 products): FP32 "
+                  f"MatMul {peak['fp32_matmul_gops']} GFLOP/s, INT8 MatMulInteger {peak['int8_matmul_gops']} GOP/s. "
+                  "GOP/s above = 2 x MACs / p50: how much of that a network's convolutions reach.", ""]
     if reference:
         lines += ["Protocol reference — MATLAB bicubic (edgesr.data.bicubic) on the same LR images: " +
                   ", ".join(f"{s} {v:.2f} dB" for s, v in reference.items()) +

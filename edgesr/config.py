@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 __all__ = [
-    "RecipeError", "DataConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig", "Fp16Config", "QatConfig",
+    "RecipeError", "DataConfig", "LoadConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig", "Fp16Config", "QatConfig",
     "ExportConfig", "BenchmarkConfig", "Recipe", "load_recipe", "parse_recipe", "STAGE_CONFIGS",
 ]
 
@@ -93,6 +93,14 @@ class DistillConfig(TrainConfig):
     learned 1x1 conv adapter on the student side (the teacher then runs live)."""
     feature_weight: float = 0.0
     """Weight of the feature term (L1 between adapted student and teacher features)."""
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Bring an artifact made elsewhere (another run, a colleague's model) into this run: copied into the run
+    directory after its content hash is verified."""
+
+    path: str
 
 
 @dataclass(frozen=True)
@@ -224,9 +232,11 @@ class BenchmarkConfig:
     runs: int = 30
     max_seconds: float = 10.0
     """Per-variant cap on timed runs (at least 5 runs are always made)."""
+    peak: bool = True
+    """Also measure the machine's FP32/INT8 matrix-multiply throughput, the yardstick for achieved GOP/s."""
 
 
-STAGE_CONFIGS = {"train": TrainConfig, "distill": DistillConfig, "gan": GanConfig, "prune": PruneConfig,
+STAGE_CONFIGS = {"load": LoadConfig, "train": TrainConfig, "distill": DistillConfig, "gan": GanConfig, "prune": PruneConfig,
                  "export": ExportConfig, "quantize": QuantizeConfig, "fp16": Fp16Config,
                  "qat": QatConfig}
 

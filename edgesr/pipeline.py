@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import Artifact, ArtifactError, load_model, read_artifact, update_metrics
+from .artifacts import Artifact, ArtifactError, content_hash, load_model, read_artifact, update_metrics
 from .config import Recipe, StageSpec
 from .data.bicubic import imresize
 from .data.datasets import ImagePair, load_pairs
@@ -39,7 +39,9 @@ def load_data(recipe: Recipe) -> tuple[list[ImagePair], list[ImagePair], dict[st
 
 
 def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> str:
+    source = read_artifact(spec.config.path).hash if spec.stage == "load" else None
     blob = json.dumps({"stage": spec.stage, "config": asdict(spec.config), "parents": [p.hash for p in parents],
+                       "source": source,
                        "data": asdict(recipe.data) | {"eval": None}, "scale": recipe.scale, "seed": recipe.seed},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -55,6 +57,8 @@ def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artif
     cfg, common = spec.config, {"name": spec.name, "out": out / spec.name}
     fit_kw = {"train_pairs": train, "val_pairs": valid, "scale": recipe.scale, "patch_size": recipe.data.patch_size,
               "min_patch_std": recipe.data.min_patch_std, "seed": recipe.seed}
+    if spec.stage == "load":
+        return load_stage(cfg.path, out / spec.name)
     if spec.stage == "train":
         return train_stage(cfg, **common, **fit_kw, init=arts[cfg.init_from] if cfg.init_from else None)
     if spec.stage == "gan":
@@ -79,6 +83,23 @@ def _run_stage(spec: StageSpec, recipe: Recipe, out: Path, arts: dict[str, Artif
         return fp16_stage(cfg, **common, source=arts[cfg.input], calib_pairs=train, val_pairs=valid,
                           scale=recipe.scale, seed=recipe.seed, threads=recipe.threads)
     raise ValueError(f"unknown stage {spec.stage!r}")
+
+
+def load_stage(src: str, dst: Path) -> Artifact:
+    """Copy a verified artifact into the run directory (atomically: a temp copy renamed into place)."""
+    import shutil
+
+    art = read_artifact(src)
+    actual = content_hash(art.payload)
+    if actual != art.hash:
+        raise ArtifactError(f"{art.payload}: content hash {actual} differs from its manifest's {art.hash}; the "
+                            "payload was modified or truncated. Copy the artifact directory again.")
+    tmp = dst.with_name(f".{dst.name}.load")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(art.path, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return read_artifact(dst)
 
 
 def _parents(spec: StageSpec, arts: dict[str, Artifact]) -> list[Artifact]:
@@ -234,8 +255,12 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
                                           ((p.name, p.lr, p.hr) for p in pairs), recipe.scale, with_ssim=False).psnr
     stages.append({"name": "benchmark", "stage": "benchmark", "status": "ran", "seconds": round(time.perf_counter() - t, 1)})
     stages.append({"name": "total", "stage": "", "status": "", "seconds": round(time.perf_counter() - t0, 1)})
+    machine = machine_info()
+    if bench.peak:
+        from .benchmarks.latency import peak_throughput
+        machine["peak"] = peak_throughput(recipe.threads)
     paths = write_report(out, recipe_name=recipe.name, scale=recipe.scale, rows=rows, stages=stages,
-                         machine=machine_info(), reference=reference, command=command, input_hw=bench.input_size)
+                         machine=machine, reference=reference, command=command, input_hw=bench.input_size)
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s: {paths['report']}, {paths['results']}, "
                   f"{paths['plot']}")
     return json.loads(paths["results"].read_text())
