@@ -64,6 +64,8 @@ def test_run_writes_report_results_and_plot(tiny_run):
     assert int8["vs_parent"]["psnr_delta"]["builtin"] == pytest.approx(delta)
     assert results["variants"][3]["macs"] < results["variants"][2]["macs"]  # pruned has fewer MACs
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    peak = results["machine"]["peak"]
+    assert peak["fp32_matmul_gops"] > 0 and peak["int8_matmul_gops"] > 0 and "Machine yardstick" in report
     manifest = json.loads((out / "int8" / "manifest.json").read_text())
     assert manifest["transforms"][-1]["type"] == "quantize" and manifest["transforms"][0]["type"] == "distill"
     assert abs(results["protocol_reference_bicubic"]["builtin"] - results["variants"][0]["quality"]["builtin"]["psnr"]) < 0.05
@@ -133,3 +135,39 @@ def test_doctor_reports_unavailable_components(capsys):
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "tensorrt" in out
     assert "unavailable" in out  # tensorrt is not installed on CPU machines
+
+
+def test_only_runs_the_named_stages_and_what_they_need(tiny_run, tmp_path):
+    from edgesr.pipeline import stages_needed
+
+    recipe = load_recipe(tiny_run / "tiny.yaml")
+    assert stages_needed(recipe, ["int8"]) == {"int8", "student_onnx", "student", "teacher"}
+    with pytest.raises(KeyError, match="no stage named \\['nope'\\]"):
+        stages_needed(recipe, ["nope"])
+    out = tmp_path / "only"
+    assert main(["run", str(tiny_run / "tiny.yaml"), "--out", str(out), "--only", "teacher"]) == 0
+    assert (out / "teacher" / "manifest.json").is_file() and not (out / "student").exists()
+    assert not (out / "results.json").exists()
+
+
+def test_load_stage_copies_a_verified_artifact(tiny_run, tmp_path, capsys):
+    recipe = {"name": "l", "scale": 2, "threads": 2, "data": {"patch_size": 24},
+              "stages": [{"name": "s", "stage": "load", "path": str(tiny_run / "out" / "student")},
+                         {"name": "s_onnx", "stage": "export", "input": "s"}],
+              "benchmark": {"variants": ["s"], "input_size": [20, 20], "runs": 5, "max_seconds": 1, "peak": False}}
+    (tmp_path / "l.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "l.yaml"), "--out", str(tmp_path / "out"), "--eval", "builtin"]) == 0
+    copied = json.loads((tmp_path / "out" / "s" / "manifest.json").read_text())
+    original = json.loads((tiny_run / "out" / "student" / "manifest.json").read_text())
+    assert copied["hash"] == original["hash"]
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_run / "out" / "student", tampered)
+    data = bytearray((tampered / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(data))
+    recipe["stages"][0]["path"] = str(tampered)
+    (tmp_path / "l.yaml").write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "l.yaml"), "--out", str(tmp_path / "out2"), "--eval", "builtin"]) == 2
+    assert "differs from its manifest" in capsys.readouterr().err
+    assert not (tmp_path / "out2" / "s").exists()
