@@ -38,6 +38,9 @@ from edgesr.train.losses import LOSSES
 from .budget import check_budget
 from .distill import distill_loss
 
+MACS_HW = (90, 160)
+"""Input size at which pruning counts MACs (a 640x360 frame has 16x these; the ratios are the same)."""
+
 __all__ = ["protected_convs", "prune_model", "prune_to_target", "prune_stage", "onnx_latency_ms"]
 
 _PASS_THROUGH = {"add", "sub", "mul", "iadd", "clamp", "clip", "relu", "truediv"}
@@ -98,17 +101,17 @@ def prune_model(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None
             lr_b, hr_b = sampler.batch(10_000_000 + step)
             sr = pick_output(model(lr_b), scales, scales[0])
             nn.functional.l1_loss(sr, hr_b[scales[0]] if isinstance(hr_b, dict) else hr_b).backward()
-    before_macs, before_params = count_macs(model)
+    before_macs, before_params = count_macs(model, MACS_HW)
     before_shapes = module_shapes(model)
     pruner.step()
     model.zero_grad(set_to_none=True)
-    after_macs, after_params = count_macs(model)
+    after_macs, after_params = count_macs(model, MACS_HW)
     shapes = module_shapes(model)
     changed = {k: v for k, v in shapes.items() if before_shapes.get(k) != v}
     record = {"type": "prune", "tool": f"torch-pruning {tp.__version__}", "importance": cfg.importance,
               "ratio": round(ratio, 4), "round_to": cfg.round_to, "protected": protected, "shapes": changed,
               "params_before": before_params, "params_after": after_params,
-              "macs_before": before_macs, "macs_after": after_macs}
+              "macs_before": before_macs, "macs_after": after_macs, "macs_at_hw": list(MACS_HW)}
     return model, record
 
 
@@ -144,7 +147,7 @@ def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | 
     (MACs: target ** fraction of the start; latency: interpolated geometrically)."""
     if cfg.target == "ratio":
         return prune_model(model, cfg, sampler, ratio=1 - (1 - cfg.ratio) ** fraction)
-    base_macs = base_macs or count_macs(model)[0]
+    base_macs = base_macs or count_macs(model, MACS_HW)[0]
     if cfg.target == "macs":
         goal_macs = base_macs * cfg.macs_ratio ** fraction
         meets = lambda cand, rec: rec["macs_after"] <= goal_macs
@@ -184,7 +187,7 @@ def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, tea
     sampler = sampler_for(parent, train_pairs, scale, patch_size, cfg.batch_size, seed + 1, min_patch_std)
     teacher_model = load_model(teacher) if teacher is not None else None
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha, model_scales(parent))
-    base_macs, base_params = count_macs(parent)
+    base_macs, base_params = count_macs(parent, MACS_HW)
     base_shapes = module_shapes(parent)
     model, steps_log, seconds, psnr = parent, [], 0.0, parent_psnr
     k = max(cfg.iterations, 1)
@@ -204,10 +207,10 @@ def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, tea
         entry["psnr_after_finetune"] = round(psnr, 4)
         steps_log.append(entry)
     shapes = module_shapes(model)
-    macs, params = count_macs(model)
+    macs, params = count_macs(model, MACS_HW)
     final = {**record, "shapes": {k2: v for k2, v in shapes.items() if base_shapes.get(k2) != v},
              "params_before": base_params, "params_after": params, "macs_before": base_macs, "macs_after": macs,
-             "target": cfg.target, "iterations": steps_log, "finetune_steps": cfg.finetune_steps,
+             "macs_at_hw": list(MACS_HW), "target": cfg.target, "iterations": steps_log, "finetune_steps": cfg.finetune_steps,
              "psnr_before_finetune": steps_log[-1]["psnr_before_finetune"]}
     if cfg.target == "latency":
         final["latency_ms_after"] = round(onnx_latency_ms(model, cfg.latency_input, threads), 2)
