@@ -139,8 +139,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     ema = None
     if ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
     extra = list(extra_params or [])
     for p in extra:
         p.data = p.data.to(dev)
@@ -241,6 +240,18 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     model.cpu().eval()
     return FitResult(model, step, elapsed0 + time.perf_counter() - t0, best["psnr"], best["step"], history,
                      stopped_by_time=stopped_by_time)
+
+
+def _ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates (as
+    TensorFlow's ExponentialMovingAverage with num_updates), so short runs are not dominated by their
+    initial weights."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, 1 - d)
+    return update
 
 
 def _to(x, dev: torch.device):
