@@ -17,7 +17,9 @@ OPTIONAL = [
     ("onnx", "ONNX (export, checks)"),
     ("onnxruntime", "ONNX Runtime (CPU backend, INT8 quantisation)"),
     ("torch_pruning", "torch-pruning (structured pruning)"),
-    ("nncf", "NNCF (quantisation; not used by the stages of this version)"),
+    ("nncf", "NNCF (quantize tool: nncf, qat stage)"),
+    ("torchao", "torchao (nncf.strip: QAT export to standard Q/DQ)"),
+    ("onnxconverter_common", "onnxconverter-common (fp16 stage)"),
     ("tensorrt", "TensorRT (GPU engines; pip install 'edgesr[tensorrt]' on a machine with an NVIDIA GPU)"),
     ("pycuda", "PyCUDA (TensorRT buffers; needs an NVIDIA driver)"),
 ]
@@ -56,6 +58,10 @@ def doctor() -> int:
     from .runtime import BACKENDS
     table.add_row("backends", ", ".join(BACKENDS.names()), "edgesr.runtime")
     table.add_row("tensorrt backend", "[yellow]unavailable: not implemented in this version[/]", "GPU engines")
+    import shutil
+    cxx = shutil.which("c++") or shutil.which("g++")
+    table.add_row("C++ compiler", f"[green]{cxx}[/]" if cxx else "[yellow]unavailable: NNCF cannot build its CPU "
+                  "extension, so the qat stage cannot run[/]", "qat (NNCF compiles a CPU extension once)")
     Console().print(table)
     return 0
 
