@@ -165,6 +165,15 @@ def onnx_quality(art: Artifact, pairs: list[ImagePair], scale: int, threads: int
         backend.close()
 
 
+def onnx_manifest(source: Artifact, name: str, precision: str, **overrides) -> dict:
+    """The manifest of an ONNX artifact derived from ``source`` (same architecture and scales unless overridden)."""
+    return {"kind": "onnx", "name": name, "arch": source.manifest["arch"], "scales": source.manifest["scales"],
+            "precision": precision, "params": source.manifest.get("params"),
+            "size_multiple": source.manifest.get("size_multiple", 1),
+            "parent": {"name": source.manifest.get("name"), "hash": source.hash, "path": str(source.path)},
+            **overrides}
+
+
 def quantize_stage(cfg: QuantizeConfig, *, name: str, out: Path, source: Artifact, calib_pairs: list[ImagePair],
                    val_pairs: list[ImagePair], scale: int, seed: int, threads: int = 0) -> Artifact:
     """The ``quantize`` stage: FP32 ONNX artifact -> INT8 QDQ ONNX artifact, budget-checked.
@@ -182,12 +191,7 @@ def quantize_stage(cfg: QuantizeConfig, *, name: str, out: Path, source: Artifac
     if cfg.on_budget_exceeded == "fallback" and cfg.max_psnr_drop_db is None:
         raise QuantizeError(f"quantize {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
     batches = calibration_batches(calib_pairs, cfg.calibration_images, cfg.calibration_patch, seed)
-    manifest = {
-        "kind": "onnx", "name": name, "arch": source.manifest["arch"], "scales": source.manifest["scales"],
-        "precision": "int8", "params": source.manifest.get("params"),
-        "size_multiple": source.manifest.get("size_multiple", 1),
-        "parent": {"name": source.manifest.get("name"), "hash": source.hash, "path": str(source.path)},
-    }
+    manifest = onnx_manifest(source, name, "int8")
 
     def quality(path: Path) -> float:
         return onnx_quality(Artifact(path.parent, {**manifest, "payload": path.name}), val_pairs, scale, threads)
@@ -344,12 +348,7 @@ def fp16_stage(cfg: Fp16Config, *, name: str, out: Path, source: Artifact, calib
     if hot and cfg.on_overflow == "fail":
         raise QuantizeError(f"fp16 {name}: activations of {hot} exceed {limit:.0f} on the calibration crops (FP16 "
                             f"overflows at {FP16_MAX:.0f}); set on_overflow: fallback to keep them in FP32.")
-    manifest = {
-        "kind": "onnx", "name": name, "arch": source.manifest["arch"], "scales": source.manifest["scales"],
-        "precision": "fp16", "params": source.manifest.get("params"),
-        "size_multiple": source.manifest.get("size_multiple", 1),
-        "parent": {"name": source.manifest.get("name"), "hash": source.hash, "path": str(source.path)},
-    }
+    manifest = onnx_manifest(source, name, "fp16")
 
     def writer(path: Path) -> None:
         fp16_onnx(source.payload, path, keep_io_types=cfg.keep_io_types, node_block_list=tuple(hot))
@@ -445,11 +444,8 @@ def qat_stage(cfg: QatConfig, *, name: str, out: Path, source: Artifact, teacher
                  desc=f"qat {name}")
     example = image_to_tensor(parity_image())
     stripped = nncf.strip(result.model.eval(), do_copy=True, example_input=example)
-    manifest = {
-        "kind": "onnx", "name": name, "arch": arch, "scales": scales, "precision": "int8",
-        "params": sum(p.numel() for p in model.parameters()), "size_multiple": source.manifest.get("size_multiple", 1),
-        "parent": {"name": source.manifest.get("name"), "hash": source.hash, "path": str(source.path)},
-    }
+    manifest = onnx_manifest(source, name, "int8", arch=arch, scales=scales,
+                             params=sum(p.numel() for p in model.parameters()))
 
     def writer(path: Path) -> None:
         import warnings
