@@ -142,10 +142,6 @@ class FeatureDistiller(nn.Module):
             s.replace(".", "_"): nn.Conv2d(self._s_feats[s].shape[1], self._t_feats[t].shape[1], 1)
             for s, t in self.pairs.items()})
 
-    def teacher_forward(self, teacher: nn.Module, lr: torch.Tensor):
-        with torch.no_grad():
-            return teacher(lr)
-
     def loss(self) -> torch.Tensor:
         total = 0.0
         for s, t in self.pairs.items():

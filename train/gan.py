@@ -112,8 +112,8 @@ class Discriminator(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(3, n_feats, 3, padding=1), nn.LeakyReLU(0.2)]
         cin = n_feats
-        for i, (c, stride) in enumerate([(n_feats, 2), (2 * n_feats, 1), (2 * n_feats, 2), (4 * n_feats, 1),
-                                         (4 * n_feats, 2), (8 * n_feats, 1), (8 * n_feats, 2)]):
+        for c, stride in [(n_feats, 2), (2 * n_feats, 1), (2 * n_feats, 2), (4 * n_feats, 1),
+                          (4 * n_feats, 2), (8 * n_feats, 1), (8 * n_feats, 2)]:
             layers += [nn.Conv2d(cin, c, 3, stride=stride, padding=1), nn.BatchNorm2d(c), nn.LeakyReLU(0.2)]
             cin = c
         layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, 16 * n_feats, 1), nn.LeakyReLU(0.2),
