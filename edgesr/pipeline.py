@@ -20,7 +20,7 @@ from .config import Recipe, StageSpec
 from .data.bicubic import imresize
 from .data.datasets import ImagePair, load_pairs
 from .metrics import evaluate_pairs
-from .models import count_macs
+from .models import count_macs, deploy_form
 from .progress import console
 
 __all__ = ["run_recipe", "load_data", "set_name"]
@@ -227,7 +227,9 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
         model_art = _model_of(art) if variant != "bicubic" else None
         macs = params = None
         if model_art is not None:
-            macs, params = count_macs(load_model(model_art), bench.input_size)
+            # Count what is deployed: re-parameterizable students in their collapsed (exported) form.
+            deployed, _ = deploy_form(load_model(model_art), model_art.manifest["arch"])
+            macs, params = count_macs(deployed, bench.input_size)
         rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": bench.backend,
                      "precision": art.manifest["precision"], "threads": backend.describe()["threads"],
                      "params": params if params is not None else art.manifest.get("params"), "macs": macs,
