@@ -294,8 +294,24 @@ def fp16_onnx(src: Path, dst: Path, *, keep_io_types: bool = True, node_block_li
                                             node_block_list=list(node_block_list) or None,
                                             max_finite_val=FP16_MAX, disable_shape_infer=False)
     _drop_cast_round_trips(half.graph)
+    if keep_io_types:
+        _fp16_consumers_of_outputs(half.graph, set(node_block_list))
     onnx.checker.check_model(half)
     onnx.save_model(half, str(dst))
+
+
+def _fp16_consumers_of_outputs(graph: onnx.GraphProto, blocked: set[str]) -> None:
+    """With FP32 outputs kept, an output that also feeds another node (MS-LapSRN's x2 image feeds the x4
+    level) is read by that node after the Cast to FP32; FP16 nodes must read the FP16 tensor before it."""
+    outputs = {o.name for o in graph.output}
+    to_fp32 = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast" and n.output[0] in outputs
+               and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)}
+    for n in graph.node:
+        if n.op_type == "Cast" or n.name in blocked:
+            continue
+        for i, name in enumerate(n.input):
+            if name in to_fp32:
+                n.input[i] = to_fp32[name]
 
 
 def _drop_cast_round_trips(graph: onnx.GraphProto) -> None:

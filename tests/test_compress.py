@@ -304,3 +304,30 @@ def test_qat_through_nncf_exports_standard_qdq(builtin_train, builtin_valid, tmp
     assert art.manifest["arch"]["deploy"] is True
     out = open_backend(art).run(calibration_batches(builtin_train, 1, 21, seed=1)[0])
     assert out.shape == (1, 3, 42, 42) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "msrep", "scale": 2, "size": "s"},
+    {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1, "heads": [2, 4]},
+    {"type": "edsr", "scale": 2, "n_resblocks": 1, "n_feats": 8},
+    {"type": "ms_lapsrn", "scale": 2, "levels": 2, "n_feats": 8, "depth": 1, "recursions": 1},
+], ids=["msrep_s", "msrep_x2x4", "edsr", "ms_lapsrn"])
+def test_int8_and_fp16_work_on_students_and_teachers(spec, builtin_train, builtin_valid, tmp_path):
+    """The ONNX-level compressions on the zoo's export of each kind (re-parameterized, multi-output)."""
+    from edgesr.compress.quantize import fp16_stage
+    from edgesr.config import Fp16Config
+
+    torch.manual_seed(0)
+    src = save_model(tmp_path / "m", build_model(spec), name="m", arch=spec)
+    onnx_art = export_stage(ExportConfig(input="m"), name="o", out=tmp_path / "o", source=src)
+    kw = dict(source=onnx_art, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    int8 = quantize_stage(QuantizeConfig(input="o", calibration_images=2, calibration_patch=32, target="tensorrt"),
+                          name="q", out=tmp_path / "q", **kw)
+    assert check_qdq(int8.payload)["tensorrt_explicit_int8"]
+    half = fp16_stage(Fp16Config(input="o", calibration_images=2, calibration_patch=32), name="h",
+                      out=tmp_path / "h", **kw)
+    x = calibration_batches(builtin_train, 1, 24, seed=2)[0]
+    ref = open_backend(onnx_art).run(x)
+    for art, tol in ((int8, 0.1), (half, 0.01)):
+        out = open_backend(art).run(x)
+        assert out.shape == ref.shape == (1, 3, 48, 48) and np.abs(out - ref).mean() < tol
