@@ -15,11 +15,10 @@ Defaults: EDSR-baseline body (16 blocks x 64 channels, residual scaling 1), redu
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import MODELS
-from .edsr import DIV2K_RGB_MEAN, _upsampler
+from .edsr import EDSR
 
 
 class MultiScaleAttention(nn.Module):
@@ -55,25 +54,12 @@ class MSABlock(nn.Module):
 
 
 @MODELS.register("edsr_msa")
-class EDSRMSA(nn.Module):
+class EDSRMSA(EDSR):
+    """EDSR (head, long skip, upsampler, tail, mean shift, optional anchor) with MSA residual blocks."""
+
     def __init__(self, *, scale: int = 2, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0,
                  reduction: int = 4, dilations: list[int] | None = None, anchor: str = "none"):
-        super().__init__()
-        if anchor not in ("none", "nearest"):
-            raise ValueError(f"EDSR-MSA anchor must be 'none' or 'nearest', got {anchor!r}")
+        super().__init__(scale=scale, n_resblocks=0, n_feats=n_feats, anchor=anchor)
         dil = tuple(dilations or (1, 2, 3))
-        self.scale, self.scales, self.anchor = scale, (scale,), anchor
-        self.register_buffer("rgb_mean", torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.head = nn.Conv2d(3, n_feats, 3, padding=1)
         self.body = nn.Sequential(*[MSABlock(n_feats, res_scale, reduction, dil) for _ in range(n_resblocks)],
                                   nn.Conv2d(n_feats, n_feats, 3, padding=1))
-        self.upsample = _upsampler(scale, n_feats)
-        self.tail = nn.Conv2d(n_feats, 3, 3, padding=1)
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        x = self.head(lr - self.rgb_mean)
-        x = x + self.body(x)
-        sr = self.tail(self.upsample(x)) + self.rgb_mean
-        if self.anchor == "nearest":
-            sr = sr + F.interpolate(lr, scale_factor=self.scale, mode="nearest") - self.rgb_mean
-        return sr

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import MODELS
-from .edsr import DIV2K_RGB_MEAN, _upsampler
+from .edsr import EDSR
 
 
 class ChannelAttention(nn.Module):
@@ -52,21 +52,13 @@ class ResidualGroup(nn.Module):
 
 
 @MODELS.register("rcan")
-class RCAN(nn.Module):
+class RCAN(EDSR):
+    """EDSR's head, long skip, upsampler, tail and mean shift around a body of residual groups."""
+
     def __init__(self, *, scale: int = 2, n_groups: int = 10, n_blocks: int = 20, n_feats: int = 64,
                  reduction: int = 16):
-        super().__init__()
         if n_feats % reduction:
             raise ValueError(f"RCAN n_feats ({n_feats}) must be a multiple of reduction ({reduction})")
-        self.scale, self.scales = scale, (scale,)
-        self.register_buffer("rgb_mean", torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.head = nn.Conv2d(3, n_feats, 3, padding=1)
+        super().__init__(scale=scale, n_resblocks=0, n_feats=n_feats)
         self.body = nn.Sequential(*[ResidualGroup(n_feats, n_blocks, reduction) for _ in range(n_groups)],
                                   nn.Conv2d(n_feats, n_feats, 3, padding=1))
-        self.upsample = _upsampler(scale, n_feats)
-        self.tail = nn.Conv2d(n_feats, 3, 3, padding=1)
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        x = self.head(lr - self.rgb_mean)
-        x = x + self.body(x)
-        return self.tail(self.upsample(x)) + self.rgb_mean
