@@ -1,11 +1,21 @@
-"""Report: one results table (quality x latency per variant) as markdown, JSON and a Pareto plot."""
+"""Report: one results table (quality x latency per variant) as markdown, JSON and a Pareto plot.
+
+Measured numbers are never dropped silently. Before a run directory's report is rewritten, the previous
+``results.json``, ``report.md`` and ``pareto.png`` are moved to ``history/<time>/``; and the quality a
+previous run measured on an evaluation set that this run did not evaluate is carried into the new results
+for every variant whose artifact is byte-identical (same content hash, same backend), marked with the time
+it was measured. So ``edgesr run --eval Set5`` after a run on the built-in set reports both sets.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-__all__ = ["write_report", "pareto_front"]
+from edgesr.files import atomic_write_text
+
+__all__ = ["write_report", "pareto_front", "merge_previous"]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -48,15 +58,66 @@ def _plot(rows: list[dict], set_name: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _archive_previous(out: Path) -> tuple[dict | None, Path | None]:
+    """Move the previous report files to ``out/history/<time>/``; return the previous results (or None)."""
+    prev_path = out / "results.json"
+    files = [out / n for n in ("results.json", "report.md", "pareto.png") if (out / n).is_file()]
+    if not files:
+        return None, None
+    prev = None
+    try:
+        prev = json.loads(prev_path.read_text()) if prev_path.is_file() else None
+    except (OSError, ValueError):
+        prev = None  # unreadable: still archived below, just not merged
+    stamp = (prev or {}).get("measured_at") or f"mtime-{int(files[0].stat().st_mtime)}"
+    dest = out / "history" / stamp.replace(":", "")
+    n = 1
+    while dest.exists():
+        dest = dest.with_name(f"{dest.name.split('~')[0]}~{n}")
+        n += 1
+    dest.mkdir(parents=True)
+    for f in files:
+        shutil.move(str(f), dest / f.name)
+    return (prev if isinstance(prev, dict) else None), dest
+
+
+def merge_previous(rows: list[dict], reference: dict, prev: dict | None) -> list[str]:
+    """Carry into ``rows`` (in place) the previous run's quality on evaluation sets not measured now, for the
+    variants whose artifact hash and backend are unchanged; returns the sets carried."""
+    if not prev:
+        return []
+    carried: set[str] = set()
+    old = {(r.get("variant"), r.get("hash"), r.get("backend")): r for r in prev.get("variants", [])}
+    for r in rows:
+        o = old.get((r["variant"], r["hash"], r["backend"]))
+        if not o:
+            continue
+        for sname, q in (o.get("quality") or {}).items():
+            if sname not in r["quality"]:
+                r["quality"][sname] = {**q, "reused": True}
+                carried.add(sname)
+    for sname, v in (prev.get("protocol_reference_bicubic") or {}).items():
+        if sname in carried and sname not in reference:
+            reference[sname] = v
+    return sorted(carried)
+
+
 def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], stages: list[dict],
-                 machine: dict, reference: dict, command: str, input_hw: tuple[int, int]) -> dict[str, Path]:
-    """Write ``report.md``, ``results.json`` and ``pareto.png`` into ``out``; returns their paths."""
+                 machine: dict, reference: dict, command: str, input_hw: tuple[int, int],
+                 measured_at: str = "") -> dict[str, Path]:
+    """Write ``report.md``, ``results.json`` and ``pareto.png`` into ``out`` (the previous ones are moved to
+    ``history/``, and their quality on sets not measured now is merged); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    set_names = list(rows[0]["quality"]) if rows else []
-    results = {"recipe": recipe_name, "scale": scale, "command": command, "machine": machine,
-               "latency_input_hw": list(input_hw), "protocol_reference_bicubic": reference,
+    current_sets = list(rows[0]["quality"]) if rows else []
+    prev, archived = _archive_previous(out)
+    carried = merge_previous(rows, reference, prev)
+    set_names = current_sets + [c for c in carried if c not in current_sets]
+    results = {"recipe": recipe_name, "scale": scale, "command": command, "measured_at": measured_at,
+               "machine": machine, "latency_input_hw": list(input_hw), "protocol_reference_bicubic": reference,
+               "eval_sets_measured": current_sets, "eval_sets_reused": carried,
+               "previous_results": str(archived.relative_to(out)) if archived else None,
                "stages": stages, "variants": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     h, w = input_hw
     lines = [f"# edgesr report — {recipe_name} (x{scale})", "",
              f"Command: `{command}`", "",
@@ -77,13 +138,21 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                  f"{r['params']:,}" if r.get("params") is not None else "–",
                  _fmt(r["macs"] / 1e9 if r.get("macs") else None)]
         for s in set_names:
-            cells += [_fmt(r["quality"][s]["psnr"]), _fmt(r["quality"][s]["ssim"], 4)]
+            q = r["quality"].get(s)
+            mark = "†" if q and q.get("reused") else ""
+            cells += [_fmt(q["psnr"]) + mark if q else "–", _fmt(q.get("ssim"), 4) + mark if q else "–"]
         lat = r["latency"]
         cells += [_fmt(lat["p50_ms"], 1), _fmt(lat["p90_ms"], 1), _fmt(lat["p99_ms"], 1), _fmt(lat["fps"], 1),
                   _fmt(lat["output_mpix_per_s"], 1),
                   _fmt(2 * r["macs"] / (lat["p50_ms"] / 1e3) / 1e9 if r.get("macs") else None, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if carried:
+        lines += [f"† measured by an earlier run on the same artifacts (same content hash, same backend), not "
+                  f"re-measured by this one: {', '.join(carried)}. The earlier report is in "
+                  f"`{archived.relative_to(out)}/`.", ""]
+    elif archived:
+        lines += [f"The previous report of this directory is in `{archived.relative_to(out)}/`.", ""]
     deltas = [r for r in rows if r.get("vs_parent")]
     if deltas:
         lines += ["## Lossy steps against their parents", "",
@@ -92,7 +161,7 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
         for r in deltas:
             v = r["vs_parent"]
             lines.append(f"| {r['variant']} | {v['parent']} | " +
-                         " | ".join(_fmt(v["psnr_delta"][s], 3) for s in set_names) + f" | {_fmt(v['speedup'], 2)}x |")
+                         " | ".join(_fmt(v["psnr_delta"].get(s), 3) for s in set_names) + f" | {_fmt(v['speedup'], 2)}x |")
         lines.append("")
     bic = next((r for r in rows if r["variant"] == "bicubic"), None)
     if bic:
@@ -101,7 +170,8 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
         for r in rows:
             if r is not bic:
                 lines.append(f"| {r['variant']} | " + " | ".join(
-                    f"{r['quality'][s]['psnr'] - bic['quality'][s]['psnr']:+.2f}" for s in set_names) + " |")
+                    f"{r['quality'][s]['psnr'] - bic['quality'][s]['psnr']:+.2f}"
+                    if s in r["quality"] and s in bic["quality"] else "–" for s in set_names) + " |")
         lines.append("")
     peak = machine.get("peak")
     if peak:
@@ -112,12 +182,18 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
         lines += ["Protocol reference — MATLAB bicubic (edgesr.data.bicubic) on the same LR images: " +
                   ", ".join(f"{s} {v:.2f} dB" for s, v in reference.items()) +
                   ". The `bicubic` row above is the ONNX Resize graph, which clamps at borders where MATLAB mirrors.", ""]
-    lines += ["## Stages", "", "| stage | kind | status | wall time (s) | validation PSNR (dB) |", "|---|---|---|---|---|"]
+    lines += ["## Stages", "",
+              "`ran`: built by this run; `reused`: its inputs were unchanged, so the verified artifact built "
+              "earlier was used (its build time is shown apart; this run's time is the check).", "",
+              "| stage | kind | status | this run (s) | built earlier in (s) | validation PSNR (dB) |",
+              "|---|---|---|---|---|---|"]
     for s in stages:
         lines.append(f"| {s['name']} | {s['stage']} | {s['status']} | {_fmt(s['seconds'], 1)} | "
+                     f"{_fmt(s.get('built_seconds'), 1) if s.get('status') == 'reused' else ''} | "
                      f"{_fmt(s.get('val_psnr'))} |")
     lines += ["", "![PSNR vs latency](pareto.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    if rows and set_names:
-        _plot(rows, set_names[0], out / "pareto.png", f"{recipe_name} x{scale}: PSNR vs latency ({w}x{h} input)")
-    return {"report": out / "report.md", "results": out / "results.json", "plot": out / "pareto.png"}
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    if rows and current_sets:
+        _plot(rows, current_sets[0], out / "pareto.png", f"{recipe_name} x{scale}: PSNR vs latency ({w}x{h} input)")
+    return {"report": out / "report.md", "results": out / "results.json", "plot": out / "pareto.png",
+            "archived": archived}

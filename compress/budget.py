@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from edgesr.errors import EdgesrError
 from edgesr.progress import console
 
 __all__ = ["QualityBudgetExceeded", "check_budget"]
 
 
-class QualityBudgetExceeded(RuntimeError):
-    pass
+class QualityBudgetExceeded(EdgesrError, RuntimeError):
+    """A lossy step ran and lost more PSNR than its budget allows (exit code 3: the input was fine)."""
+
+    exit_code = 3
 
 
 def check_budget(step: str, parent_psnr: float, psnr: float, max_drop_db: float | None, on_exceeded: str) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.fx
@@ -141,10 +142,15 @@ def onnx_latency_ms(model: nn.Module, hw: tuple[int, int], threads: int = 0) -> 
 
 
 def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None, fraction: float = 1.0,
-                    threads: int = 0, base_macs: int | None = None) -> tuple[nn.Module, dict]:
+                    threads: int = 0, base_macs: int | None = None, base_latency_ms: float | None = None,
+                    latency_fn: Callable[[nn.Module], float] | None = None) -> tuple[nn.Module, dict]:
     """Prune ``model`` to the config's target. For MACs and latency targets the channel ratio is found by
     bisection (7 steps); ``fraction`` in (0, 1] scales the target for one step of iterative pruning
-    (MACs: target ** fraction of the start; latency: interpolated geometrically)."""
+    (MACs: target ** fraction of the start; latency: interpolated geometrically from ``base_latency_ms``,
+    the unpruned model's latency, measured here when not given).
+
+    ``latency_fn(model) -> ms`` measures a candidate; by default its p50 in ONNX Runtime at
+    ``cfg.latency_input`` with ``threads`` threads. The goal is recorded unrounded, with the measured start."""
     if cfg.target == "ratio":
         return prune_model(model, cfg, sampler, ratio=1 - (1 - cfg.ratio) ** fraction)
     base_macs = base_macs or count_macs(model, MACS_HW)[0]
@@ -155,10 +161,11 @@ def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | 
     else:
         if cfg.latency_ms is None:
             raise ValueError("prune target latency needs latency_ms")
-        start = onnx_latency_ms(model, cfg.latency_input, threads)
+        measure = latency_fn or (lambda m: onnx_latency_ms(m, cfg.latency_input, threads))
+        start = base_latency_ms if base_latency_ms is not None else measure(model)
         goal_ms = start * (cfg.latency_ms / start) ** fraction
-        meets = lambda cand, rec: onnx_latency_ms(cand, cfg.latency_input, threads) <= goal_ms
-        goal = {"latency_ms": round(goal_ms, 2), "start_latency_ms": round(start, 2)}
+        meets = lambda cand, rec: measure(cand) <= goal_ms
+        goal = {"latency_ms": goal_ms, "start_latency_ms": start}
     lo, hi, best = 0.0, 0.95, None
     for _ in range(7):
         mid = (lo + hi) / 2
@@ -189,11 +196,13 @@ def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, tea
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha, model_scales(parent))
     base_macs, base_params = count_macs(parent, MACS_HW)
     base_shapes = module_shapes(parent)
+    base_latency = onnx_latency_ms(parent, cfg.latency_input, threads) if cfg.target == "latency" else None
     model, steps_log, seconds, psnr = parent, [], 0.0, parent_psnr
     k = max(cfg.iterations, 1)
     per_step = cfg.finetune_steps // k
     for i in range(1, k + 1):
-        model, record = prune_to_target(model, cfg, sampler, fraction=i / k, threads=threads, base_macs=base_macs)
+        model, record = prune_to_target(model, cfg, sampler, fraction=i / k, threads=threads, base_macs=base_macs,
+                                        base_latency_ms=base_latency)
         entry = {"iteration": i, "ratio": record["ratio"], "macs": record["macs_after"],
                  "params": record["params_after"], "psnr_before_finetune": round(validate(model, val_pairs, scale), 4)}
         if per_step > 0:

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from edgesr.artifacts import Artifact, write_artifact
 from edgesr.config import Fp16Config, QatConfig, QuantizeConfig
 from edgesr.data.datasets import ImagePair
+from edgesr.errors import EdgesrError
 from edgesr.imaging import to_float
 from edgesr.metrics import evaluate_pairs
 from edgesr.runtime import Upscaler, open_backend
@@ -36,8 +37,8 @@ __all__ = ["calibration_batches", "quantize_onnx", "check_qdq", "quantize_stage"
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
 
-class QuantizeError(RuntimeError):
-    pass
+class QuantizeError(EdgesrError, RuntimeError):
+    """A quantisation or FP16 step that cannot run or failed its checks; the message names the fix."""
 
 
 def calibration_batches(pairs: list[ImagePair], n: int, patch: int, seed: int = 0) -> list[np.ndarray]:

@@ -6,11 +6,14 @@ import argparse
 import dataclasses
 import importlib
 import importlib.resources
+import logging
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
+from .errors import EdgesrError, UsageError
 
 OPTIONAL = [
     ("torch", "PyTorch (training, compression, torch backend)"),
@@ -25,12 +28,38 @@ OPTIONAL = [
 ]
 
 
-def _check(module: str) -> tuple[bool, str]:
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+# Loggers that print at import time about optional parts edgesr does not use: torchao's CUDA-only kernels
+# (mxfp8, CUTLASS) that cannot load on a CPU-only machine, and a torch deprecation note raised by torchao.
+QUIET_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def _check(module: str) -> tuple[bool, str, list[str]]:
+    """Import ``module``; return (ok, version or reason, what it logged at import instead of printing it)."""
+    collect = _Collect()
+    saved = []
+    for name in QUIET_IMPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate, list(logger.handlers)))
+        logger.handlers, logger.propagate = [collect], False
     try:
-        mod = importlib.import_module(module)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            mod = importlib.import_module(module)
     except Exception as exc:  # any failure to import is a reason, shown to the user
-        return False, f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return True, getattr(mod, "__version__", "installed")
+        return False, f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", []
+    finally:
+        for logger, propagate, handlers in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+    return True, getattr(mod, "__version__", "installed"), collect.messages
 
 
 def doctor() -> int:
@@ -43,13 +72,17 @@ def doctor() -> int:
     table.add_column("status")
     table.add_column("used for")
     for module, what in OPTIONAL:
-        ok, info = _check(module)
+        ok, info, logged = _check(module)
+        failed = [m for m in logged if m.startswith("Failed to load")]
+        if ok and module == "torchao" and failed:
+            kernels = sorted({Path(m.split()[3].rstrip(":")).name.split(".")[0] for m in failed})
+            info += f" (its optional CUDA kernels {', '.join(kernels)} did not load: normal without an NVIDIA GPU; edgesr does not use them)"
         table.add_row(module, f"[green]{escape(info)}[/]" if ok else f"[yellow]{escape(info)}[/]", escape(what))
-    ok, _ = _check("onnxruntime")
+    ok, _, _ = _check("onnxruntime")
     if ok:
         import onnxruntime as ort
         table.add_row("ORT providers", ", ".join(ort.get_available_providers()), "backend: onnxruntime")
-    ok, _ = _check("torch")
+    ok, _, _ = _check("torch")
     if ok:
         import torch
         cuda = torch.cuda.is_available()
@@ -85,19 +118,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+from .imaging import WRITE_FORMATS as WRITABLE_SUFFIXES  # noqa: E402  (no torch: imaging imports numpy/PIL)
+
+
+def _check_upscale_paths(src: Path, dst: Path, overwrite: bool) -> None:
+    """Every way the two paths can be wrong, checked before the artifact is opened."""
+    if src.is_dir():
+        raise UsageError(f"{src}: is a directory; `edgesr upscale` takes one image file. Upscale a folder "
+                         "with a shell loop over its files.")
+    if not src.is_file():
+        raise UsageError(f"{src}: no such image file. Check the path (relative paths start at {Path.cwd()}).")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise UsageError(f"{dst}: is the input image; refusing to overwrite it. Choose another output path.")
+    if dst.is_dir():
+        raise UsageError(f"{dst}: is a directory; give the output image's file name, e.g. {dst / (src.stem + '_sr.png')}")
+    if dst.suffix.lower() not in WRITABLE_SUFFIXES:
+        raise UsageError(f"{dst}: the output suffix {dst.suffix or '(none)'!r} names no image format; use one of "
+                         f"{', '.join(sorted(WRITABLE_SUFFIXES))} (.png is lossless).")
+    if dst.exists() and not overwrite:
+        raise UsageError(f"{dst}: exists; refusing to overwrite it. Pass --overwrite, or choose another output path.")
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .artifacts import read_artifact
     from .imaging import read_image, write_image
     from .runtime import Upscaler, open_backend
 
     src, dst = Path(args.input), Path(args.output)
-    if src.resolve() == dst.resolve():
-        raise SystemExit(f"{dst}: refusing to overwrite the input image; choose another output path")
+    _check_upscale_paths(src, dst, args.overwrite)
+    img = read_image(src, max_pixels=args.max_pixels)  # decoded before the model is loaded: bad input fails fast
     art = read_artifact(args.artifact)
     backend = open_backend(art, args.backend, threads=args.threads or 0)
     up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
-    write_image(dst, up.upscale(read_image(src)))
-    print(f"{src} -> {dst} (x{backend.scale})")
+    write_image(dst, up.upscale(img))
+    print(f"{src} -> {dst} (x{backend.scale}{f', tiles of {up.last_tile}' if up.last_tile else ''})")
     return 0
 
 
@@ -116,10 +170,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgesr", description="Super-resolution from training to measured edge engines.")
+class _Parser(argparse.ArgumentParser):
+    """argparse with edgesr's one error style: ``edgesr: error: ...`` and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"edgesr: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 (all cores) or a positive count")
+    return value
+
+
+def _tile(text: str) -> int:
+    from .runtime.upscaler import DEFAULT_OVERLAP
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value != 0 and value <= 2 * DEFAULT_OVERLAP:
+        raise argparse.ArgumentTypeError(
+            f"{value} is too small: a tile must exceed twice its {DEFAULT_OVERLAP}-pixel overlap (use {2 * DEFAULT_OVERLAP + 1} "
+            "or more, e.g. 256), or 0 to size tiles automatically")
+    return value
+
+
+def _pixels(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 pixels: give the largest image size to accept, e.g. 400000000")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .imaging import DEFAULT_MAX_PIXELS
+
+    parser = _Parser(prog="edgesr", description="Super-resolution from training to measured edge engines.")
     parser.add_argument("--version", action="version", version=f"edgesr {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors too")
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     p = sub.add_parser("run", help="run a recipe (default: the built-in quickstart) and write report.md, "
                                    "results.json, pareto.png")
     p.add_argument("recipe", nargs="?", help="recipe YAML (default: built-in quickstart)")
@@ -127,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", action="append", metavar="PATH",
                    help="evaluation set (benchmark folder with HR/, or 'builtin'); repeatable")
     p.add_argument("--train", metavar="PATH", help="training data (DIV2K root, image folder, or 'builtin')")
-    p.add_argument("--threads", type=int, help="intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
     p.add_argument("--force", action="store_true", help="re-run stages even when their inputs are unchanged")
     p.add_argument("--only", action="append", metavar="STAGE[,STAGE]",
                    help="run only these stages (and what they need), no benchmark; repeatable. Under torchrun: "
@@ -136,28 +233,43 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("upscale", help="upscale one image with an artifact")
     p.add_argument("artifact")
     p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("output", help=f"output image ({', '.join(sorted(WRITABLE_SUFFIXES))})")
     p.add_argument("--backend", choices=["torch", "onnxruntime"])
-    p.add_argument("--tile", type=int, default=0, help="LR tile size for large images (0 = whole image)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--tile", type=_tile, default=0,
+                   help="LR tile size (0 = automatic: the whole image, or tiles when it is too large for memory)")
+    p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse input images with more pixels than this (decompression-bomb guard; default "
+                        f"{DEFAULT_MAX_PIXELS:,})")
     p.set_defaults(fn=cmd_upscale)
     p = sub.add_parser("eval", help="PSNR/SSIM of an artifact on benchmark sets (the protocol)")
     p.add_argument("artifact")
     p.add_argument("--set", action="append", required=True, metavar="PATH")
     p.add_argument("--backend", choices=["torch", "onnxruntime"])
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("doctor", help="list components and backends, and why any is unavailable")
     p.set_defaults(fn=lambda a: doctor())
-    args = parser.parse_args(argv)
-    from .artifacts import ArtifactError
-    from .config import RecipeError
-    from .imaging import ImageError
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in QUIET_IMPORT_LOGGERS:  # import-time notes about CUDA-only kernels (see doctor), not errors
+        if not args.debug:
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.fn(args)
-    except (ArtifactError, RecipeError, ImageError, FileNotFoundError) as exc:
+    except EdgesrError as exc:
+        if args.debug:
+            raise
         print(f"edgesr: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgesr: interrupted; artifacts are written atomically, re-run the same command to continue",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

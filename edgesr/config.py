@@ -7,6 +7,8 @@ recipe is loaded, with the file and the key named, so a typo never silently fall
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import os
 import types
 import typing
@@ -16,13 +18,15 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .errors import EdgesrError
+
 __all__ = [
     "RecipeError", "DataConfig", "LoadConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig", "Fp16Config", "QatConfig",
     "ExportConfig", "BenchmarkConfig", "Recipe", "load_recipe", "parse_recipe", "STAGE_CONFIGS",
 ]
 
 
-class RecipeError(ValueError):
+class RecipeError(EdgesrError, ValueError):
     """A recipe that cannot run; the message names the file, the key and what is expected."""
 
 
@@ -304,6 +308,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         if len(value) != len(args):
             raise RecipeError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
@@ -327,6 +336,12 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise RecipeError(f"{where}: unsupported type {tp}")
 
 
+MODEL_INPUT = frozenset({"train", "distill", "gan", "prune"})
+"""Stages whose artifact is a PyTorch model (what prune, export, qat, distill's teacher take)."""
+ONNX_INPUT = frozenset({"export"})
+"""Stages whose artifact is an FP32 ONNX graph (what quantize and fp16 take)."""
+
+
 def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping, got {raw!r}")
@@ -334,7 +349,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r}{_did_you_mean(unknown[0], fields)}; known: "
+                          f"{sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in raw:
@@ -342,6 +358,52 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise RecipeError(f"{where}: missing required key {name!r}")
     return cls(**kwargs)
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_model_spec(spec: dict, where: str, scale: int | None = None) -> None:
+    """Validate an architecture spec ``{type, **keywords}`` without training anything: a known architecture,
+    known keywords of the right types, and values its constructor accepts (it is built on PyTorch's meta
+    device, which allocates no memory, so even a 43M-parameter teacher checks in milliseconds). ``scale``: the
+    recipe's scale, which the stages give the model."""
+    import torch
+
+    from .models import MODELS
+
+    known = MODELS.names()
+    if "type" not in spec:
+        raise RecipeError(f"{where}: missing key 'type' (the architecture); known: {known}")
+    arch = spec["type"]
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise RecipeError(f"{where}.type: unknown architecture {arch!r}{_did_you_mean(arch, known)}; known: {known}")
+    cls = MODELS.get(arch)
+    sig = inspect.signature(cls)
+    params = {n: p for n, p in sig.parameters.items()
+              if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in spec.items():
+        if key == "type":
+            continue
+        if key not in params:
+            if open_kwargs:
+                continue
+            raise RecipeError(f"{where}.{key}: {arch} has no keyword {key!r}{_did_you_mean(key, params)}; its "
+                              f"keywords: {sorted(params)}")
+        if key in hints:
+            _check_type(value, hints[key], f"{where}.{key}")
+    if scale is not None and "scale" in spec and spec["scale"] != scale:
+        raise RecipeError(f"{where}.scale: {spec['scale']} differs from the recipe's scale {scale}, which the stage "
+                          "gives the model; remove model.scale (or change the recipe's scale)")
+    try:
+        with torch.device("meta"):
+            MODELS.build({**spec, **({"scale": scale} if scale is not None and "scale" in params else {})})
+    except (ValueError, TypeError, KeyError, AssertionError, NotImplementedError) as exc:
+        raise RecipeError(f"{where}: {arch} does not accept {spec}: {exc}") from None
 
 
 def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
@@ -359,22 +421,35 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         raise RecipeError(f"{source}: scale {scale} not supported (2, 3, 4 or 8)")
     stages = []
     seen: set[str] = set()
+    kinds: dict[str, str] = {}
     for i, st in enumerate(raw["stages"] or []):
         where = f"{source}: stages[{i}]"
         if not isinstance(st, dict) or "name" not in st or "stage" not in st:
             raise RecipeError(f"{where}: each stage needs 'name' and 'stage'")
         name, kind = st["name"], st["stage"]
         if kind not in STAGE_CONFIGS:
-            raise RecipeError(f"{where}: unknown stage {kind!r}; known: {sorted(STAGE_CONFIGS)}")
+            raise RecipeError(f"{where}: unknown stage {kind!r}{_did_you_mean(kind, STAGE_CONFIGS)}; known: "
+                              f"{sorted(STAGE_CONFIGS)}")
         if name in seen or name == "bicubic":
             raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")
         cfg = _build(STAGE_CONFIGS[kind], {k: v for k, v in st.items() if k not in ("name", "stage")},
                      f"{where} ({name})")
         for ref in ("input", "teacher", "init_from"):
             ref_name = getattr(cfg, ref, None)
-            if ref_name is not None and ref_name not in seen:
-                raise RecipeError(f"{where}: {ref} {ref_name!r} is not a stage defined before {name!r}")
+            if ref_name is None:
+                continue
+            if ref_name not in seen:
+                raise RecipeError(f"{where} ({name}).{ref}: {ref_name!r} is not a stage defined before {name!r}"
+                                  f"{_did_you_mean(ref_name, seen)}")
+            wants = ONNX_INPUT if (kind in ("quantize", "fp16") and ref == "input") else MODEL_INPUT
+            if kinds[ref_name] not in wants | {"load"}:
+                what = "an FP32 ONNX artifact (an export stage)" if wants is ONNX_INPUT else "a PyTorch model"
+                raise RecipeError(f"{where} ({name}).{ref}: {ref_name!r} is a {kinds[ref_name]} stage; a {kind} "
+                                  f"stage's {ref} must be {what} ({', '.join(sorted(wants))})")
+        if hasattr(cfg, "model"):
+            check_model_spec(cfg.model, f"{where} ({name}).model", scale)
         seen.add(name)
+        kinds[name] = kind
         stages.append(StageSpec(name, kind, cfg))
     data = _build(DataConfig, raw.get("data", {}), f"{source}: data")
     bench = _build(BenchmarkConfig, raw.get("benchmark", {}), f"{source}: benchmark")

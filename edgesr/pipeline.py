@@ -7,6 +7,8 @@ this is the only module that imports the stages.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import hashlib
 import json
 import time
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import Artifact, ArtifactError, content_hash, load_model, read_artifact, update_metrics
-from .config import Recipe, StageSpec
+from .artifacts import Artifact, ArtifactError, load_model, read_artifact, update_metrics
+from .config import Recipe, RecipeError, StageSpec
+from .files import RunLock, remove_stale_temps
 from .data.bicubic import imresize
 from .data.datasets import ImagePair, load_pairs
 from .metrics import evaluate_pairs
@@ -24,6 +27,10 @@ from .models import count_macs, deploy_form
 from .progress import console
 
 __all__ = ["run_recipe", "load_data", "set_name"]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def set_name(source: str) -> str:
@@ -89,11 +96,7 @@ def load_stage(src: str, dst: Path) -> Artifact:
     """Copy a verified artifact into the run directory (atomically: a temp copy renamed into place)."""
     import shutil
 
-    art = read_artifact(src)
-    actual = content_hash(art.payload)
-    if actual != art.hash:
-        raise ArtifactError(f"{art.payload}: content hash {actual} differs from its manifest's {art.hash}; the "
-                            "payload was modified or truncated. Copy the artifact directory again.")
+    art = read_artifact(src)  # verifies the payload against the manifest's content hash
     tmp = dst.with_name(f".{dst.name}.load")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(art.path, tmp)
@@ -111,7 +114,14 @@ def _model_of(art: Artifact) -> Artifact | None:
     seen = 0
     while art is not None and art.kind != "model" and seen < 8:
         parent = art.manifest.get("parent")
-        art = read_artifact(parent["path"]) if parent and Path(parent["path"]).is_dir() else None
+        if not parent or not Path(parent["path"]).is_dir():
+            return None
+        try:
+            art = read_artifact(parent["path"])
+        except ArtifactError:
+            return None
+        if art.hash != parent.get("hash"):  # the directory now holds another model than the one exported
+            return None
         seen += 1
     return art
 
@@ -121,7 +131,7 @@ def stages_needed(recipe: Recipe, only: list[str]) -> set[str]:
     specs = {s.name: s for s in recipe.stages}
     unknown = [n for n in only if n not in specs]
     if unknown:
-        raise KeyError(f"{recipe.source}: no stage named {unknown}; stages: {list(specs)}")
+        raise RecipeError(f"{recipe.source}: --only names no stage {unknown}; stages: {list(specs)}")
     need, todo = set(), list(only)
     while todo:
         name = todo.pop()
@@ -148,15 +158,26 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
     if world > 1:
         bad = [s.name for s in recipe.stages if s.name in needed and s.stage not in ("train", "distill")]
         if not only or bad:
-            raise ValueError(f"under torchrun only training stages run (pass --only with train/distill stages); "
+            raise RecipeError(f"under torchrun only training stages run (pass --only with train/distill stages); "
                              f"not {bad or 'the whole recipe'}. Run the other stages without torchrun.")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        removed = remove_stale_temps(out) if rank == 0 else []
+        if removed:
+            console.print(f"removed what an interrupted run left: {', '.join(sorted(removed))}")
+        return _run_locked(recipe, out, force=force, command=command, only=only, needed=needed, rank=rank,
+                           world=world)
+
+
+def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: list[str] | None,
+                needed: set[str], rank: int, world: int) -> dict | None:
     from .benchmarks.latency import machine_info, measure_latency
     from .benchmarks.quality import measure_quality
     from .benchmarks.report import write_report
     from .export.onnx import bicubic_stage
     from .runtime import open_backend
 
-    out.mkdir(parents=True, exist_ok=True)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     t0 = time.perf_counter()
@@ -165,37 +186,45 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
     console.print(f"data: {len(train)} training images ({recipe.data.train}), {len(valid)} validation "
                   f"({recipe.data.valid}), eval sets {list(evals)}; loaded in {time.perf_counter() - t0:.1f} s")
     arts: dict[str, Artifact] = {}
-    stages: list[dict] = [{"name": "data", "stage": "load", "status": "ran", "seconds": time.perf_counter() - t0}]
+    stages: list[dict] = [{"name": "data", "stage": "load", "status": "ran", "seconds": round(time.perf_counter() - t0, 1)}]
     for spec in recipe.stages:
         if spec.name not in needed:
             continue
         fp = _fingerprint(spec, recipe, _parents(spec, arts))
         path = out / spec.name
         t = time.perf_counter()
-        status = "ran"
         art = None
         if not force and (path / "manifest.json").is_file():
             try:
-                prev = read_artifact(path)
+                prev = read_artifact(path)  # verified: a corrupted artifact is rebuilt, never reused
                 if prev.manifest.get("recipe_fingerprint") == fp:
-                    art, status = prev, "unchanged, skipped"
-            except ArtifactError:
-                art = None
+                    art = prev
+            except ArtifactError as exc:
+                console.print(f"[yellow]{spec.name}: the existing artifact cannot be reused, rebuilding it:[/] {exc}")
+        status = "reused" if art is not None else "ran"
         if art is None:
             console.print(f"[bold cyan]stage[/] {spec.name} ({spec.stage})")
             art = _run_stage(spec, recipe, out, arts, train, valid)
             if rank == 0:
                 art = update_metrics(art, {}, recipe_fingerprint=fp,
-                                     stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1)})
+                                     stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1),
+                                            "finished": _now()})
             if world > 1:
                 torch.distributed.barrier()
                 art = read_artifact(path)
         arts[spec.name] = art
-        seconds = art.manifest.get("stage", {}).get("seconds", 0.0) if status != "ran" else time.perf_counter() - t
-        stages.append({"name": spec.name, "stage": spec.stage, "status": status, "seconds": round(seconds, 1),
-                       "val_psnr": art.manifest.get("metrics", {}).get("val_psnr")})
-        console.print(f"  {spec.name}: {status} in {seconds:.1f} s"
-                      + (f", val PSNR {stages[-1]['val_psnr']:.2f} dB" if stages[-1]["val_psnr"] else ""))
+        built = art.manifest.get("stage", {})
+        row = {"name": spec.name, "stage": spec.stage, "status": status, "seconds": round(time.perf_counter() - t, 1),
+               "built_seconds": built.get("seconds"), "built": built.get("finished") or art.manifest.get("created"),
+               "val_psnr": art.manifest.get("metrics", {}).get("val_psnr")}
+        stages.append(row)
+        if status == "ran":
+            what = f"ran in {row['seconds']:.1f} s"
+        else:
+            what = (f"unchanged, reused the artifact built {row['built']}"
+                    + (f" in {row['built_seconds']:.1f} s" if row["built_seconds"] is not None else "")
+                    + f" (checked in {row['seconds']:.1f} s)")
+        console.print(f"  {spec.name}: {what}" + (f", val PSNR {row['val_psnr']:.2f} dB" if row["val_psnr"] else ""))
 
     if only:
         console.print(f"[bold green]done[/] stages {sorted(needed)} in {time.perf_counter() - t0:.0f} s "
@@ -251,18 +280,25 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
             r["vs_parent"] = {"parent": src,
                               "psnr_delta": {s: r["quality"][s]["psnr"] - p["quality"][s]["psnr"] for s in evals},
                               "speedup": p["latency"]["p50_ms"] / r["latency"]["p50_ms"]}
+    measured_at = _now()
+    for r in rows:
+        for q in r["quality"].values():
+            q["measured_at"] = measured_at
     reference = {}
     for sname, pairs in evals.items():
         reference[sname] = evaluate_pairs(lambda lr: imresize(lr, recipe.scale),
                                           ((p.name, p.lr, p.hr) for p in pairs), recipe.scale, with_ssim=False).psnr
     stages.append({"name": "benchmark", "stage": "benchmark", "status": "ran", "seconds": round(time.perf_counter() - t, 1)})
-    stages.append({"name": "total", "stage": "", "status": "", "seconds": round(time.perf_counter() - t0, 1)})
+    stages.append({"name": "total (this run)", "stage": "", "status": "", "seconds": round(time.perf_counter() - t0, 1)})
     machine = machine_info()
     if bench.peak:
         from .benchmarks.latency import peak_throughput
         machine["peak"] = peak_throughput(recipe.threads)
     paths = write_report(out, recipe_name=recipe.name, scale=recipe.scale, rows=rows, stages=stages,
-                         machine=machine, reference=reference, command=command, input_hw=bench.input_size)
+                         machine=machine, reference=reference, command=command, input_hw=bench.input_size,
+                         measured_at=measured_at)
+    if paths.get("archived"):
+        console.print(f"the previous results were kept in {paths['archived']}")
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s: {paths['report']}, {paths['results']}, "
                   f"{paths['plot']}")
     return json.loads(paths["results"].read_text())

@@ -23,6 +23,7 @@ from torch import nn
 from edgesr.artifacts import Artifact, load_model, read_artifact, write_artifact
 from edgesr.config import ExportConfig
 from edgesr.data.datasets import builtin_images
+from edgesr.errors import EdgesrError
 from edgesr.imaging import image_to_tensor
 from edgesr.models import deploy_form, select_outputs
 
@@ -30,8 +31,8 @@ __all__ = ["export_onnx", "export_stage", "op_inventory", "parity_check", "Expor
            "bicubic_onnx", "bicubic_stage"]
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(EdgesrError, RuntimeError):
+    """An export that failed its checks (shapes, parity, operators); the message names the file."""
 
 
 def output_names(scales: list[int]) -> list[str]:

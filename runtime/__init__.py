@@ -5,8 +5,9 @@ in this version (see README: its engine builder is not written yet); ``edgesr do
 TensorRT Python package and a GPU are present.
 """
 
-from .backends import BACKENDS, Backend, BackendUnavailable, OnnxRuntimeBackend, TorchBackend, open_backend
+from .backends import (BACKENDS, Backend, BackendUnavailable, InputError, OnnxRuntimeBackend, TorchBackend,
+                       check_input, open_backend)
 from .upscaler import Upscaler
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "OnnxRuntimeBackend", "TorchBackend", "open_backend",
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "InputError", "check_input", "OnnxRuntimeBackend", "TorchBackend", "open_backend",
            "Upscaler"]

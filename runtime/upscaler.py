@@ -2,7 +2,10 @@
 
 Large images are cut into LR tiles with an overlap margin on each side; each tile's SR is cropped back to
 its core before it is pasted, so tile seams carry no border artefacts (with a margin at least the network's
-receptive radius, the output equals the untiled one).
+receptive radius, the output equals the untiled one). With ``tile=0`` (the default) an image runs whole
+unless it has more than ``max_pixels`` LR pixels; larger ones are tiled automatically, so an image too large
+for the network's activations in memory still upscales. The ``uint8`` output is assembled tile by tile,
+never as a full-size float array.
 """
 
 from __future__ import annotations
@@ -13,15 +16,25 @@ from edgesr.imaging import to_float, to_uint8
 
 from .backends import Backend
 
-__all__ = ["Upscaler"]
+__all__ = ["Upscaler", "DEFAULT_OVERLAP", "AUTO_TILE", "AUTO_MAX_PIXELS"]
+
+DEFAULT_OVERLAP = 16
+AUTO_TILE = 1024
+"""LR tile side used when an image is tiled automatically."""
+AUTO_MAX_PIXELS = 2048 * 2048
+"""LR images with more pixels than this are tiled automatically (``tile=0``)."""
 
 
 class Upscaler:
-    def __init__(self, backend: Backend, *, tile: int = 0, overlap: int = 16, size_multiple: int = 1):
-        if tile and tile <= 2 * overlap:
-            raise ValueError(f"tile ({tile}) must exceed twice the overlap ({overlap})")
+    def __init__(self, backend: Backend, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP, size_multiple: int = 1,
+                 max_pixels: int = AUTO_MAX_PIXELS):
+        if tile < 0 or (tile and tile <= 2 * overlap):
+            raise ValueError(f"tile ({tile}) must be 0 (automatic) or exceed twice the overlap ({overlap})")
         self.backend, self.tile, self.overlap, self.size_multiple = backend, tile, overlap, size_multiple
+        self.max_pixels = max_pixels
         self.scale = backend.scale
+        self.last_tile = 0
+        """The tile side the last image was cut into (0: it ran whole)."""
 
     def _run_padded(self, lr: np.ndarray) -> np.ndarray:
         """CHW float -> CHW float SR, padding (reflect) to the model's size multiple and cropping back."""
@@ -32,27 +45,39 @@ class Upscaler:
         sr = self.backend.run(x[None])[0]
         return sr[:, : h * self.scale, : w * self.scale]
 
-    def upscale_float(self, img: np.ndarray) -> np.ndarray:
-        """H x W x 3 (uint8/uint16/float) -> sH x sW x 3 float32 SR, clamped to [0, 1]."""
+    def _tile_for(self, h: int, w: int) -> int:
+        if self.tile:
+            return self.tile if (h > self.tile or w > self.tile) else 0
+        return AUTO_TILE if h * w > self.max_pixels else 0
+
+    def _upscale_into(self, img: np.ndarray, out: np.ndarray, convert) -> np.ndarray:
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"Upscaler expects an HxWx3 image, got shape {img.shape}")
-        lr = to_float(img).transpose(2, 0, 1)
-        _, h, w = lr.shape
+        h, w = img.shape[:2]
         s = self.scale
-        if not self.tile or (h <= self.tile and w <= self.tile):
-            sr = self._run_padded(lr)
-        else:
-            core = self.tile - 2 * self.overlap
-            sr = np.zeros((3, h * s, w * s), dtype=np.float32)
-            for y0 in range(0, h, core):
-                for x0 in range(0, w, core):
-                    y1, x1 = min(y0 + core, h), min(x0 + core, w)
-                    ya, xa = max(y0 - self.overlap, 0), max(x0 - self.overlap, 0)
-                    yb, xb = min(y1 + self.overlap, h), min(x1 + self.overlap, w)
-                    out = self._run_padded(lr[:, ya:yb, xa:xb])
-                    sr[:, y0 * s:y1 * s, x0 * s:x1 * s] = out[:, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
-        return np.clip(sr.transpose(1, 2, 0), 0.0, 1.0)
+        tile = self.last_tile = self._tile_for(h, w)
+        if not tile:
+            out[:] = convert(self._run_padded(to_float(img).transpose(2, 0, 1)).transpose(1, 2, 0))
+            return out
+        core = tile - 2 * self.overlap
+        for y0 in range(0, h, core):
+            for x0 in range(0, w, core):
+                y1, x1 = min(y0 + core, h), min(x0 + core, w)
+                ya, xa = max(y0 - self.overlap, 0), max(x0 - self.overlap, 0)
+                yb, xb = min(y1 + self.overlap, h), min(x1 + self.overlap, w)
+                sr = self._run_padded(to_float(img[ya:yb, xa:xb]).transpose(2, 0, 1))
+                core_sr = sr[:, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
+                out[y0 * s:y1 * s, x0 * s:x1 * s] = convert(core_sr.transpose(1, 2, 0))
+        return out
+
+    def upscale_float(self, img: np.ndarray) -> np.ndarray:
+        """H x W x 3 (uint8/uint16/float in [0, 1]) -> sH x sW x 3 float32 SR, clamped to [0, 1]."""
+        h, w = img.shape[:2]
+        out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.float32)
+        return self._upscale_into(img, out, lambda x: np.clip(x, 0.0, 1.0))
 
     def upscale(self, img: np.ndarray) -> np.ndarray:
-        """H x W x 3 image -> sH x sW x 3 ``uint8``."""
-        return to_uint8(self.upscale_float(img))
+        """H x W x 3 image -> sH x sW x 3 ``uint8`` (clamped and rounded tile by tile)."""
+        h, w = img.shape[:2]
+        out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.uint8)
+        return self._upscale_into(img, out, to_uint8)

@@ -270,17 +270,34 @@ def test_iterative_pruning_to_a_macs_target(spec, builtin_train, builtin_valid, 
         assert art.manifest["arch"]["deploy"] is True and art.manifest["scales"] == [2, 4]
 
 
-def test_pruning_to_a_measured_latency(builtin_train, tmp_path):
+def test_pruning_to_a_latency_target_bisects_on_the_measurement(builtin_train, tmp_path):
+    """The bisection is tested with a deterministic latency (proportional to MACs), so the outcome cannot
+    depend on the machine's speed or load; the real ONNX Runtime measurement is exercised separately."""
     from edgesr.compress.prune import onnx_latency_ms, prune_to_target
 
     model = build_model({"type": "abpn", "scale": 2, "channels": 32, "n_body": 3}).eval()
-    start = onnx_latency_ms(model, (96, 96), threads=1)
+    calls = []
+
+    def latency(m):
+        calls.append(1)
+        return count_macs(m, (96, 96))[0] / 1e6  # "ms": 1 per million MACs
+
+    start = latency(model)
+    calls.clear()
     cfg = PruneConfig(input="x", target="latency", latency_ms=start * 0.7, latency_input=(96, 96))
-    pruned, rec = prune_to_target(model, cfg, None, threads=1)
-    assert rec["goal"]["latency_ms"] == pytest.approx(start * 0.7, rel=1e-3)
+    pruned, rec = prune_to_target(model, cfg, None, latency_fn=latency)
+    assert len(calls) == 1 + 7  # the start, then one measurement per bisection step
+    assert rec["goal"] == {"latency_ms": pytest.approx(start * 0.7, rel=1e-12), "start_latency_ms": start}
+    assert latency(pruned) <= start * 0.7 < start
     assert rec["macs_after"] < rec["macs_before"]
+    # iterative pruning interpolates from the unpruned model's latency, not from the half-pruned one's
+    half, rec_half = prune_to_target(model, cfg, None, fraction=0.5, base_latency_ms=start, latency_fn=latency)
+    assert rec_half["goal"]["latency_ms"] == pytest.approx(start * 0.7 ** 0.5, rel=1e-12)
+    assert latency(pruned) < latency(half) <= start * 0.7 ** 0.5
     with pytest.raises(ValueError, match="latency needs latency_ms"):
         prune_to_target(model, PruneConfig(input="x", target="latency"), None)
+    ms = onnx_latency_ms(model, (24, 24), threads=1)  # the real measurement runs and returns a time
+    assert np.isfinite(ms) and ms > 0
 
 
 def test_qat_through_nncf_exports_standard_qdq(builtin_train, builtin_valid, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgesr.artifacts import ArtifactError, load_model, read_artifact, save_model
+from edgesr.artifacts import ArtifactError, content_hash, load_model, read_artifact, save_model
 from edgesr.models import MODELS, build_model
 
 TINY = [
@@ -58,15 +58,30 @@ def test_anchor_models_start_near_nearest_upsampling():
         assert (model(x) - nearest).abs().mean() < 0.2
 
 
+def _swap_payload(art_dir, data: bytes, rehash: bool) -> None:
+    """Replace an artifact's payload; ``rehash``: also record the new hash (a consistent but foreign artifact)."""
+    (art_dir / "model.safetensors").write_bytes(data)
+    if rehash:
+        m = json.loads((art_dir / "manifest.json").read_text())
+        m["hash"] = content_hash(art_dir / "model.safetensors")
+        (art_dir / "manifest.json").write_text(json.dumps(m))
+
+
 def test_mismatched_checkpoint_is_refused_with_the_fix(tmp_path):
     save_model(tmp_path / "big", build_model({"type": "abpn", "scale": 2, "channels": 16, "n_body": 2}), name="big",
                arch={"type": "abpn", "scale": 2, "channels": 16, "n_body": 2})
     save_model(tmp_path / "small", build_model(TINY[0]), name="small", arch=TINY[0])
-    # Put the big model's weights under the small model's manifest.
-    (tmp_path / "small" / "model.safetensors").write_bytes((tmp_path / "big" / "model.safetensors").read_bytes())
+    big = (tmp_path / "big" / "model.safetensors").read_bytes()
+    # The big model's weights under the small model's manifest: the content hash refuses them first ...
+    _swap_payload(tmp_path / "small", big, rehash=False)
+    with pytest.raises(ArtifactError, match=r"small/model\.safetensors: content hash [0-9a-f]{16} differs from the "
+                                            r"[0-9a-f]{16} recorded in .*small/manifest\.json.*Re-run the stage"):
+        load_model(tmp_path / "small")
+    # ... and with the hash rewritten to match, the architecture check names the mismatch.
+    _swap_payload(tmp_path / "small", big, rehash=True)
     with pytest.raises(ArtifactError, match=r"small/model\.safetensors.*do not fit.*shape mismatch.*same artifact"):
         load_model(tmp_path / "small")
-    (tmp_path / "small" / "model.safetensors").write_bytes(b"\x00garbage")
+    _swap_payload(tmp_path / "small", b"\x00garbage", rehash=True)
     with pytest.raises(ArtifactError, match="corrupt or truncated"):
         load_model(tmp_path / "small")
     with pytest.raises(ArtifactError, match="not an edgesr artifact"):

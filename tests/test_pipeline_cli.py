@@ -71,14 +71,31 @@ def test_run_writes_report_results_and_plot(tiny_run):
     assert abs(results["protocol_reference_bicubic"]["builtin"] - results["variants"][0]["quality"]["builtin"]["psnr"]) < 0.05
 
 
-def test_rerun_skips_unchanged_stages(tiny_run, capsys):
+def test_rerun_reuses_unchanged_stages_and_keeps_every_measured_set(tiny_run, capsys):
+    """Re-running on one eval set reuses the artifacts, re-measures that set, carries the other set's numbers
+    (same artifact hashes) marked as reused, and keeps the previous report files under history/."""
     out = tiny_run / "out"
     before = {p.name: (p / "manifest.json").read_text() for p in out.iterdir() if (p / "manifest.json").is_file()}
+    first = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
     assert main(["run", str(tiny_run / "tiny.yaml"), "--out", str(out), "--eval", "builtin"]) == 0
+    printed = capsys.readouterr().err  # progress and stage lines go to stderr
     results = json.loads((out / "results.json").read_text())
     statuses = {s["name"]: s["status"] for s in results["stages"]}
-    assert statuses["teacher"] == statuses["int8"] == "unchanged, skipped"
+    assert statuses["teacher"] == statuses["int8"] == "reused" and statuses["data"] == "ran"
+    teacher = next(s for s in results["stages"] if s["name"] == "teacher")
+    assert teacher["built_seconds"] == next(s for s in first["stages"] if s["name"] == "teacher")["seconds"]
+    assert "teacher: unchanged, reused the artifact built" in " ".join(printed.split())
     assert (out / "teacher" / "manifest.json").read_text() == before["teacher"]
+    assert results["eval_sets_measured"] == ["builtin"] and results["eval_sets_reused"] == ["eval"]
+    for old, new in zip(first["variants"], results["variants"]):
+        assert new["quality"]["eval"]["psnr"] == old["quality"]["eval"]["psnr"] and new["quality"]["eval"]["reused"]
+        assert "reused" not in new["quality"]["builtin"]
+    archived = out / results["previous_results"]
+    assert json.loads((archived / "results.json").read_text()) == first
+    assert (archived / "report.md").is_file() and (archived / "pareto.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "† measured by an earlier run" in report and f"{first['variants'][2]['quality']['eval']['psnr']:.2f}†" in report
 
 
 def test_upscale_and_eval_commands(tiny_run, tmp_path, capsys):
@@ -94,9 +111,9 @@ def test_upscale_and_eval_commands(tiny_run, tmp_path, capsys):
 def test_upscale_refuses_to_overwrite_its_input(tiny_run, tmp_path):
     src = tmp_path / "in.png"
     shutil.copy(SKIMAGE / "chelsea.png", src)
-    with pytest.raises(SystemExit, match="refusing to overwrite"):
-        main(["upscale", str(tiny_run / "out" / "student"), str(src), str(src)])
-    assert read_image(src).shape == (300, 451, 3)
+    before = src.read_bytes()
+    assert main(["upscale", str(tiny_run / "out" / "student"), str(src), str(src)]) == 2
+    assert src.read_bytes() == before
 
 
 def test_cli_errors_name_the_file(tmp_path, capsys):
@@ -109,9 +126,9 @@ def test_cli_errors_name_the_file(tmp_path, capsys):
 
 
 def test_recipe_validation():
-    with pytest.raises(RecipeError, match=r"unknown key\(s\) \['stpes'\]"):
+    with pytest.raises(RecipeError, match=r"unknown key 'stpes' \(did you mean 'steps'\?\)"):
         parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "stpes": 3}]})
-    with pytest.raises(RecipeError, match="teacher 'nope' is not a stage defined before"):
+    with pytest.raises(RecipeError, match="teacher: 'nope' is not a stage defined before"):
         parse_recipe({**TINY, "stages": [{**TINY["stages"][1], "teacher": "nope"}]})
     with pytest.raises(RecipeError, match="steps: expected an integer"):
         parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "steps": "many"}]})
@@ -130,11 +147,18 @@ def test_builtin_quickstart_recipe_parses():
     assert recipe.data.train == "builtin" and recipe.data.eval == ("builtin",)
 
 
-def test_doctor_reports_unavailable_components(capsys):
+def test_doctor_reports_what_this_machine_has_and_prints_no_import_noise(capfd):
+    import importlib.util
+
     assert main(["doctor"]) == 0
-    out = capsys.readouterr().out
-    assert "onnxruntime" in out and "tensorrt" in out
-    assert "unavailable" in out  # tensorrt is not installed on CPU machines
+    captured = capfd.readouterr()
+    out = " ".join(captured.out.split())
+    row = out[out.index("│ tensorrt "):].split("│ pycuda")[0]
+    assert ("unavailable" in row) == (importlib.util.find_spec("tensorrt") is None)
+    assert "onnxruntime" in out and "CPUExecutionProvider" in out
+    # torchao's CUDA-only kernels fail to load on CPU machines: explained in its row, not printed as errors
+    assert "Failed to load" not in captured.err and "Failed to load" not in captured.out
+    assert "register_constant" not in captured.err
 
 
 def test_only_runs_the_named_stages_and_what_they_need(tiny_run, tmp_path):
@@ -142,7 +166,7 @@ def test_only_runs_the_named_stages_and_what_they_need(tiny_run, tmp_path):
 
     recipe = load_recipe(tiny_run / "tiny.yaml")
     assert stages_needed(recipe, ["int8"]) == {"int8", "student_onnx", "student", "teacher"}
-    with pytest.raises(KeyError, match="no stage named \\['nope'\\]"):
+    with pytest.raises(RecipeError, match="--only names no stage \\['nope'\\]"):
         stages_needed(recipe, ["nope"])
     out = tmp_path / "only"
     assert main(["run", str(tiny_run / "tiny.yaml"), "--out", str(out), "--only", "teacher"]) == 0
@@ -169,5 +193,5 @@ def test_load_stage_copies_a_verified_artifact(tiny_run, tmp_path, capsys):
     (tmp_path / "l.yaml").write_text(yaml.safe_dump(recipe))
     capsys.readouterr()
     assert main(["run", str(tmp_path / "l.yaml"), "--out", str(tmp_path / "out2"), "--eval", "builtin"]) == 2
-    assert "differs from its manifest" in capsys.readouterr().err
+    assert "differs from the" in capsys.readouterr().err
     assert not (tmp_path / "out2" / "s").exists()

@@ -78,11 +78,14 @@ def test_schedules_warm_up_decay_and_step():
 
 
 def test_time_budget_ends_the_run_and_its_schedule(builtin_train, tmp_path):
+    """A clock that advances 0.1 s per reading makes the budget deterministic, whatever the machine's speed
+    or load: the start reads 0.0, step k starts at 0.1 (k + 1) s, so step 9 (at 1.0 s) is not taken."""
+    ticks = iter(range(1_000_000))
     torch.manual_seed(0)
     res = fit(build_model(SPEC), PatchSampler(builtin_train, 2, 16, 4), steps=10_000, lr=1e-3,
               loss_fn=lambda sr, lr, hr: (sr - hr).abs().mean(), val_pairs=builtin_train[:1], scale=2,
-              val_every=10_000, max_seconds=1.0)
-    assert res.stopped_by_time and 0 < res.steps < 10_000
+              val_every=10_000, max_seconds=1.0, clock=lambda: 0.1 * next(ticks))
+    assert res.stopped_by_time and res.steps == 9
     assert res.history and res.history[-1]["step"] == res.steps  # the stopped run is still validated
 
 

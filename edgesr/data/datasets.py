@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EdgesrError
 from ..imaging import IMAGE_SUFFIXES, ImageError, modcrop, read_image
 from .bicubic import imresize
 
 __all__ = [
-    "ImagePair", "BUILTIN_TRAIN", "BUILTIN_VALID", "builtin_images", "list_images", "find_layout",
+    "DataError", "ImagePair", "BUILTIN_TRAIN", "BUILTIN_VALID", "builtin_images", "list_images", "find_layout",
     "load_pairs", "make_lr",
 ]
 
@@ -42,6 +43,10 @@ BUILTIN_TRAIN = [
 BUILTIN_VALID = [
     ("skimage.data", "chelsea.png"), ("skimage.data", "coffee.png"), ("sklearn.datasets.images", "flower.jpg"),
 ]
+
+
+class DataError(EdgesrError, FileNotFoundError):
+    """A data folder that does not exist or holds no images; the message names it and the layouts read."""
 
 
 @dataclass
@@ -77,7 +82,7 @@ def find_layout(root: str | Path, scale: int, split: str = "train") -> tuple[Pat
     """Return (HR folder, LR folder or None) for ``root`` in any of the supported layouts."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such data folder. Give a DIV2K root, a benchmark set "
+        raise DataError(f"{root}: no such data folder. Give a DIV2K root, a benchmark set "
                                 "(with HR/), or a folder of images.")
     div2k_hr = root / f"DIV2K_{split}_HR"
     if div2k_hr.is_dir():
@@ -88,7 +93,7 @@ def find_layout(root: str | Path, scale: int, split: str = "train") -> tuple[Pat
         return root / "HR", (lr if lr.is_dir() else None)
     if list_images(root):
         return root, None
-    raise FileNotFoundError(f"{root}: found no images, no HR/ folder and no DIV2K_{split}_HR/ folder.")
+    raise DataError(f"{root}: found no images, no HR/ folder and no DIV2K_{split}_HR/ folder.")
 
 
 def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -137,5 +142,5 @@ def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: i
                     "(without LR files, edgesr synthesises LR with MATLAB bicubic).")
         pairs.append(ImagePair(hr_path.stem, lr, hr))
     if not pairs:
-        raise FileNotFoundError(f"{hr_dir}: no images found")
+        raise DataError(f"{hr_dir}: no images found")
     return pairs

@@ -8,7 +8,7 @@ upsampling, which trains fast and keeps INT8 noise away from the image itself. E
 Add, DepthToSpace) quantises cleanly in ONNX Runtime and TensorRT.
 
 Paper configuration: 28 channels, 4 body convs (x3). ``channels=16, n_body=5`` is edgesr's ~14k-parameter
-x2 student. ``widths`` (per conv, set by pruning) overrides ``channels``.
+x2 student. A pruned ABPN keeps these keywords; its per-layer widths are in the manifest's prune record.
 """
 
 from __future__ import annotations

@@ -1,0 +1,128 @@
+"""Writing files safely: atomically (a crash never leaves half a file), with the user's umask (a temporary
+file renamed into place would otherwise keep ``mkstemp``'s private 0600 mode), and one writer per run
+directory (an advisory lock that the operating system releases when its process dies, so a killed run
+never leaves it stuck)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import EdgesrError
+
+__all__ = ["current_umask", "atomic_write_bytes", "atomic_write_text", "make_temp_dir", "fix_mode",
+           "RunLock", "RunLocked", "remove_stale_temps"]
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows, else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fix_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it under the current umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fix_mode(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh directory beside its final place (same file system, so it can be renamed into place)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    fix_mode(tmp, directory=True)
+    return tmp
+
+
+def remove_stale_temps(directory: Path) -> list[str]:
+    """Remove the temporary files and directories an interrupted writer left in ``directory`` (names start
+    with ``.`` and contain ``.tmp``, ``.old`` or ``.load``); call only while holding the run lock."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        if p.name.startswith(".") and any(t in p.name for t in (".tmp", ".old", ".load")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
+class RunLocked(EdgesrError):
+    """Another process is writing the same run directory."""
+
+
+class RunLock:
+    """An exclusive advisory lock on a run directory (``<dir>/.edgesr.lock``), held while the run writes.
+
+    ``flock`` is released by the kernel when the holding process exits for any reason, kill -9 included,
+    so a crashed run never blocks the next one; the file's content (pid, start time) only explains a
+    refusal."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / ".edgesr.lock"
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            try:
+                holder = json.loads(fh.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            fh.close()
+            raise RunLocked(f"{self.directory}: another edgesr run is writing this run directory (pid "
+                            f"{holder.get('pid', '?')}, started {holder.get('started', '?')}). Wait for it to "
+                            "finish, or choose another --out.") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(),
+                             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
