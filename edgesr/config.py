@@ -443,9 +443,10 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
                                   f"{_did_you_mean(ref_name, seen)}")
             wants = ONNX_INPUT if (kind in ("quantize", "fp16") and ref == "input") else MODEL_INPUT
             if kinds[ref_name] not in wants | {"load"}:
-                what = "an FP32 ONNX artifact (an export stage)" if wants is ONNX_INPUT else "a PyTorch model"
+                what = ("an FP32 ONNX artifact (an export stage)" if wants is ONNX_INPUT else
+                        f"a PyTorch model (a {', '.join(sorted(wants))} or load stage)")
                 raise RecipeError(f"{where} ({name}).{ref}: {ref_name!r} is a {kinds[ref_name]} stage; a {kind} "
-                                  f"stage's {ref} must be {what} ({', '.join(sorted(wants))})")
+                                  f"stage's {ref} must be {what}")
         if hasattr(cfg, "model"):
             check_model_spec(cfg.model, f"{where} ({name}).model", scale)
         seen.add(name)

@@ -70,6 +70,28 @@ def test_tiled_upscale_equals_whole_image(exported):
         Upscaler(backend, tile=10, overlap=6)
 
 
+def test_images_too_large_to_run_whole_are_tiled_automatically(exported, monkeypatch):
+    """tile=0 runs an image whole up to ``max_pixels`` LR pixels and tiles it beyond (same output)."""
+    import edgesr.runtime.upscaler as upscaler_mod
+
+    _, art = exported[0]
+    img = read_image(Path(str(importlib.resources.files("skimage.data"))) / "chelsea.png")[:101, :150]
+    backend = open_backend(art, threads=2)
+    whole = Upscaler(backend)
+    ref = whole.upscale(img)
+    assert whole.last_tile == 0
+    shapes = []
+    run = backend.run
+    monkeypatch.setattr(backend, "run", lambda x: shapes.append(x.shape) or run(x))
+    monkeypatch.setattr(upscaler_mod, "AUTO_TILE", 48)
+    auto = Upscaler(backend, overlap=6, max_pixels=100 * 100)
+    out = auto.upscale(img)
+    assert auto.last_tile == 48 and len(shapes) > 4 and max(s[2] * s[3] for s in shapes) <= 48 * 48
+    assert (out == ref).all()
+    fl = auto.upscale_float(img)
+    assert fl.dtype == np.float32 and fl.shape == (202, 300, 3) and 0 <= fl.min() and fl.max() <= 1
+
+
 def test_bicubic_graph_matches_matlab_away_from_borders(tmp_path):
     from edgesr.data.bicubic import imresize
 

@@ -125,6 +125,13 @@ def test_cli_errors_name_the_file(tmp_path, capsys):
     assert "stpes" in capsys.readouterr().err
 
 
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    from edgesr.artifacts import ArtifactError
+
+    with pytest.raises(ArtifactError, match="not an edgesr artifact"):
+        main(["--debug", "eval", str(tmp_path), "--set", "builtin"])
+
+
 def test_recipe_validation():
     with pytest.raises(RecipeError, match=r"unknown key 'stpes' \(did you mean 'steps'\?\)"):
         parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "stpes": 3}]})
