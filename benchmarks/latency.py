@@ -13,29 +13,42 @@ import time
 
 import numpy as np
 
-from edgesr.runtime.backends import Backend
+from edgesr.runtime.base import Backend
 
-__all__ = ["measure_latency", "machine_info"]
+__all__ = ["measure_latency", "machine_info", "peak_throughput"]
+
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimd",
+             "asimddp", "sve")
+"""CPU features that decide FP32/INT8 kernel speed (x86 and Arm); reported with every measurement, because
+the hosts behind a VM change between runs."""
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", set()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
+                if line.startswith("model name") and not cpu.strip(" x86_64"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")):
+                    flags |= set(line.split(":", 1)[1].split())
+                if cpu and flags:
                     break
     except OSError:
         pass
-    try:
-        import torch
-        torch_v = torch.__version__
-    except ImportError:  # pragma: no cover
-        torch_v = None
-    import onnxruntime
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch_v}
+    return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "logical_cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "onnxruntime": _version("onnxruntime"), "torch": _version("torch")}
 
 
 def measure_latency(backend: Backend, input_hw: tuple[int, int], *, warmup: int = 3, runs: int = 30,
@@ -68,8 +81,9 @@ def peak_throughput(threads: int = 0, n: int = 1024, seconds: float = 2.0) -> di
     """What this CPU reaches on large dense products, the yardstick for a network's achieved GOP/s:
     FP32 MatMul and INT8 MatMulInteger (uint8 x int8 -> int32), both N x N x N in ONNX Runtime with
     ``threads`` intra-op threads (2 N^3 operations each)."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from edgesr.runtime.onnxruntime_backend import ort_session
 
     def graph(op: str, ta: int, tb: int, tout: int):
         node = helper.make_node(op, ["a", "b"], ["c"])
@@ -83,12 +97,9 @@ def peak_throughput(threads: int = 0, n: int = 1024, seconds: float = 2.0) -> di
                              rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)),
              "int8_matmul": (graph("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32),
                              rng.integers(0, 255, (n, n), dtype=np.uint8), rng.integers(-127, 127, (n, n), dtype=np.int8))}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
     result = {"n": n, "threads": threads}
     for name, (model, a, b) in cases.items():
-        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(model, threads=threads)
         sess.run(None, {"a": a, "b": b})
         times, t_end = [], time.perf_counter() + seconds
         while len(times) < 3 or time.perf_counter() < t_end:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgesr.data.datasets import ImagePair
 from edgesr.metrics import evaluate_pairs
-from edgesr.runtime.backends import Backend
+from edgesr.runtime.base import Backend
 from edgesr.runtime.upscaler import Upscaler
 
 __all__ = ["measure_quality"]

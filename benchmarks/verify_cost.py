@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgesr.artifacts import load_model, read_artifact, save_model
+from edgesr.artifacts import read_artifact
+from edgesr.modelio import load_model, save_model
 from edgesr.models import build_model
 
 from .latency import machine_info

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +24,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesr.artifacts import Artifact, load_model, save_model
-from edgesr.config import DistillConfig
-from edgesr.data.datasets import ImagePair
+from edgesr.artifacts import Artifact, ArtifactError
+from edgesr.config import TrainConfig
 from edgesr.data.patches import PatchSampler
+from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, resolve_device,
+                            sampler_for)
+from edgesr.losses import LOSSES, distill_loss
+from edgesr.modelio import load_model, save_model
 from edgesr.models import build_model, model_scales, outputs_by_scale
 from edgesr.progress import console
-from edgesr.train.loop import (config_fingerprint, distributed, fit, fit_metrics, fit_options, resolve_device,
-                               sampler_for)
-from edgesr.train.losses import LOSSES
+from edgesr.stages import MODEL, StageContext, register_stage
 
-__all__ = ["distill_loss", "distill_stage", "TeacherCache", "CachedTeacherSampler", "FeatureDistiller"]
+__all__ = ["DistillConfig", "distill_stage", "TeacherCache", "CachedTeacherSampler", "FeatureDistiller"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(TrainConfig):
+    """A training run whose targets mix HR and the teacher's output."""
+
+    teacher: str
+    alpha: float = 0.5
+    """Weight of the teacher term: loss = (1 - alpha) L(sr, hr) + alpha L(sr, teacher(lr))."""
+    cache_teacher: bool = True
+    """Compute the teacher's outputs for every training batch once and keep them on disk (8-bit, keyed by
+    the teacher's content hash and the patch sampling), so re-runs and sweeps skip the teacher."""
+    cache_limit_gb: float = 8.0
+    """Do not cache (run the teacher live, with a message) when the cache would exceed this size."""
+    feature_layers: dict[str, str] = field(default_factory=dict)
+    """Feature distillation: student module name -> teacher module name; each pair is matched through a
+    learned 1x1 conv adapter on the student side (the teacher then runs live)."""
+    feature_weight: float = 0.0
+    """Weight of the feature term (L1 between adapted student and teacher features)."""
+
 
 
 class TeacherCache:
@@ -156,48 +178,14 @@ class FeatureDistiller(nn.Module):
             h.remove()
 
 
-def distill_loss(criterion: nn.Module, teacher: nn.Module | None, alpha: float,
-                 scales: tuple[int, ...] = (), weights: tuple[float, ...] = (),
-                 features: FeatureDistiller | None = None, feature_weight: float = 0.0):
-    """``loss_fn(sr, lr, hr)`` mixing HR and teacher targets (HR only without a teacher or with alpha 0).
-
-    ``hr`` is the sampler's target (a tensor, or {scale: tensor}), or ``{"hr": ..., "teacher": {scale:
-    tensor}}`` when the teacher's outputs come from a cache; otherwise the teacher runs on ``lr`` here.
-    For a multi-output student (``scales``) the loss is summed over outputs; each output scale the teacher
-    also emits gets the teacher term, the others are supervised by HR alone."""
-    scales = scales or (None,)
-    w = weights or (1.0,) * len(scales)
-    t_scales = model_scales(teacher) if teacher is not None else ()
-    if teacher is not None:
-        teacher.eval()
-
-    def loss_fn(sr, lr: torch.Tensor, hr) -> torch.Tensor:
-        targets: dict = {}
-        if isinstance(hr, dict) and "teacher" in hr:
-            targets, hr = hr["teacher"], hr["hr"]
-        elif teacher is not None and (alpha > 0 or features is not None):
-            with torch.inference_mode(features is None):
-                t_out = outputs_by_scale(teacher(lr), t_scales)
-            targets = {s: t.detach().clamp(0, 1).clone() for s, t in t_out.items()} if alpha > 0 else {}
-        srs = sr if isinstance(sr, tuple) else (sr,)
-        hrs = [hr[s] for s in scales] if isinstance(hr, dict) else [hr]
-        total = 0.0
-        for wi, s, o, h in zip(w, scales, srs, hrs):
-            t = targets.get(s if s is not None else t_scales[0]) if targets else None
-            term = criterion(o, h) if t is None else (1 - alpha) * criterion(o, h) + alpha * criterion(o, t)
-            total = total + wi * term
-        if features is not None and feature_weight > 0:
-            total = total + feature_weight * features.loss()
-        return total
-    return loss_fn
-
-
-def distill_stage(cfg: DistillConfig, *, name: str, out: Path, teacher: Artifact, train_pairs: list[ImagePair],
-                  val_pairs: list[ImagePair], scale: int, patch_size: int, min_patch_std: float,
-                  seed: int) -> Artifact:
+@register_stage("distill", DistillConfig, makes=MODEL, takes={"teacher": MODEL}, trains=True)
+def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> Artifact | None:
     """The ``distill`` stage: train ``cfg.model`` from scratch against HR and the teacher artifact."""
+    name, out, scale, seed = ctx.name, ctx.out, ctx.scale, ctx.seed
+    train_pairs, val_pairs, patch_size, min_patch_std = ctx.train_pairs, ctx.val_pairs, ctx.patch_size, ctx.min_patch_std
     if scale not in teacher.manifest["scales"]:
-        raise ValueError(f"{teacher.path}: teacher emits x{teacher.manifest['scales']}, the recipe is x{scale}")
+        raise ArtifactError(f"{teacher.path}: teacher emits x{teacher.manifest['scales']}, the recipe is x{scale}; "
+                            "distil from a teacher trained at the recipe's scale")
     teacher_model = load_model(teacher).to(resolve_device(cfg.device))
     arch = {**cfg.model, "scale": scale}
     torch.manual_seed(seed)

@@ -20,29 +20,62 @@ manifest without pickling.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 import torch.fx
 import torch_pruning as tp
 from torch import nn
 
-from edgesr.artifacts import Artifact, load_model, module_shapes, save_model
-from edgesr.config import PruneConfig
-from edgesr.data.datasets import ImagePair
+from edgesr.artifacts import Artifact, derived_transforms
 from edgesr.data.patches import PatchSampler
+from edgesr.errors import EdgesrError
+from edgesr.fitting import config_fingerprint, fit, sampler_for, validate
+from edgesr.losses import LOSSES, distill_loss
+from edgesr.modelio import load_model, module_shapes, save_model
 from edgesr.models import count_macs, deploy_form, model_scales, pick_output
-from edgesr.train.loop import config_fingerprint, fit, sampler_for, validate
-from edgesr.train.losses import LOSSES
+from edgesr.stages import MODEL, StageContext, register_stage
 
 from .budget import check_budget
-from .distill import distill_loss
+
+@dataclass(frozen=True)
+class PruneConfig:
+    input: str
+    target: Literal["ratio", "macs", "latency"] = "ratio"
+    """What ``ratio``/``macs_ratio``/``latency_ms`` means: a channel ratio, a MACs fraction, or a measured
+    ONNX Runtime latency to reach (the channel ratio is then searched by bisection)."""
+    ratio: float = 0.5
+    """target ratio: fraction of prunable channels removed (per layer)."""
+    macs_ratio: float = 0.5
+    """target macs: the pruned model's MACs as a fraction of the unpruned model's."""
+    latency_ms: float | None = None
+    """target latency: p50 latency to reach at ``latency_input`` on ONNX Runtime (CPU, recipe threads)."""
+    latency_input: tuple[int, int] = (360, 640)
+    iterations: int = 1
+    """Prune in this many steps, each followed by an equal share of the fine-tune (iterative pruning)."""
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    round_to: int = 4
+    teacher: str | None = None
+    """Fine-tune with this teacher as distillation target (None: against HR only)."""
+    alpha: float = 0.5
+    finetune_steps: int = 300
+    batch_size: int = 16
+    lr: float = 5e-4
+    max_psnr_drop_db: float | None = None
+    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+
 
 MACS_HW = (90, 160)
 """Input size at which pruning counts MACs (a 640x360 frame has 16x these; the ratios are the same)."""
 
-__all__ = ["protected_convs", "prune_model", "prune_to_target", "prune_stage", "onnx_latency_ms"]
+__all__ = ["PruneConfig", "protected_convs", "prune_model", "prune_to_target", "prune_stage", "PruneError"]
+
+LatencyFn = Callable[[nn.Module], float]
+
+
+class PruneError(EdgesrError, ValueError):
+    """A pruning target that cannot be reached or measured; the message says which and why."""
 
 _PASS_THROUGH = {"add", "sub", "mul", "iadd", "clamp", "clip", "relu", "truediv"}
 
@@ -116,41 +149,16 @@ def prune_model(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None
     return model, record
 
 
-def onnx_latency_ms(model: nn.Module, hw: tuple[int, int], threads: int = 0) -> float:
-    """p50 latency of ``model`` exported to ONNX and run by ONNX Runtime (CPU) on a 1 x 3 x H x W input."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    from edgesr.benchmarks.latency import measure_latency
-    from edgesr.export.onnx import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "m.onnx"
-        export_onnx(model.eval(), onnx_path, scales=list(model_scales(model)))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-
-        class _Run:
-            scale = model_scales(model)[0]
-
-            def run(self, x):
-                return sess.run(None, {"lr": x})[0]
-        return measure_latency(_Run(), hw, warmup=2, runs=10, max_seconds=5.0)["p50_ms"]
-
-
 def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None, fraction: float = 1.0,
-                    threads: int = 0, base_macs: int | None = None, base_latency_ms: float | None = None,
-                    latency_fn: Callable[[nn.Module], float] | None = None) -> tuple[nn.Module, dict]:
+                    base_macs: int | None = None, base_latency_ms: float | None = None,
+                    latency_fn: LatencyFn | None = None) -> tuple[nn.Module, dict]:
     """Prune ``model`` to the config's target. For MACs and latency targets the channel ratio is found by
     bisection (7 steps); ``fraction`` in (0, 1] scales the target for one step of iterative pruning
     (MACs: target ** fraction of the start; latency: interpolated geometrically from ``base_latency_ms``,
     the unpruned model's latency, measured here when not given).
 
-    ``latency_fn(model) -> ms`` measures a candidate; by default its p50 in ONNX Runtime at
-    ``cfg.latency_input`` with ``threads`` threads. The goal is recorded unrounded, with the measured start."""
+    ``latency_fn(model) -> ms`` measures a candidate (the runner's measurement, see ``StageContext``). The
+    goal is recorded unrounded, with the measured start."""
     if cfg.target == "ratio":
         return prune_model(model, cfg, sampler, ratio=1 - (1 - cfg.ratio) ** fraction)
     base_macs = base_macs or count_macs(model, MACS_HW)[0]
@@ -160,8 +168,11 @@ def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | 
         goal = {"macs": int(goal_macs)}
     else:
         if cfg.latency_ms is None:
-            raise ValueError("prune target latency needs latency_ms")
-        measure = latency_fn or (lambda m: onnx_latency_ms(m, cfg.latency_input, threads))
+            raise PruneError("prune target latency needs latency_ms")
+        if latency_fn is None:
+            raise PruneError("prune target latency needs a latency measurement (the runner provides one; "
+                             "pass latency_fn when calling prune_to_target directly)")
+        measure = latency_fn
         start = base_latency_ms if base_latency_ms is not None else measure(model)
         goal_ms = start * (cfg.latency_ms / start) ** fraction
         meets = lambda cand, rec: measure(cand) <= goal_ms
@@ -177,32 +188,40 @@ def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | 
     if best is None:
         cand, rec = prune_model(model, cfg, sampler, ratio=0.95)
         if not meets(cand, rec):
-            raise ValueError(f"prune: cannot reach {goal} even at ratio 0.95 (MACs {rec['macs_after']:,} of "
+            raise PruneError(f"prune: cannot reach {goal} even at ratio 0.95 (MACs {rec['macs_after']:,} of "
                              f"{base_macs:,}); the protected convs (PixelShuffle inputs, image output) bound it")
         best = (cand, rec)
     best[1]["goal"] = goal
     return best
 
 
-def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, teacher: Artifact | None,
-                train_pairs: list[ImagePair], val_pairs: list[ImagePair], scale: int, patch_size: int,
-                min_patch_std: float, seed: int, threads: int = 0) -> Artifact:
+@register_stage("prune", PruneConfig, makes=MODEL, takes={"input": MODEL, "teacher": MODEL}, lossy=True)
+def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: Artifact | None = None) -> Artifact:
     """The ``prune`` stage: prune the input model to its target (in ``iterations`` steps, each followed by a
-    fine-tune, optionally distilling from ``teacher``), check the quality budget, save."""
+    fine-tune, optionally distilling from ``teacher``), check the quality budget, save. A latency target is
+    measured with ``ctx.latency_fn`` (the benchmark backend, as the runner provides it)."""
+    source, name, out, scale, seed = input, ctx.name, ctx.out, ctx.scale, ctx.seed
+    val_pairs = ctx.val_pairs
+    latency = None
+    if cfg.target == "latency":
+        if ctx.latency_fn is None:
+            raise PruneError(f"prune {name}: target latency needs a latency measurement; run it through "
+                             "`edgesr run` (which measures on the benchmark backend)")
+        latency = lambda m: ctx.latency_fn(m, cfg.latency_input)
     parent, arch = deploy_form(load_model(source), source.manifest["arch"])  # prune what is deployed
     parent_psnr = validate(parent, val_pairs, scale)
-    sampler = sampler_for(parent, train_pairs, scale, patch_size, cfg.batch_size, seed + 1, min_patch_std)
+    sampler = sampler_for(parent, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 1, ctx.min_patch_std)
     teacher_model = load_model(teacher) if teacher is not None else None
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha, model_scales(parent))
     base_macs, base_params = count_macs(parent, MACS_HW)
     base_shapes = module_shapes(parent)
-    base_latency = onnx_latency_ms(parent, cfg.latency_input, threads) if cfg.target == "latency" else None
+    base_latency = latency(parent) if latency is not None else None
     model, steps_log, seconds, psnr = parent, [], 0.0, parent_psnr
     k = max(cfg.iterations, 1)
     per_step = cfg.finetune_steps // k
     for i in range(1, k + 1):
-        model, record = prune_to_target(model, cfg, sampler, fraction=i / k, threads=threads, base_macs=base_macs,
-                                        base_latency_ms=base_latency)
+        model, record = prune_to_target(model, cfg, sampler, fraction=i / k, base_macs=base_macs,
+                                        base_latency_ms=base_latency, latency_fn=latency)
         entry = {"iteration": i, "ratio": record["ratio"], "macs": record["macs_after"],
                  "params": record["params_after"], "psnr_before_finetune": round(validate(model, val_pairs, scale), 4)}
         if per_step > 0:
@@ -222,9 +241,7 @@ def prune_stage(cfg: PruneConfig, *, name: str, out: Path, source: Artifact, tea
              "macs_at_hw": list(MACS_HW), "target": cfg.target, "iterations": steps_log, "finetune_steps": cfg.finetune_steps,
              "psnr_before_finetune": steps_log[-1]["psnr_before_finetune"]}
     if cfg.target == "latency":
-        final["latency_ms_after"] = round(onnx_latency_ms(model, cfg.latency_input, threads), 2)
+        final["latency_ms_after"] = round(latency(model), 2)
     budget = check_budget(f"prune {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
-    pre = [] if arch == source.manifest["arch"] else [{"type": "reparameterize", "arch": arch}]
-    return save_model(out, model, name=name, arch=arch, parent=source,
-                      transforms=source.manifest.get("transforms", []) + pre + [final],
+    return save_model(out, model, name=name, arch=arch, parent=source, transforms=derived_transforms(source, arch, final),
                       metrics={"val_psnr": round(psnr, 4), "budget": budget, "finetune_seconds": round(seconds, 1)})

@@ -89,8 +89,11 @@ def doctor() -> int:
         table.add_row("CUDA (torch)", f"[green]{torch.cuda.get_device_name(0)}[/]" if cuda else
                       "[yellow]unavailable: no CUDA device or CPU-only build[/]", "backend: torch on GPU")
     from .runtime import BACKENDS
-    table.add_row("backends", ", ".join(BACKENDS.names()), "edgesr.runtime")
-    table.add_row("tensorrt backend", "[yellow]unavailable: not implemented in this version[/]", "GPU engines")
+    for name in BACKENDS.names():
+        cls = BACKENDS.get(name)
+        ok, info = cls.available()
+        table.add_row(f"backend: {name}", f"[green]available: {escape(info)}[/]" if ok else
+                      f"[yellow]unavailable: {escape(info)}. {escape(cls.fix)}[/]", f"runs {', '.join(cls.kinds)} artifacts")
     import shutil
     cxx = shutil.which("c++") or shutil.which("g++")
     table.add_row("C++ compiler", f"[green]{cxx}[/]" if cxx else "[yellow]unavailable: NNCF cannot build its CPU "
@@ -103,7 +106,18 @@ def _builtin_recipe() -> Path:
     return Path(str(importlib.resources.files("edgesr.benchmarks") / "recipes" / "quickstart.yaml"))
 
 
+def _needs_training_extra(command: str) -> None:
+    import importlib.util
+
+    missing = [m for m in ("torch", "torch_pruning", "yaml", "safetensors") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"`edgesr {command}` needs the training extra, which is not installed here (missing: "
+                         f"{', '.join(missing)}): pip install 'edgesr[train]'. Without it edgesr runs ONNX artifacts "
+                         "(edgesr upscale, edgesr eval, edgesr doctor).")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _needs_training_extra("run")
     from .config import load_recipe
     from .pipeline import run_recipe
 
@@ -158,8 +172,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .artifacts import read_artifact
     from .benchmarks.quality import measure_quality
-    from .data.datasets import load_pairs
-    from .pipeline import set_name
+    from .data.datasets import load_pairs, set_name
     from .runtime import open_backend
 
     art = read_artifact(args.artifact)
@@ -212,7 +225,9 @@ def _pixels(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .imaging import DEFAULT_MAX_PIXELS
+    from .runtime import BACKENDS
 
+    backends = BACKENDS.names()
     parser = _Parser(prog="edgesr", description="Super-resolution from training to measured edge engines.")
     parser.add_argument("--version", action="version", version=f"edgesr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors too")
@@ -234,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("input")
     p.add_argument("output", help=f"output image ({', '.join(sorted(WRITABLE_SUFFIXES))})")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
     p.add_argument("--tile", type=_tile, default=0,
                    help="LR tile size (0 = automatic: the whole image, or tiles when it is too large for memory)")
     p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
@@ -246,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="PSNR/SSIM of an artifact on benchmark sets (the protocol)")
     p.add_argument("artifact")
     p.add_argument("--set", action="append", required=True, metavar="PATH")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
     p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("doctor", help="list components and backends, and why any is unavailable")

@@ -1,7 +1,9 @@
 """Typed recipes. A recipe (YAML) names the data, chains stages, and says what the benchmark measures.
 
 Every section is a frozen dataclass; unknown keys, missing keys and wrong types are rejected when the
-recipe is loaded, with the file and the key named, so a typo never silently falls back to a default.
+recipe is loaded, with the file and the key named, so a typo never silently falls back to a default. Each
+stage's config class lives with its stage and is found through the stage table (:mod:`edgesr.stages`);
+:class:`TrainConfig` is here because it is the training engine's (train and distill share it).
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ import yaml
 
 from .errors import EdgesrError
 
-__all__ = [
-    "RecipeError", "DataConfig", "LoadConfig", "TrainConfig", "DistillConfig", "GanConfig", "PruneConfig", "QuantizeConfig", "Fp16Config", "QatConfig",
-    "ExportConfig", "BenchmarkConfig", "Recipe", "load_recipe", "parse_recipe", "STAGE_CONFIGS",
-]
+__all__ = ["RecipeError", "DataConfig", "TrainConfig", "BenchmarkConfig", "StageSpec", "Recipe", "load_recipe",
+           "parse_recipe", "check_model_spec", "build_config"]
 
 
 class RecipeError(EdgesrError, ValueError):
@@ -80,151 +80,6 @@ class TrainConfig:
     resume: bool = True
 
 
-@dataclass(frozen=True, kw_only=True)
-class DistillConfig(TrainConfig):
-    """A training run whose targets mix HR and the teacher's output."""
-
-    teacher: str
-    alpha: float = 0.5
-    """Weight of the teacher term: loss = (1 - alpha) L(sr, hr) + alpha L(sr, teacher(lr))."""
-    cache_teacher: bool = True
-    """Compute the teacher's outputs for every training batch once and keep them on disk (8-bit, keyed by
-    the teacher's content hash and the patch sampling), so re-runs and sweeps skip the teacher."""
-    cache_limit_gb: float = 8.0
-    """Do not cache (run the teacher live, with a message) when the cache would exceed this size."""
-    feature_layers: dict[str, str] = field(default_factory=dict)
-    """Feature distillation: student module name -> teacher module name; each pair is matched through a
-    learned 1x1 conv adapter on the student side (the teacher then runs live)."""
-    feature_weight: float = 0.0
-    """Weight of the feature term (L1 between adapted student and teacher features)."""
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    """Bring an artifact made elsewhere (another run, a colleague's model) into this run: copied into the run
-    directory after its content hash is verified."""
-
-    path: str
-
-
-@dataclass(frozen=True)
-class GanConfig:
-    """Perceptual + adversarial fine-tune of a trained model (SRGAN/ESRGAN-style)."""
-
-    input: str
-    vgg_weights: str
-    """Path to VGG-19 ImageNet weights (torchvision's vgg19-dcbb9e9d.pth or a safetensors copy); never downloaded."""
-    vgg_layer: str = "relu5_4"
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 1e-4
-    disc_lr: float = 1e-4
-    pixel_weight: float = 0.01
-    perceptual_weight: float = 1.0
-    adversarial_weight: float = 5e-3
-    disc_feats: int = 64
-    val_every: int = 200
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    input: str
-    target: Literal["ratio", "macs", "latency"] = "ratio"
-    """What ``ratio``/``macs_ratio``/``latency_ms`` means: a channel ratio, a MACs fraction, or a measured
-    ONNX Runtime latency to reach (the channel ratio is then searched by bisection)."""
-    ratio: float = 0.5
-    """target ratio: fraction of prunable channels removed (per layer)."""
-    macs_ratio: float = 0.5
-    """target macs: the pruned model's MACs as a fraction of the unpruned model's."""
-    latency_ms: float | None = None
-    """target latency: p50 latency to reach at ``latency_input`` on ONNX Runtime (CPU, recipe threads)."""
-    latency_input: tuple[int, int] = (360, 640)
-    iterations: int = 1
-    """Prune in this many steps, each followed by an equal share of the fine-tune (iterative pruning)."""
-    importance: Literal["magnitude", "taylor"] = "magnitude"
-    round_to: int = 4
-    teacher: str | None = None
-    """Fine-tune with this teacher as distillation target (None: against HR only)."""
-    alpha: float = 0.5
-    finetune_steps: int = 300
-    batch_size: int = 16
-    lr: float = 5e-4
-    max_psnr_drop_db: float | None = None
-    on_budget_exceeded: Literal["fail", "warn"] = "fail"
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    input: str
-    opset: int = 18
-    """ONNX opset (>= 17; 18 is what the PyTorch exporter writes natively)."""
-    parity_atol: float = 1e-4
-    """Max |ONNX Runtime - PyTorch| allowed on the parity image."""
-    scales: tuple[int, ...] = ()
-    """Outputs to export from a multi-output model (default: all); the others' layers are left out."""
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    input: str
-    """An ONNX artifact (FP32) to quantise."""
-    tool: Literal["onnxruntime", "nncf"] = "onnxruntime"
-    """onnxruntime: quantize_static (method below); nncf: NNCF's post-training quantization (ONNX backend)."""
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    per_channel: bool = True
-    target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    """onnxruntime: UINT8 asymmetric activations (fast on x86); tensorrt: INT8 symmetric (explicit Q/DQ)."""
-    calibration_images: int = 32
-    calibration_patch: int = 96
-    exclude: tuple[str, ...] = ()
-    """ONNX node names kept in floating point."""
-    max_psnr_drop_db: float | None = None
-    on_budget_exceeded: Literal["fail", "warn", "fallback"] = "fail"
-    """fallback: accuracy-aware mixed precision, keeping the most sensitive layers in floating point until
-    the drop fits max_psnr_drop_db."""
-
-
-@dataclass(frozen=True)
-class QatConfig:
-    """Quantization-aware training through NNCF: PTQ initialisation, then fine-tuning with fake quantizers,
-    then export to standard Q/DQ ONNX."""
-
-    input: str
-    """A PyTorch model artifact (FP32)."""
-    target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    """onnxruntime: NNCF MIXED preset (asymmetric activations); tensorrt: PERFORMANCE (symmetric INT8)."""
-    calibration_images: int = 32
-    calibration_patch: int = 96
-    steps: int = 500
-    batch_size: int = 16
-    lr: float = 5e-5
-    teacher: str | None = None
-    """Distil from this model during the fine-tune (None: HR only)."""
-    alpha: float = 0.5
-    val_every: int = 100
-    opset: int = 17
-    max_psnr_drop_db: float | None = None
-    on_budget_exceeded: Literal["fail", "warn"] = "fail"
-
-
-@dataclass(frozen=True)
-class Fp16Config:
-    input: str
-    """An ONNX artifact (FP32) to convert."""
-    keep_io_types: bool = True
-    """Keep FP32 inputs and outputs (Casts inside the graph); false: the graph takes and returns FP16."""
-    calibration_images: int = 16
-    calibration_patch: int = 96
-    saturation: float = 0.25
-    """Overflow guard: a node whose FP32 activations exceed saturation x 65504 on the calibration crops is
-    an overflow risk (4x headroom: FP16 kernels may accumulate partial sums above the output value)."""
-    on_overflow: Literal["fallback", "fail"] = "fallback"
-    """fallback: keep the risky nodes in FP32 (named in the manifest); fail: stop and name them."""
-    max_psnr_drop_db: float | None = None
-    on_budget_exceeded: Literal["fail", "warn"] = "fail"
-
-
 @dataclass(frozen=True)
 class BenchmarkConfig:
     variants: tuple[str, ...] = ()
@@ -238,11 +93,6 @@ class BenchmarkConfig:
     """Per-variant cap on timed runs (at least 5 runs are always made)."""
     peak: bool = True
     """Also measure the machine's FP32/INT8 matrix-multiply throughput, the yardstick for achieved GOP/s."""
-
-
-STAGE_CONFIGS = {"load": LoadConfig, "train": TrainConfig, "distill": DistillConfig, "gan": GanConfig, "prune": PruneConfig,
-                 "export": ExportConfig, "quantize": QuantizeConfig, "fp16": Fp16Config,
-                 "qat": QatConfig}
 
 
 @dataclass(frozen=True)
@@ -263,12 +113,6 @@ class Recipe:
     threads: int = 0
     """Intra-op threads for PyTorch and ONNX Runtime; 0 = all cores."""
     source: str = "<dict>"
-
-    def stage(self, name: str) -> StageSpec:
-        for s in self.stages:
-            if s.name == name:
-                return s
-        raise KeyError(name)
 
     def with_overrides(self, **sections: Any) -> "Recipe":
         """A new recipe with whole fields replaced (CLI flags); the recipe itself is never mutated."""
@@ -336,13 +180,10 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise RecipeError(f"{where}: unsupported type {tp}")
 
 
-MODEL_INPUT = frozenset({"train", "distill", "gan", "prune"})
-"""Stages whose artifact is a PyTorch model (what prune, export, qat, distill's teacher take)."""
-ONNX_INPUT = frozenset({"export"})
-"""Stages whose artifact is an FP32 ONNX graph (what quantize and fp16 take)."""
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+
+def build_config(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -419,41 +260,44 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
     scale = _check_type(raw["scale"], int, f"{source}: scale")
     if scale not in (2, 3, 4, 8):
         raise RecipeError(f"{source}: scale {scale} not supported (2, 3, 4 or 8)")
+    from .stages import KIND_NAMES, satisfies, stage_table
+
+    table = stage_table()
     stages = []
     seen: set[str] = set()
+    makes: dict[str, str] = {}
     kinds: dict[str, str] = {}
     for i, st in enumerate(raw["stages"] or []):
         where = f"{source}: stages[{i}]"
         if not isinstance(st, dict) or "name" not in st or "stage" not in st:
             raise RecipeError(f"{where}: each stage needs 'name' and 'stage'")
         name, kind = st["name"], st["stage"]
-        if kind not in STAGE_CONFIGS:
-            raise RecipeError(f"{where}: unknown stage {kind!r}{_did_you_mean(kind, STAGE_CONFIGS)}; known: "
-                              f"{sorted(STAGE_CONFIGS)}")
+        if kind not in table:
+            raise RecipeError(f"{where}: unknown stage {kind!r}{_did_you_mean(kind, table.names())}; known: "
+                              f"{table.names()}")
         if name in seen or name == "bicubic":
             raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")
-        cfg = _build(STAGE_CONFIGS[kind], {k: v for k, v in st.items() if k not in ("name", "stage")},
-                     f"{where} ({name})")
-        for ref in ("input", "teacher", "init_from"):
+        sdef = table.get(kind)
+        cfg = build_config(sdef.config, {k: v for k, v in st.items() if k not in ("name", "stage")}, f"{where} ({name})")
+        for ref, wants in sdef.takes.items():
             ref_name = getattr(cfg, ref, None)
             if ref_name is None:
                 continue
             if ref_name not in seen:
                 raise RecipeError(f"{where} ({name}).{ref}: {ref_name!r} is not a stage defined before {name!r}"
                                   f"{_did_you_mean(ref_name, seen)}")
-            wants = ONNX_INPUT if (kind in ("quantize", "fp16") and ref == "input") else MODEL_INPUT
-            if kinds[ref_name] not in wants | {"load"}:
-                what = ("an FP32 ONNX artifact (an export stage)" if wants is ONNX_INPUT else
-                        f"a PyTorch model (a {', '.join(sorted(wants))} or load stage)")
+            if not satisfies(makes[ref_name], wants):
+                producers = sorted(n for n in table.names() if satisfies(table.get(n).makes, wants))
+                what = f"{KIND_NAMES[wants]} (made by a stage of kind {', '.join(producers)})"
                 raise RecipeError(f"{where} ({name}).{ref}: {ref_name!r} is a {kinds[ref_name]} stage; a {kind} "
                                   f"stage's {ref} must be {what}")
         if hasattr(cfg, "model"):
             check_model_spec(cfg.model, f"{where} ({name}).model", scale)
         seen.add(name)
-        kinds[name] = kind
+        kinds[name], makes[name] = kind, sdef.makes
         stages.append(StageSpec(name, kind, cfg))
-    data = _build(DataConfig, raw.get("data", {}), f"{source}: data")
-    bench = _build(BenchmarkConfig, raw.get("benchmark", {}), f"{source}: benchmark")
+    data = build_config(DataConfig, raw.get("data", {}), f"{source}: data")
+    bench = build_config(BenchmarkConfig, raw.get("benchmark", {}), f"{source}: benchmark")
     for v in bench.variants:
         if v != "bicubic" and v not in seen:
             raise RecipeError(f"{source}: benchmark variant {v!r} is not a stage; stages: {sorted(seen)}")

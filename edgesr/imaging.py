@@ -13,12 +13,16 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import EdgesrError
 from .files import atomic_write_bytes
+
+if TYPE_CHECKING:  # imported lazily: reading images needs no torch
+    import torch
 
 __all__ = [
     "ImageError", "read_image", "write_image", "modcrop", "to_float", "to_uint8",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +20,32 @@ import onnx
 import torch
 from torch import nn
 
-from edgesr.artifacts import Artifact, load_model, read_artifact, write_artifact
-from edgesr.config import ExportConfig
-from edgesr.data.datasets import builtin_images
+from edgesr.artifacts import Artifact, derived_manifest, read_artifact, write_artifact
+from edgesr.data.datasets import parity_image
 from edgesr.errors import EdgesrError
 from edgesr.imaging import image_to_tensor
+from edgesr.modelio import load_model
 from edgesr.models import deploy_form, select_outputs
+from edgesr.onnxutil import op_counts, output_names
+from edgesr.runtime.onnxruntime_backend import ort_session
+from edgesr.stages import MODEL, ONNX_FP32, StageContext, register_stage
 
-__all__ = ["export_onnx", "export_stage", "op_inventory", "parity_check", "ExportError", "output_names",
-           "bicubic_onnx", "bicubic_stage"]
+__all__ = ["ExportConfig", "export_onnx", "export_stage", "parity_check", "ExportError"]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    input: str
+    opset: int = 18
+    """ONNX opset (>= 17; 18 is what the PyTorch exporter writes natively)."""
+    parity_atol: float = 1e-4
+    """Max |ONNX Runtime - PyTorch| allowed on the parity image."""
+    scales: tuple[int, ...] = ()
+    """Outputs to export from a multi-output model (default: all); the others' layers are left out."""
 
 
 class ExportError(EdgesrError, RuntimeError):
     """An export that failed its checks (shapes, parity, operators); the message names the file."""
-
-
-def output_names(scales: list[int]) -> list[str]:
-    return ["sr"] if len(scales) == 1 else [f"sr_x{s}" for s in scales]
 
 
 def export_onnx(model: nn.Module, path: Path, *, scales: list[int], opset: int = 18,
@@ -69,21 +78,13 @@ def export_onnx(model: nn.Module, path: Path, *, scales: list[int], opset: int =
     return proto
 
 
-def op_inventory(proto: onnx.ModelProto) -> dict[str, int]:
-    """Operator type -> count, over the main graph."""
-    return dict(sorted(Counter(n.op_type if not n.domain or n.domain == "ai.onnx" else f"{n.domain}.{n.op_type}"
-                               for n in proto.graph.node).items()))
-
-
 def parity_check(model: nn.Module, onnx_path: Path, image: np.ndarray) -> dict[str, float]:
     """Max/mean |ORT - PyTorch| on ``image`` (uint8 HxWx3), FP32 on the CPU."""
-    import onnxruntime as ort
-
     x = image_to_tensor(image)
     with torch.inference_mode():
         ref = model(x)
     ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path)
     outs = sess.run(None, {"lr": x.numpy()})
     diffs = [np.abs(o - r.numpy()) for o, r in zip(outs, ref)]
     for o, r in zip(outs, ref):
@@ -93,27 +94,17 @@ def parity_check(model: nn.Module, onnx_path: Path, image: np.ndarray) -> dict[s
             "input_hw": [int(image.shape[0]), int(image.shape[1])]}
 
 
-def parity_image() -> np.ndarray:
-    """A real photograph cropped to an odd size (67 x 45), so dynamic shapes and borders are exercised."""
-    _, img = builtin_images("valid")[0]
-    return img[101:146, 150:217]
-
-
-def export_stage(cfg: ExportConfig, *, name: str, out: Path, source: Artifact | str | Path) -> Artifact:
+@register_stage("export", ExportConfig, makes=ONNX_FP32, takes={"input": MODEL})
+def export_stage(cfg: ExportConfig, ctx: StageContext, input: Artifact | str | Path) -> Artifact:
     """The ``export`` stage: model artifact -> ONNX artifact, checked and parity-tested."""
-    src = source if isinstance(source, Artifact) else read_artifact(source)
+    src = input if isinstance(input, Artifact) else read_artifact(input)
+    name, out = ctx.name, ctx.out
     model, arch = deploy_form(load_model(src), src.manifest["arch"])
-    transforms = list(src.manifest.get("transforms", []))
-    if arch != src.manifest["arch"]:
-        transforms.append({"type": "reparameterize", "arch": arch})
     scales = list(cfg.scales) if cfg.scales else [int(s) for s in src.manifest["scales"]]
     model = select_outputs(model, tuple(scales))
-    manifest = {
-        "kind": "onnx", "name": name, "arch": arch, "scales": scales, "precision": "fp32",
-        "params": sum(p.numel() for p in model.parameters()), "size_multiple": src.manifest.get("size_multiple", 1),
-        "transforms": transforms + [{"type": "export", "format": "onnx", "opset": cfg.opset}],
-        "parent": {"name": src.manifest.get("name"), "hash": src.hash, "path": str(src.path)},
-    }
+    manifest = derived_manifest(src, kind="onnx", name=name, precision="fp32", arch=arch,
+                                transform={"type": "export", "format": "onnx", "opset": cfg.opset},
+                                scales=scales, params=sum(p.numel() for p in model.parameters()))
 
     def writer(path: Path) -> None:
         proto = export_onnx(model, path, scales=scales, opset=cfg.opset, metadata={
@@ -124,38 +115,8 @@ def export_stage(cfg: ExportConfig, *, name: str, out: Path, source: Artifact | 
                               f"(> parity_atol {cfg.parity_atol:.0e}); the export is wrong for this architecture. "
                               "Try another opset, or report the architecture.")
         # write_artifact reads the manifest after the payload is written, so the measurements go in here.
-        manifest["ops"] = op_inventory(proto)
+        manifest["ops"] = op_counts(proto)
         manifest["metrics"] = {"parity": parity, **{k: v for k, v in src.manifest.get("metrics", {}).items()
                                                      if k == "val_psnr"}}
 
     return write_artifact(out, writer, "model.onnx", manifest)
-
-
-def bicubic_onnx(path: Path, scale: int, opset: int = 18) -> onnx.ModelProto:
-    """A one-node graph (ONNX ``Resize``, cubic, a = -0.5, half-pixel centres) that upscales like MATLAB's
-    bicubic except at the image border (ONNX clamps, MATLAB mirrors): the bicubic baseline as a deployable
-    graph, timed and scored through the same backend as every model."""
-    from onnx import TensorProto, helper
-
-    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, float(scale), float(scale)])
-    node = helper.make_node("Resize", ["lr", "", "scales"], ["sr"], mode="cubic", cubic_coeff_a=-0.5,
-                            coordinate_transformation_mode="half_pixel", exclude_outside=0)
-    graph = helper.make_graph([node], "bicubic", [helper.make_tensor_value_info("lr", TensorProto.FLOAT,
-                                                                               ["batch", 3, "height", "width"])],
-                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["batch", 3, None, None])],
-                              initializer=[scales])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgesr",
-                              ir_version=10)  # IR 10 = ONNX 1.16, what current ONNX Runtime and TensorRT read
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "edgesr.scales", json.dumps([scale])
-    onnx.checker.check_model(proto, full_check=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, str(path))
-    return proto
-
-
-def bicubic_stage(*, out: Path, scale: int, opset: int = 18) -> Artifact:
-    """The bicubic baseline as an ONNX artifact."""
-    manifest = {"kind": "onnx", "name": "bicubic", "arch": {"type": "bicubic-resize"}, "scales": [scale],
-                "precision": "fp32", "params": 0, "size_multiple": 1, "ops": {"Resize": 1}}
-    return write_artifact(out, lambda p: bicubic_onnx(p, scale, opset), "model.onnx", manifest)

@@ -1,13 +1,16 @@
-"""What ships to a device: one Backend contract (PyTorch, ONNX Runtime) and the Upscaler.
+"""What ships to a device: one Backend contract, one file per backend, and the Upscaler. Imports numpy (and
+the runtime it runs), never torch, training, compression or the exporter: an ONNX-only device needs only
+``pip install edgesr``.
 
-The runtime imports neither training, compression nor the exporter. TensorRT is not available as a backend
-in this version (see README: its engine builder is not written yet); ``edgesr doctor`` says whether the
-TensorRT Python package and a GPU are present.
+Adding a backend is one file that registers a :class:`Backend` subclass, plus its import below.
 """
 
-from .backends import (BACKENDS, Backend, BackendUnavailable, InputError, OnnxRuntimeBackend, TorchBackend,
-                       check_input, open_backend)
+from . import onnxruntime_backend, torch_backend  # noqa: F401  (registration: one line per backend)
+from .base import (BACKENDS, Backend, BackendUnavailable, InputError, check_input, default_backend,
+                   open_backend)
+from .onnxruntime_backend import OnnxRuntimeBackend, ort_session
+from .torch_backend import TorchBackend
 from .upscaler import Upscaler
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "InputError", "check_input", "OnnxRuntimeBackend", "TorchBackend", "open_backend",
-           "Upscaler"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "InputError", "check_input", "default_backend",
+           "open_backend", "OnnxRuntimeBackend", "TorchBackend", "ort_session", "Upscaler"]

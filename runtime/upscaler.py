@@ -14,7 +14,7 @@ import numpy as np
 
 from edgesr.imaging import to_float, to_uint8
 
-from .backends import Backend
+from .base import Backend
 
 __all__ = ["Upscaler", "DEFAULT_OVERLAP", "AUTO_TILE", "AUTO_MAX_PIXELS"]
 

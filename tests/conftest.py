@@ -34,3 +34,23 @@ def builtin_train():
 def builtin_valid():
     from edgesr.data.datasets import load_pairs
     return load_pairs("builtin", 2, "valid")
+
+
+CONTEXT_KEYS = {"train_pairs", "val_pairs", "scale", "patch_size", "min_patch_std", "seed", "threads", "latency_fn"}
+
+
+def call_stage(fn, cfg, *, name: str, out, **kw):
+    """Call a stage through its contract, ``fn(cfg, ctx, **inputs)``: context keywords (``train_pairs``,
+    ``val_pairs``, ``scale``, ...; ``calib_pairs`` is ``train_pairs``) build the StageContext, the others
+    (``source``/``input``, ``teacher``, ``init_from``) are the input artifacts."""
+    from edgesr.stages import StageContext
+
+    if "calib_pairs" in kw:
+        kw["train_pairs"] = kw.pop("calib_pairs")
+    if "source" in kw:
+        kw["input"] = kw.pop("source")
+    if "init" in kw:
+        kw["init_from"] = kw.pop("init")
+    ctx = StageContext(name=name, out=out, **{k: v for k, v in kw.items() if k in CONTEXT_KEYS})
+    inputs = {k: v for k, v in kw.items() if k not in CONTEXT_KEYS and v is not None}
+    return fn(cfg, ctx, **inputs)

@@ -11,7 +11,7 @@ import torch
 from edgesr.data.datasets import load_pairs
 from edgesr.data.patches import PatchSampler
 from edgesr.models import build_model
-from edgesr.train.loop import distributed, fit
+from edgesr.fitting import distributed, fit
 
 SPEC = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1}
 

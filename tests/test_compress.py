@@ -5,12 +5,14 @@ import onnx
 import pytest
 import torch
 
-from edgesr.artifacts import load_model, save_model
+from conftest import call_stage
+from edgesr.modelio import load_model, save_model
 from edgesr.compress.budget import QualityBudgetExceeded, check_budget
 from edgesr.compress.prune import protected_convs, prune_model
-from edgesr.compress.quantize import calibration_batches, check_qdq, quantize_stage
-from edgesr.config import ExportConfig, PruneConfig, QuantizeConfig
-from edgesr.export.onnx import export_stage
+from edgesr.compress.common import calibration_batches, check_qdq
+from edgesr.compress.prune import PruneConfig
+from edgesr.compress.ptq import QuantizeConfig, quantize_stage
+from edgesr.export.onnx import ExportConfig, export_stage
 from edgesr.models import build_model, count_macs
 from edgesr.runtime import open_backend
 
@@ -53,7 +55,7 @@ def test_taylor_importance_needs_data(builtin_train):
 def student_onnx(tmp_path_factory, builtin_train):
     """A tiny ABPN trained a few hundred steps, so quantisation acts on real weight statistics."""
     from edgesr.data.patches import PatchSampler
-    from edgesr.train.loop import fit
+    from edgesr.fitting import fit
 
     torch.manual_seed(0)
     spec = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 2}
@@ -62,14 +64,14 @@ def student_onnx(tmp_path_factory, builtin_train):
         loss_fn=lambda sr, lr, hr: (sr - hr).abs().mean(), val_pairs=builtin_train[:1], scale=2, val_every=1000)
     root = tmp_path_factory.mktemp("q")
     src = save_model(root / "student", model, name="student", arch=spec)
-    return export_stage(ExportConfig(input="student"), name="student_onnx", out=root / "student_onnx", source=src)
+    return call_stage(export_stage, ExportConfig(input="student"), name="student_onnx", out=root / "student_onnx", source=src)
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
 def test_int8_is_standard_qdq_and_runs(student_onnx, builtin_train, builtin_valid, target, tmp_path):
     cfg = QuantizeConfig(input="student_onnx", calibration_images=8, calibration_patch=48, target=target,
                          max_psnr_drop_db=0.5)
-    art = quantize_stage(cfg, name="int8", out=tmp_path / "int8", source=student_onnx, calib_pairs=builtin_train,
+    art = call_stage(quantize_stage, cfg, name="int8", out=tmp_path / "int8", source=student_onnx, calib_pairs=builtin_train,
                          val_pairs=builtin_valid[:1], scale=2, seed=0, threads=2)
     proto = onnx.load(str(art.payload))
     domains = {n.domain for n in proto.graph.node}
@@ -91,10 +93,10 @@ def test_int8_is_standard_qdq_and_runs(student_onnx, builtin_train, builtin_vali
 
 def test_quantize_refuses_non_fp32_onnx(student_onnx, builtin_train, tmp_path):
     cfg = QuantizeConfig(input="x", calibration_images=2, calibration_patch=32)
-    art = quantize_stage(cfg, name="q", out=tmp_path / "q", source=student_onnx, calib_pairs=builtin_train,
+    art = call_stage(quantize_stage, cfg, name="q", out=tmp_path / "q", source=student_onnx, calib_pairs=builtin_train,
                          val_pairs=builtin_train[:1], scale=2, seed=0)
     with pytest.raises(RuntimeError, match="FP32 ONNX"):
-        quantize_stage(cfg, name="q2", out=tmp_path / "q2", source=art, calib_pairs=builtin_train,
+        call_stage(quantize_stage, cfg, name="q2", out=tmp_path / "q2", source=art, calib_pairs=builtin_train,
                        val_pairs=builtin_train[:1], scale=2, seed=0)
 
 
@@ -106,10 +108,9 @@ def test_quality_budget():
 
 
 def test_fp16_keeps_quality_and_fp32_io(student_onnx, builtin_train, builtin_valid, tmp_path):
-    from edgesr.compress.quantize import fp16_stage
-    from edgesr.config import Fp16Config
+    from edgesr.compress.fp16 import Fp16Config, fp16_stage
 
-    art = fp16_stage(Fp16Config(input="s", calibration_images=4, calibration_patch=48, max_psnr_drop_db=0.01),
+    art = call_stage(fp16_stage, Fp16Config(input="s", calibration_images=4, calibration_patch=48, max_psnr_drop_db=0.01),
                      name="half", out=tmp_path / "half", source=student_onnx, calib_pairs=builtin_train,
                      val_pairs=builtin_valid[:1], scale=2, seed=0)
     proto = onnx.load(str(art.payload))
@@ -125,8 +126,8 @@ def test_fp16_keeps_quality_and_fp32_io(student_onnx, builtin_train, builtin_val
 def test_fp16_overflow_guard_names_and_keeps_the_hot_layers(builtin_train, builtin_valid, tmp_path):
     """A net whose inner activations exceed FP16's range: the guard finds the layers and keeps them in FP32
     (or fails, naming them); the FP16 graph then gives finite output."""
-    from edgesr.compress.quantize import QuantizeError, activation_ranges, fp16_stage
-    from edgesr.config import Fp16Config
+    from edgesr.compress.common import QuantizeError
+    from edgesr.compress.fp16 import Fp16Config, activation_ranges, fp16_stage
 
     spec = {"type": "edsr", "scale": 2, "n_resblocks": 1, "n_feats": 8}
     model = build_model(spec).eval()
@@ -135,16 +136,16 @@ def test_fp16_overflow_guard_names_and_keeps_the_hot_layers(builtin_train, built
         model.head.bias.mul_(1e5)
         model.upsample[0].weight.div_(1e5)
     src = save_model(tmp_path / "m", model, name="m", arch=spec)
-    onnx_art = export_stage(ExportConfig(input="m", parity_atol=1.0), name="o", out=tmp_path / "o", source=src)
+    onnx_art = call_stage(export_stage, ExportConfig(input="m", parity_atol=1.0), name="o", out=tmp_path / "o", source=src)
     batches = calibration_batches(builtin_train, 2, 32)
     peaks = activation_ranges(onnx_art.payload, batches)
     assert max(v for _, v in peaks.values()) > 65504
     kw = dict(calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
     with pytest.raises(QuantizeError, match="exceed 16376.*on_overflow: fallback"):
-        fp16_stage(Fp16Config(input="o", calibration_images=2, calibration_patch=32, on_overflow="fail"),
+        call_stage(fp16_stage, Fp16Config(input="o", calibration_images=2, calibration_patch=32, on_overflow="fail"),
                    name="h", out=tmp_path / "h", source=onnx_art, **kw)
     assert not (tmp_path / "h").exists()
-    art = fp16_stage(Fp16Config(input="o", calibration_images=2, calibration_patch=32), name="h",
+    art = call_stage(fp16_stage, Fp16Config(input="o", calibration_images=2, calibration_patch=32), name="h",
                      out=tmp_path / "h", source=onnx_art, **kw)
     kept = art.manifest["transforms"][-1]["fp32_nodes"]
     assert kept and any("conv" in k.lower() for k in kept)
@@ -154,26 +155,26 @@ def test_fp16_overflow_guard_names_and_keeps_the_hot_layers(builtin_train, built
 
 def test_nncf_ptq_writes_standard_qdq(student_onnx, builtin_train, builtin_valid, tmp_path):
     cfg = QuantizeConfig(input="s", tool="nncf", calibration_images=8, calibration_patch=48, target="tensorrt")
-    art = quantize_stage(cfg, name="nncf", out=tmp_path / "nncf", source=student_onnx, calib_pairs=builtin_train,
+    art = call_stage(quantize_stage, cfg, name="nncf", out=tmp_path / "nncf", source=student_onnx, calib_pairs=builtin_train,
                          val_pairs=builtin_valid[:1], scale=2, seed=0)
     report = check_qdq(art.payload)
     assert report["nonstandard_ops"] == [] and report["qdq_pairs"] >= 3
     assert "FakeQuantize" not in art.manifest["ops"] and "nncf" in art.manifest["transforms"][-1]["tool"]
     assert abs(art.manifest["metrics"]["budget"]["psnr_drop_db"]) < 0.5
     with pytest.raises(RuntimeError, match="method and per_channel apply to tool onnxruntime"):
-        quantize_stage(QuantizeConfig(input="s", tool="nncf", method="entropy"), name="x", out=tmp_path / "x",
+        call_stage(quantize_stage, QuantizeConfig(input="s", tool="nncf", method="entropy"), name="x", out=tmp_path / "x",
                        source=student_onnx, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
 
 
 def test_mixed_precision_keeps_the_most_sensitive_layers_until_the_budget_holds(student_onnx, builtin_train,
                                                                                builtin_valid, tmp_path):
     kw = dict(source=student_onnx, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
-    full = quantize_stage(QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False),
+    full = call_stage(quantize_stage, QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False),
                           name="full", out=tmp_path / "full", **kw)
     drop = full.manifest["metrics"]["budget"]["psnr_drop_db"]
     assert drop > 0.002
     budget = drop / 3  # force the fallback: all-INT8 misses this budget
-    art = quantize_stage(QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False,
+    art = call_stage(quantize_stage, QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False,
                                         max_psnr_drop_db=budget, on_budget_exceeded="fallback"),
                          name="mixed", out=tmp_path / "mixed", **kw)
     mixed = art.manifest["transforms"][-1]["mixed_precision"]
@@ -197,16 +198,15 @@ def tiny_teacher(tmp_path_factory):
 
 
 def test_teacher_outputs_are_cached_once_and_reused(tiny_teacher, builtin_train, builtin_valid, tmp_path):
-    from edgesr.compress.distill import TeacherCache, distill_stage
-    from edgesr.config import DistillConfig
+    from edgesr.compress.distill import DistillConfig, TeacherCache, distill_stage
     from edgesr.data.patches import PatchSampler
 
     cfg = DistillConfig(model={"type": "abpn", "channels": 8, "n_body": 1}, teacher="teacher", steps=6,
                         batch_size=4, alpha=0.5, val_every=6, checkpoint_every=100)
     kw = dict(teacher=tiny_teacher, train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=16,
               min_patch_std=0.0, seed=0)
-    first = distill_stage(cfg, name="s1", out=tmp_path / "s1", **kw)
-    second = distill_stage(cfg, name="s2", out=tmp_path / "s2", **kw)
+    first = call_stage(distill_stage, cfg, name="s1", out=tmp_path / "s1", **kw)
+    second = call_stage(distill_stage, cfg, name="s2", out=tmp_path / "s2", **kw)
     c1, c2 = (a.manifest["transforms"][0]["teacher_cache"] for a in (first, second))
     assert c1["used"] and (c1["misses"], c1["hits"]) == (6, 0) and (c2["misses"], c2["hits"]) == (0, 6)
     assert c1["dir"] == c2["dir"]
@@ -228,21 +228,20 @@ def test_teacher_outputs_are_cached_once_and_reused(tiny_teacher, builtin_train,
 
 def test_feature_distillation_trains_adapters_and_names_bad_layers(tiny_teacher, builtin_train, builtin_valid,
                                                                      tmp_path):
-    from edgesr.compress.distill import distill_stage
-    from edgesr.config import DistillConfig
+    from edgesr.compress.distill import DistillConfig, distill_stage
 
     kw = dict(teacher=tiny_teacher, train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=16,
               min_patch_std=0.0, seed=0)
     cfg = DistillConfig(model={"type": "abpn", "channels": 4, "n_body": 1}, teacher="teacher", steps=4, batch_size=2,
                         alpha=0.3, feature_layers={"body.1": "body.0"}, feature_weight=0.1, val_every=4)
-    art = distill_stage(cfg, name="f", out=tmp_path / "f", **kw)
+    art = call_stage(distill_stage, cfg, name="f", out=tmp_path / "f", **kw)
     rec = art.manifest["transforms"][0]
     assert rec["feature_layers"] == {"body.1": "body.0"} and rec["feature_weight"] == 0.1
     assert not any("adapter" in k for k in load_model(art).state_dict())  # adapters are not part of the student
     bad = DistillConfig(model={"type": "abpn", "channels": 4, "n_body": 1}, teacher="teacher", steps=2, batch_size=2,
                         feature_layers={"body.9": "body.0"}, feature_weight=0.1)
     with pytest.raises(ValueError, match="no module 'body.9' in ABPN"):
-        distill_stage(bad, name="b", out=tmp_path / "b", **kw)
+        call_stage(distill_stage, bad, name="b", out=tmp_path / "b", **kw)
 
 
 @pytest.mark.parametrize("spec", [
@@ -256,7 +255,7 @@ def test_iterative_pruning_to_a_macs_target(spec, builtin_train, builtin_valid, 
     src = save_model(tmp_path / "src", build_model(spec), name="src", arch=spec)
     cfg = PruneConfig(input="src", target="macs", macs_ratio=0.6, iterations=2, finetune_steps=4, batch_size=2,
                       round_to=2)
-    art = prune_stage(cfg, name="p", out=tmp_path / "p", source=src, teacher=None, train_pairs=builtin_train,
+    art = call_stage(prune_stage, cfg, name="p", out=tmp_path / "p", source=src, teacher=None, train_pairs=builtin_train,
                       val_pairs=builtin_valid[:1], scale=2, patch_size=16, min_patch_std=0.0, seed=0)
     rec = art.manifest["transforms"][-1]
     assert rec["type"] == "prune" and len(rec["iterations"]) == 2
@@ -273,7 +272,8 @@ def test_iterative_pruning_to_a_macs_target(spec, builtin_train, builtin_valid, 
 def test_pruning_to_a_latency_target_bisects_on_the_measurement(builtin_train, tmp_path):
     """The bisection is tested with a deterministic latency (proportional to MACs), so the outcome cannot
     depend on the machine's speed or load; the real ONNX Runtime measurement is exercised separately."""
-    from edgesr.compress.prune import onnx_latency_ms, prune_to_target
+    from edgesr.compress.prune import prune_to_target
+    from edgesr.pipeline import onnx_latency_ms
 
     model = build_model({"type": "abpn", "scale": 2, "channels": 32, "n_body": 3}).eval()
     calls = []
@@ -300,17 +300,17 @@ def test_pruning_to_a_latency_target_bisects_on_the_measurement(builtin_train, t
     assert np.isfinite(ms) and ms > 0
 
 
+@pytest.mark.slow
 def test_qat_through_nncf_exports_standard_qdq(builtin_train, builtin_valid, tmp_path):
     """NNCF PTQ start, fake-quant fine-tune, strip, export: a Q/DQ graph ONNX Runtime runs, no FakeQuantize."""
-    from edgesr.compress.quantize import qat_stage
-    from edgesr.config import QatConfig
+    from edgesr.compress.qat import QatConfig, qat_stage
 
     spec = {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1}
     torch.manual_seed(0)
     src = save_model(tmp_path / "s", build_model(spec), name="s", arch=spec)
     cfg = QatConfig(input="s", calibration_images=4, calibration_patch=32, steps=6, batch_size=4, val_every=3,
                     target="tensorrt")
-    art = qat_stage(cfg, name="qat", out=tmp_path / "qat", source=src, teacher=None, train_pairs=builtin_train,
+    art = call_stage(qat_stage, cfg, name="qat", out=tmp_path / "qat", source=src, teacher=None, train_pairs=builtin_train,
                     val_pairs=builtin_valid[:1], scale=2, patch_size=16, min_patch_std=0.0, seed=0)
     report = check_qdq(art.payload)
     assert report["nonstandard_ops"] == [] and report["qdq_pairs"] >= 4
@@ -331,17 +331,16 @@ def test_qat_through_nncf_exports_standard_qdq(builtin_train, builtin_valid, tmp
 ], ids=["msrep_s", "msrep_x2x4", "edsr", "ms_lapsrn"])
 def test_int8_and_fp16_work_on_students_and_teachers(spec, builtin_train, builtin_valid, tmp_path):
     """The ONNX-level compressions on the zoo's export of each kind (re-parameterized, multi-output)."""
-    from edgesr.compress.quantize import fp16_stage
-    from edgesr.config import Fp16Config
+    from edgesr.compress.fp16 import Fp16Config, fp16_stage
 
     torch.manual_seed(0)
     src = save_model(tmp_path / "m", build_model(spec), name="m", arch=spec)
-    onnx_art = export_stage(ExportConfig(input="m"), name="o", out=tmp_path / "o", source=src)
+    onnx_art = call_stage(export_stage, ExportConfig(input="m"), name="o", out=tmp_path / "o", source=src)
     kw = dict(source=onnx_art, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
-    int8 = quantize_stage(QuantizeConfig(input="o", calibration_images=2, calibration_patch=32, target="tensorrt"),
+    int8 = call_stage(quantize_stage, QuantizeConfig(input="o", calibration_images=2, calibration_patch=32, target="tensorrt"),
                           name="q", out=tmp_path / "q", **kw)
     assert check_qdq(int8.payload)["tensorrt_explicit_int8"]
-    half = fp16_stage(Fp16Config(input="o", calibration_images=2, calibration_patch=32), name="h",
+    half = call_stage(fp16_stage, Fp16Config(input="o", calibration_images=2, calibration_patch=32), name="h",
                       out=tmp_path / "h", **kw)
     x = calibration_batches(builtin_train, 1, 24, seed=2)[0]
     ref = open_backend(onnx_art).run(x)

@@ -8,9 +8,11 @@ import onnx
 import pytest
 import torch
 
-from edgesr.artifacts import ArtifactError, save_model
-from edgesr.config import ExportConfig
-from edgesr.export.onnx import bicubic_stage, export_stage
+from conftest import call_stage
+from edgesr.artifacts import ArtifactError
+from edgesr.modelio import save_model
+from edgesr.benchmarks.baseline import bicubic_artifact
+from edgesr.export.onnx import ExportConfig, export_stage
 from edgesr.imaging import read_image
 from edgesr.models import build_model
 from edgesr.runtime import Upscaler, open_backend
@@ -25,7 +27,7 @@ def exported(tmp_path_factory):
     out = []
     for i, spec in enumerate(SPECS):
         src = save_model(root / f"m{i}", build_model(spec), name=f"m{i}", arch=spec)
-        out.append((src, export_stage(ExportConfig(input=f"m{i}"), name=f"m{i}_onnx", out=root / f"m{i}_onnx", source=src)))
+        out.append((src, call_stage(export_stage, ExportConfig(input=f"m{i}"), name=f"m{i}_onnx", out=root / f"m{i}_onnx", source=src)))
     return out
 
 
@@ -49,9 +51,9 @@ def test_export_is_checked_dynamic_and_matches_pytorch(exported):
 
 def test_backends_refuse_the_wrong_artifact_kind(exported):
     src, art = exported[0]
-    with pytest.raises(ArtifactError, match="onnxruntime backend runs ONNX artifacts.*export"):
+    with pytest.raises(ArtifactError, match="onnxruntime backend runs 'onnx' artifacts; this is 'model'.*export it first"):
         open_backend(src, "onnxruntime")
-    with pytest.raises(ArtifactError, match="torch backend runs model artifacts"):
+    with pytest.raises(ArtifactError, match="torch backend runs 'model' artifacts; this is 'onnx'. Use the onnxruntime backend"):
         open_backend(art, "torch")
     with pytest.raises(KeyError, match="unknown backend 'tensorrtx'"):
         open_backend(art, "tensorrtx")
@@ -95,7 +97,7 @@ def test_images_too_large_to_run_whole_are_tiled_automatically(exported, monkeyp
 def test_bicubic_graph_matches_matlab_away_from_borders(tmp_path):
     from edgesr.data.bicubic import imresize
 
-    art = bicubic_stage(out=tmp_path / "bicubic", scale=2)
+    art = bicubic_artifact(out=tmp_path / "bicubic", scale=2)
     img = read_image(Path(str(importlib.resources.files("skimage.data"))) / "coffee.png")[:60, :80]
     ours = Upscaler(open_backend(art, threads=1)).upscale_float(img) * 255
     ref = imresize(img.astype(np.float64), 2)

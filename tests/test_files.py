@@ -6,7 +6,7 @@ import stat
 import numpy as np
 import pytest
 
-from edgesr.artifacts import save_model
+from edgesr.modelio import save_model
 from edgesr.files import RunLock, RunLocked, atomic_write_text, remove_stale_temps
 from edgesr.imaging import write_image
 from edgesr.models import build_model

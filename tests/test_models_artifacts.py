@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgesr.artifacts import ArtifactError, content_hash, load_model, read_artifact, save_model
+from edgesr.artifacts import ArtifactError, content_hash, read_artifact
+from edgesr.modelio import load_model, save_model
 from edgesr.models import MODELS, build_model
 
 TINY = [

@@ -47,6 +47,7 @@ def tiny_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_run_writes_report_results_and_plot(tiny_run):
     out = tiny_run / "out"
     results = json.loads((out / "results.json").read_text())
@@ -71,6 +72,7 @@ def test_run_writes_report_results_and_plot(tiny_run):
     assert abs(results["protocol_reference_bicubic"]["builtin"] - results["variants"][0]["quality"]["builtin"]["psnr"]) < 0.05
 
 
+@pytest.mark.slow
 def test_rerun_reuses_unchanged_stages_and_keeps_every_measured_set(tiny_run, capsys):
     """Re-running on one eval set reuses the artifacts, re-measures that set, carries the other set's numbers
     (same artifact hashes) marked as reused, and keeps the previous report files under history/."""
@@ -98,6 +100,7 @@ def test_rerun_reuses_unchanged_stages_and_keeps_every_measured_set(tiny_run, ca
     assert "† measured by an earlier run" in report and f"{first['variants'][2]['quality']['eval']['psnr']:.2f}†" in report
 
 
+@pytest.mark.slow
 def test_upscale_and_eval_commands(tiny_run, tmp_path, capsys):
     out = tiny_run / "out"
     src = tmp_path / "in.png"
@@ -108,6 +111,7 @@ def test_upscale_and_eval_commands(tiny_run, tmp_path, capsys):
     assert "eval: PSNR-Y" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_upscale_refuses_to_overwrite_its_input(tiny_run, tmp_path):
     src = tmp_path / "in.png"
     shutil.copy(SKIMAGE / "chelsea.png", src)
@@ -168,6 +172,7 @@ def test_doctor_reports_what_this_machine_has_and_prints_no_import_noise(capfd):
     assert "register_constant" not in captured.err
 
 
+@pytest.mark.slow
 def test_only_runs_the_named_stages_and_what_they_need(tiny_run, tmp_path):
     from edgesr.pipeline import stages_needed
 
@@ -181,6 +186,7 @@ def test_only_runs_the_named_stages_and_what_they_need(tiny_run, tmp_path):
     assert not (out / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_load_stage_copies_a_verified_artifact(tiny_run, tmp_path, capsys):
     recipe = {"name": "l", "scale": 2, "threads": 2, "data": {"patch_size": 24},
               "stages": [{"name": "s", "stage": "load", "path": str(tiny_run / "out" / "student")},

@@ -30,10 +30,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from edgesr.artifacts import content_hash, read_artifact, save_model
+from conftest import call_stage
+from edgesr.artifacts import content_hash, read_artifact
+from edgesr.modelio import save_model
 from edgesr.cli import main
-from edgesr.config import ExportConfig
-from edgesr.export.onnx import export_stage
+from edgesr.export.onnx import ExportConfig, export_stage
 from edgesr.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ class Ctx:
         self.root = root
         torch.manual_seed(0)
         self.model = save_model(root / "model", build_model(SPEC).eval(), name="model", arch=SPEC).path
-        self.onnx = export_stage(ExportConfig(input="model"), name="onnx", out=root / "onnx",
+        self.onnx = call_stage(export_stage, ExportConfig(input="model"), name="onnx", out=root / "onnx",
                                  source=read_artifact(self.model)).path
         self.photo = root / "photo.png"
         Image.open(SKIMAGE / "chelsea.png").crop((0, 0, 64, 48)).save(self.photo)
@@ -232,7 +233,7 @@ CLI_CASES = [
     Case("cli-output-directory", "cli", "output is an existing directory",
          lambda c: c.cli("upscale", c.onnx, c.photo, c.root), 2, r"is a directory; give the output image's file name"),
     Case("cli-backend-mismatch", "cli", "ONNX artifact with `--backend torch`",
-         lambda c: c.upscale(c.photo, "--backend", "torch"), 2, r"the torch backend runs model artifacts"),
+         lambda c: c.upscale(c.photo, "--backend", "torch"), 2, r"the torch backend runs 'model' artifacts; this is 'onnx'"),
     Case("cli-eval-missing-set", "cli", "`edgesr eval ART --set missing/`",
          lambda c: c.cli("eval", c.onnx, "--set", c.root / "missing"), 2, r"missing: no such data folder"),
 ]
@@ -373,7 +374,7 @@ RECIPE_CASES = [
          2, r"teacher: 'teachr' is not a stage defined before 'student' \(did you mean 'teacher'\?\)"),
     Case("recipe-wrong-input-kind", "recipe", "quantize stage whose input is a PyTorch model stage",
          lambda c: _run_bad_recipe(c, {**_tiny(), "stages": _tiny()["stages"] + [{"name": "q", "stage": "quantize", "input": "student"}]}),
-         2, r"\(q\)\.input: 'student' is a distill stage; a quantize stage's input must be an FP32 ONNX artifact \(an export stage\)$"),
+         2, r"\(q\)\.input: 'student' is a distill stage; a quantize stage's input must be an FP32 ONNX graph \(made by a stage of kind export, load\)$"),
     Case("recipe-bad-yaml", "recipe", "recipe that is not valid YAML",
          lambda c: _run_bad_recipe(c, "name: t\nstages: [unclosed\n"), 2, r"recipe\.yaml: not valid YAML"),
     Case("recipe-missing", "recipe", "recipe file that does not exist",

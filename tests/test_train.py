@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgesr.artifacts import load_model
+from conftest import call_stage
+from edgesr.modelio import load_model
 from edgesr.data.patches import PatchSampler
 from edgesr.metrics import evaluate_pairs
 from edgesr.models import build_model
-from edgesr.train.loop import Schedule, fit, init_weights, pairs_at_scale, resolve_device, scale_loss, validate
+from edgesr.fitting import Schedule, fit, init_weights, pairs_at_scale, resolve_device, scale_loss
 
 SPEC = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1}
 
@@ -114,14 +115,14 @@ def test_curriculum_x2_then_x4_reuses_the_trunk(builtin_train, builtin_valid, tm
     """Train x2, then a x2+x4 model starting from it: the x2 path is inherited whole, the x4 head is new,
     and both outputs are supervised."""
     from edgesr.config import TrainConfig
-    from edgesr.train.loop import train_stage
+    from edgesr.train.train import train_stage
 
     common = dict(train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=12,
                   min_patch_std=0.0, seed=0)
     small = {"type": "msrep", "channels": 8, "n_blocks": 2}
-    x2 = train_stage(TrainConfig(model=small, steps=20, batch_size=4, val_every=20), name="x2",
+    x2 = call_stage(train_stage, TrainConfig(model=small, steps=20, batch_size=4, val_every=20), name="x2",
                      out=tmp_path / "x2", **common)
-    both = train_stage(TrainConfig(model={**small, "heads": [2, 4]}, steps=0, batch_size=4), name="x24",
+    both = call_stage(train_stage, TrainConfig(model={**small, "heads": [2, 4]}, steps=0, batch_size=4), name="x24",
                        out=tmp_path / "x24", init=x2, **common)
     record = both.manifest["transforms"][0]
     assert record["type"] == "init_from" and record["from"] == "x2"
@@ -135,6 +136,7 @@ def test_curriculum_x2_then_x4_reuses_the_trunk(builtin_train, builtin_valid, tm
         init_weights(build_model(SPEC), x2)
 
 
+@pytest.mark.slow
 def test_data_parallel_processes_stay_in_sync_and_match_one_process(builtin_train, tmp_path):
     """torchrun, 2 CPU processes (gloo): same weights on both ranks, equal to a single process trained on
     the same global batches."""
@@ -163,16 +165,15 @@ def test_data_parallel_processes_stay_in_sync_and_match_one_process(builtin_trai
 
 
 def test_gan_fine_tune_needs_the_users_vgg_file_and_runs_with_it(builtin_train, builtin_valid, tmp_path):
-    from edgesr.artifacts import save_model
-    from edgesr.config import GanConfig
-    from edgesr.train.gan import VGGFeatures, gan_stage
+    from edgesr.modelio import save_model
+    from edgesr.train.gan import GanConfig, VGGFeatures, WeightsError, gan_stage
 
     spec = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1}
     src = save_model(tmp_path / "g", build_model(spec), name="g", arch=spec)
     common = dict(name="gan", out=tmp_path / "gan", source=src, train_pairs=builtin_train, val_pairs=builtin_valid[:1],
                   scale=2, patch_size=16, min_patch_std=0.0, seed=0)
-    with pytest.raises(FileNotFoundError, match="nothere.pth: VGG-19 weights not found.*vgg19-dcbb9e9d.pth"):
-        gan_stage(GanConfig(input="g", vgg_weights=str(tmp_path / "nothere.pth")), **common)
+    with pytest.raises(WeightsError, match="nothere.pth: VGG-19 weights not found.*vgg19-dcbb9e9d.pth"):
+        call_stage(gan_stage, GanConfig(input="g", vgg_weights=str(tmp_path / "nothere.pth")), **common)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pth: cannot read VGG-19 weights"):
         VGGFeatures(tmp_path / "bad.pth", "relu2_2")
@@ -187,7 +188,7 @@ def test_gan_fine_tune_needs_the_users_vgg_file_and_runs_with_it(builtin_train, 
         layers += [nn.MaxPool2d(2)] if v == "M" else [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
         cin = v if v != "M" else cin
     torch.save({f"features.{k}": t for k, t in nn.Sequential(*layers).state_dict().items()}, tmp_path / "vgg.pth")
-    art = gan_stage(GanConfig(input="g", vgg_weights=str(tmp_path / "vgg.pth"), vgg_layer="relu2_2", steps=3,
+    art = call_stage(gan_stage, GanConfig(input="g", vgg_weights=str(tmp_path / "vgg.pth"), vgg_layer="relu2_2", steps=3,
                               batch_size=2, disc_feats=8, val_every=3), **common)
     assert art.manifest["transforms"][-1]["type"] == "gan"
     assert "val_psnr_before" in art.manifest["metrics"] and len(art.manifest["metrics"]["history"]) == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgesr.artifacts import load_model, save_model
+from edgesr.modelio import load_model, save_model
 from edgesr.models import build_model, deploy_form, model_scales, outputs_by_scale, select_outputs
 
 # Tiny configurations of every architecture (the real sizes are checked by parameter count only).

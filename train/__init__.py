@@ -1,5 +1,2 @@
-"""Training: the fit loop, losses and the ``train`` stage (data + config -> model artifact)."""
-
-from .loop import FitResult, fit, train_stage
-
-__all__ = ["FitResult", "fit", "train_stage"]
+"""Training stages: ``train`` (data + config -> model artifact) and ``gan`` (perceptual + adversarial
+fine-tune). Both use the core's training engine, :mod:`edgesr.fitting`."""

@@ -22,15 +22,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesr.artifacts import Artifact, load_model, save_model
-from edgesr.config import GanConfig
-from edgesr.data.datasets import ImagePair
+from dataclasses import dataclass
+from typing import Literal
+
+from edgesr.artifacts import Artifact
+from edgesr.errors import EdgesrError
+from edgesr.fitting import resolve_device, sampler_for, validate
+from edgesr.modelio import load_model, save_model
 from edgesr.models import model_scales, pick_output
 from edgesr.progress import progress_bar
+from edgesr.stages import MODEL, StageContext, register_stage
 
-from .loop import resolve_device, sampler_for, validate
+__all__ = ["GanConfig", "VGGFeatures", "Discriminator", "gan_stage", "VGG19_LAYERS", "WeightsError"]
 
-__all__ = ["VGGFeatures", "Discriminator", "gan_stage", "VGG19_LAYERS"]
+
+class WeightsError(EdgesrError, ValueError):
+    """VGG-19 weights that are missing, unreadable or of another network; the message names the file."""
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Perceptual + adversarial fine-tune of a trained model (SRGAN/ESRGAN-style)."""
+
+    input: str
+    vgg_weights: str
+    """Path to VGG-19 ImageNet weights (torchvision's vgg19-dcbb9e9d.pth or a safetensors copy); never downloaded."""
+    vgg_layer: str = "relu5_4"
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-4
+    disc_lr: float = 1e-4
+    pixel_weight: float = 0.01
+    perceptual_weight: float = 1.0
+    adversarial_weight: float = 5e-3
+    disc_feats: int = 64
+    val_every: int = 200
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 # VGG-19 "features" layout: conv widths, "M" = max-pool. Index i in torchvision's features.<i>.
 _VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -77,7 +104,7 @@ class VGGFeatures(nn.Module):
 
     def _load(self, path: Path) -> None:
         if not path.is_file():
-            raise FileNotFoundError(
+            raise WeightsError(
                 f"{path}: VGG-19 weights not found. The perceptual loss needs ImageNet VGG-19 weights and edgesr "
                 "downloads nothing at run time: copy torchvision's vgg19-dcbb9e9d.pth (from a machine with "
                 "internet: torchvision.models.vgg19(weights='IMAGENET1K_V1'), then ~/.cache/torch/hub/checkpoints/) "
@@ -89,14 +116,14 @@ class VGGFeatures(nn.Module):
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"{path}: cannot read VGG-19 weights ({exc}); the file is corrupt or not a state "
+            raise WeightsError(f"{path}: cannot read VGG-19 weights ({exc}); the file is corrupt or not a state "
                              "dict. Re-copy it.") from exc
         own = self.state_dict()
         needed = {k: v for k, v in state.items() if k in own}
         missing = sorted(set(own) - set(needed))
         wrong = [k for k in needed if needed[k].shape != own[k].shape]
         if missing or wrong:
-            raise ValueError(f"{path}: not VGG-19 features weights (missing {missing[:4]}, wrong shapes {wrong[:4]}); "
+            raise WeightsError(f"{path}: not VGG-19 features weights (missing {missing[:4]}, wrong shapes {wrong[:4]}); "
                              "use torchvision's vgg19 state dict (keys features.<i>.weight/bias).")
         self.load_state_dict(needed)
 
@@ -124,9 +151,11 @@ class Discriminator(nn.Module):
         return self.net(x).flatten(1)
 
 
-def gan_stage(cfg: GanConfig, *, name: str, out: Path, source: Artifact, train_pairs: list[ImagePair],
-              val_pairs: list[ImagePair], scale: int, patch_size: int, min_patch_std: float, seed: int) -> Artifact:
+@register_stage("gan", GanConfig, makes=MODEL, takes={"input": MODEL})
+def gan_stage(cfg: GanConfig, ctx: StageContext, input: Artifact) -> Artifact:
     """The ``gan`` stage: perceptual + adversarial fine-tune of a trained model artifact."""
+    source, name, out, scale = input, ctx.name, ctx.out, ctx.scale
+    train_pairs, val_pairs, seed = ctx.train_pairs, ctx.val_pairs, ctx.seed
     vgg = VGGFeatures(cfg.vgg_weights, cfg.vgg_layer)  # fails first, before any work, if the file is missing
     dev = resolve_device(cfg.device)
     torch.manual_seed(seed)
@@ -137,7 +166,7 @@ def gan_stage(cfg: GanConfig, *, name: str, out: Path, source: Artifact, train_p
     gen.to(dev).train()
     disc.to(dev).train()
     vgg.to(dev)
-    sampler = sampler_for(gen, train_pairs, scale, patch_size, cfg.batch_size, seed + 7, min_patch_std)
+    sampler = sampler_for(gen, train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 7, ctx.min_patch_std)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=(0.9, 0.999))
     bce = nn.BCEWithLogitsLoss()

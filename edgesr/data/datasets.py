@@ -27,7 +27,7 @@ from ..imaging import IMAGE_SUFFIXES, ImageError, modcrop, read_image
 from .bicubic import imresize
 
 __all__ = [
-    "DataError", "ImagePair", "BUILTIN_TRAIN", "BUILTIN_VALID", "builtin_images", "list_images", "find_layout",
+    "DataError", "ImagePair", "parity_image", "set_name", "BUILTIN_TRAIN", "BUILTIN_VALID", "builtin_images", "list_images", "find_layout",
     "load_pairs", "make_lr",
 ]
 
@@ -144,3 +144,15 @@ def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: i
     if not pairs:
         raise DataError(f"{hr_dir}: no images found")
     return pairs
+
+
+def parity_image() -> np.ndarray:
+    """A real photograph cropped to an odd size (67 x 45), so dynamic shapes and borders are exercised (the
+    exporters' parity check)."""
+    _, img = builtin_images("valid")[0]
+    return img[101:146, 150:217]
+
+
+def set_name(source: str) -> str:
+    """How an evaluation set is named in reports: ``builtin`` or the folder's name."""
+    return "builtin" if source == "builtin" else Path(source).name

@@ -7,7 +7,7 @@ from ..registry import Registry
 MODELS: Registry = Registry("architecture")
 
 # Explicit imports register each architecture (one file each).
-from . import abpn, edsr, edsr_msa, fsrcnn, lapsrn, msrep, rcan, rdn  # noqa: E402,F401
+from . import abpn, edsr, edsr_msa, espcn, fsrcnn, lapsrn, msrep, rcan, rdn  # noqa: E402,F401
 
 
 def build_model(spec: dict):

@@ -1,14 +1,11 @@
-"""FSRCNN and ESPCN, the classic small baselines that calibrate the training stage.
+"""FSRCNN — Dong et al., "Accelerating the Super-Resolution Convolutional Neural Network", ECCV 2016, the
+classic small baseline that calibrates the training stage.
 
-* FSRCNN — Dong et al., "Accelerating the Super-Resolution Convolutional Neural Network", ECCV 2016.
-  FSRCNN(d=56, s=12, m=4): 5x5 feature extraction (d), 1x1 shrink (s), m 3x3 mapping layers, 1x1 expand,
-  each followed by PReLU, then a 9x9 transposed conv with stride r. 12.6k parameters on the Y channel;
-  published Set5 x2 PSNR 37.00 dB (91 images + General-100, long training).
-* ESPCN — Shi et al., "Real-Time Single Image and Video Super-Resolution Using an Efficient Sub-Pixel
-  Convolutional Neural Network", CVPR 2016: 5x5 conv 64, 3x3 conv 32 (tanh), 3x3 conv to r^2 channels and
-  PixelShuffle. Published Set5 x3 32.55 dB.
+FSRCNN(d=56, s=12, m=4): 5x5 feature extraction (d), 1x1 shrink (s), m 3x3 mapping layers, 1x1 expand,
+each followed by PReLU, then a 9x9 transposed conv with stride r. 12.6k parameters on the Y channel;
+published Set5 x2 PSNR 37.00 dB (91 images + General-100, long training).
 
-Both papers work on luminance. ``color="y"`` (default) does the same inside the graph: Y (BT.601, as the
+The paper works on luminance (as does ESPCN, which shares this file's Y-channel plumbing). ``color="y"`` (default) does the same inside the graph: Y (BT.601, as the
 protocol measures) goes through the network; the RGB image is upsampled bilinearly and shifted on all
 three channels so that its Y equals the network's — chroma from bilinear, luminance from the network.
 ``color="rgb"`` runs the network on the three channels instead (3x the first and last layers).
@@ -64,12 +61,3 @@ class FSRCNN(_LumaWrapper):
         nn.init.normal_(deconv.weight, std=0.001)
         nn.init.zeros_(deconv.bias)
         self.network = nn.Sequential(*layers, deconv)
-
-
-@MODELS.register("espcn")
-class ESPCN(_LumaWrapper):
-    def __init__(self, *, scale: int = 3, color: str = "y"):
-        super().__init__(scale, color)
-        c = self.channels
-        self.network = nn.Sequential(nn.Conv2d(c, 64, 5, padding=2), nn.Tanh(), nn.Conv2d(64, 32, 3, padding=1),
-                                     nn.Tanh(), nn.Conv2d(32, c * scale * scale, 3, padding=1), nn.PixelShuffle(scale))

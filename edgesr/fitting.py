@@ -1,4 +1,7 @@
-"""The fit loop: Adam, cosine schedule, validation PSNR through the shared protocol, atomic checkpoints, resume.
+"""The training engine shared by every stage that trains (train, distill, gan, prune fine-tunes, qat): the fit
+loop (Adam, schedules, EMA, gradient clipping, bfloat16 autocast on GPUs, wall-clock budget), validation
+PSNR through the shared protocol, patch sampling for single- and multi-output models, atomic checkpoints and
+exact resume, data-parallel training under ``torchrun``.
 
 A run interrupted at any point resumes from ``checkpoint_dir/last.pt`` and continues exactly as the
 uninterrupted run would have: the batch for step ``i`` is drawn from a generator seeded by ``(seed, i)``
@@ -21,19 +24,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from edgesr.artifacts import Artifact, load_model, save_model
-from edgesr.config import TrainConfig
-from edgesr.data.datasets import ImagePair, make_lr
-from edgesr.data.patches import PatchSampler
-from edgesr.imaging import image_to_tensor, modcrop
-from edgesr.metrics import evaluate_pairs
-from edgesr.models import build_model, model_scales, pick_output
-from edgesr.progress import progress_bar
+from .artifacts import Artifact
+from .config import TrainConfig
+from .data.datasets import ImagePair, make_lr
+from .data.patches import PatchSampler
+from .imaging import image_to_tensor, modcrop
+from .metrics import evaluate_pairs
+from .modelio import load_model
+from .models import model_scales, pick_output
+from .progress import progress_bar
 
-from .losses import LOSSES
-
-__all__ = ["FitResult", "Schedule", "fit", "train_stage", "validate", "torch_upscaler", "scale_loss",
-           "sampler_for", "fit_options", "fit_metrics", "init_weights", "distributed"]
+__all__ = ["FitResult", "Schedule", "fit", "validate", "torch_upscaler", "scale_loss", "pairs_at_scale",
+           "sampler_for", "fit_options", "fit_metrics", "init_weights", "distributed", "resolve_device",
+           "config_fingerprint"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -335,30 +338,3 @@ def fit_metrics(result: FitResult) -> dict:
     return {"val_psnr": round(result.best_psnr, 4), "best_step": result.best_step, "train_steps": result.steps,
             "train_seconds": round(result.seconds, 1), "stopped_by_time": result.stopped_by_time,
             "history": result.history}
-
-
-def train_stage(cfg: TrainConfig, *, name: str, out: Path, train_pairs: list[ImagePair],
-                val_pairs: list[ImagePair], scale: int, patch_size: int, min_patch_std: float,
-                seed: int, init: Artifact | None = None) -> Artifact:
-    """The ``train`` stage: build ``cfg.model`` at ``scale``, fit it on HR patches, save the artifact.
-
-    Multi-output models are supervised at every output; ``init`` (the ``init_from`` stage) warm-starts
-    the layers it shares with the model."""
-    arch = {**cfg.model, "scale": scale}
-    torch.manual_seed(seed)
-    model = build_model(arch)
-    init_record = init_weights(model, init) if init is not None else None
-    sampler = sampler_for(model, train_pairs, scale, patch_size, cfg.batch_size, seed, min_patch_std)
-    loss_fn = scale_loss(LOSSES.build({"type": cfg.loss}), model_scales(model), cfg.scale_weights)
-    result = fit(model, sampler, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
-                 checkpoint_dir=out.with_name(out.name + ".ckpt"),
-                 fingerprint=config_fingerprint(arch, cfg, patch_size, min_patch_std, seed,
-                                                [p.name for p in train_pairs], init.hash if init else None),
-                 desc=f"train {name}", **fit_options(cfg))
-    if distributed()[0] != 0:
-        return None
-    return save_model(out, result.model, name=name, arch=arch, parent=init, metrics=fit_metrics(result),
-                      transforms=[{"type": "init_from", **init_record}] if init_record else [],
-                      extra={"training": {"loss": cfg.loss, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                                          "patch_size": patch_size, "seed": seed, "ema_decay": cfg.ema_decay,
-                                          "schedule": cfg.schedule, "max_minutes": cfg.max_minutes}})

@@ -1,0 +1,72 @@
+"""What the INT8/FP16 stages share: calibration crops from real images, the quality of an ONNX graph
+through ONNX Runtime (the protocol), the Q/DQ form check, and the stage error."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgesr.artifacts import Artifact
+from edgesr.data.datasets import ImagePair
+from edgesr.errors import EdgesrError
+from edgesr.imaging import to_float
+from edgesr.metrics import evaluate_pairs
+from edgesr.onnxutil import STANDARD_DOMAINS
+from edgesr.runtime import Upscaler, open_backend
+
+__all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq"]
+
+
+class QuantizeError(EdgesrError, RuntimeError):
+    """A quantisation or FP16 step that cannot run or failed its checks; the message names the fix."""
+
+
+def calibration_batches(pairs: list[ImagePair], n: int, patch: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` LR crops (1 x 3 x patch x patch float32) from the training images, most textured first picked
+    at random positions (seeded)."""
+    rng = np.random.default_rng([seed, 77])
+    out = []
+    usable = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
+    if not usable:
+        raise QuantizeError(f"no calibration image is at least {patch} px; lower calibration_patch")
+    for i in range(n):
+        p = usable[i % len(usable)]
+        h, w = p.lr.shape[:2]
+        y, x = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+        out.append(np.ascontiguousarray(to_float(p.lr[y:y + patch, x:x + patch]).transpose(2, 0, 1)[None]))
+    return out
+
+
+def check_qdq(path: Path) -> dict:
+    """Inspect a QDQ graph: operator inventory, non-standard operators, and whether TensorRT can build it
+    (INT8 Q/DQ with zero point 0 everywhere, no INT32 bias Q/DQ)."""
+    proto = onnx.load(str(path))
+    ops = Counter((n.domain or "", n.op_type) for n in proto.graph.node)
+    nonstandard = sorted(f"{d}.{t}" for d, t in ops if d not in STANDARD_DOMAINS)
+    if any(t == "FakeQuantize" for _, t in ops):
+        nonstandard.append("FakeQuantize")
+    inits = {i.name: i for i in proto.graph.initializer}
+    zero_points = []
+    for n in proto.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
+            zero_points.append(numpy_helper.to_array(inits[n.input[2]]))
+    trt_ok = bool(zero_points) and all(z.dtype == np.int8 and not np.any(z) for z in zero_points)
+    return {"ops": {t if d in STANDARD_DOMAINS else f"{d}.{t}": c for (d, t), c in sorted(ops.items())},
+            "nonstandard_ops": nonstandard, "qdq_pairs": ops.get(("", "QuantizeLinear"), 0),
+            "tensorrt_explicit_int8": trt_ok,
+            "tensorrt_note": "INT8 symmetric Q/DQ (zero point 0)" if trt_ok else
+            "UINT8/asymmetric activations: ONNX Runtime CPU only; use target: tensorrt for TensorRT"}
+
+
+def onnx_quality(art: Artifact, pairs: list[ImagePair], scale: int, threads: int = 0) -> float:
+    """Mean PSNR-Y of an ONNX artifact on ``pairs`` through ONNX Runtime."""
+    backend = open_backend(art, "onnxruntime", threads=threads)
+    up = Upscaler(backend, size_multiple=art.manifest.get("size_multiple", 1))
+    try:
+        return evaluate_pairs(up.upscale_float, ((p.name, p.lr, p.hr) for p in pairs), scale, with_ssim=False).psnr
+    finally:
+        backend.close()

@@ -1,0 +1,136 @@
+"""The Backend contract, one registry of backends, and the input checks every backend applies.
+
+A backend loads an artifact and runs ``lr`` (N x 3 x H x W float32 RGB in [0, 1]) to ``sr`` (N x 3 x sH x
+sW float32, unclamped: clamping and rounding are the Upscaler's job). Timing loops live in the benchmark
+harness, never here. Each backend is one file registering one class; ``available()`` says whether it can
+run on this machine and why not, so ``edgesr doctor`` and the CLI's ``--backend`` choices read the
+registry instead of a list. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from edgesr.artifacts import Artifact, ArtifactError, read_artifact
+from edgesr.errors import EdgesrError
+from edgesr.registry import Registry
+
+__all__ = ["Backend", "BackendUnavailable", "InputError", "BACKENDS", "check_input", "open_backend",
+           "default_backend", "resolve_threads"]
+
+
+class BackendUnavailable(EdgesrError, RuntimeError):
+    """The runtime is not installed or cannot run here; the message says why and what to install."""
+
+
+class InputError(EdgesrError, ValueError):
+    """An input array that breaks the model I/O convention (N x 3 x H x W float in [0, 1], finite)."""
+
+
+BACKENDS: Registry = Registry("backend")
+
+
+def resolve_threads(threads: int) -> int:
+    return threads if threads > 0 else (os.cpu_count() or 1)
+
+
+def check_input(lr: np.ndarray) -> np.ndarray:
+    """The array a backend runs: N x 3 x H x W, float, finite, in [0, 1]; returned as contiguous float32.
+    Anything else raises :class:`InputError` instead of producing a plausible-looking image. (Two passes
+    over the input: a fraction of a percent of a network's time.)"""
+    if not isinstance(lr, np.ndarray):
+        raise InputError(f"expected a numpy array, got {type(lr).__name__}")
+    if lr.ndim != 4 or lr.shape[1] != 3 or lr.shape[2] < 1 or lr.shape[3] < 1:
+        raise InputError(f"expected an N x 3 x H x W array (RGB, channels first), got shape {lr.shape}; "
+                         "transpose an H x W x 3 image with img.transpose(2, 0, 1)[None]")
+    if not np.issubdtype(lr.dtype, np.floating):
+        raise InputError(f"expected float values in [0, 1], got dtype {lr.dtype}; divide 8-bit images by 255 "
+                         "(edgesr.imaging.to_float) or use edgesr.runtime.Upscaler, which converts")
+    lo, hi = float(lr.min()), float(lr.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError(f"the input holds NaN or Inf values (min {lo}, max {hi}); check the code that made it")
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(f"input values span [{lo:.4g}, {hi:.4g}], outside [0, 1]; the models take RGB scaled "
+                         "to [0, 1] (divide 8-bit images by 255, clip after colour conversions)")
+    return np.ascontiguousarray(lr, dtype=np.float32)
+
+
+class Backend:
+    """Base of every backend: the contract, the artifact-kind check, and a context manager that closes it.
+
+    Subclasses set ``name`` and ``kinds`` (the artifact kinds they run) and implement ``available``,
+    ``_load``, ``_run``, ``close`` and ``describe``."""
+
+    name = ""
+    kinds: tuple[str, ...] = ()
+    fix = ""
+    """How to make the backend available (shown with ``available()``'s reason)."""
+
+    def __init__(self, threads: int = 0):
+        self.threads = resolve_threads(threads)
+        self.scale = 0
+        self.artifact: Artifact | None = None
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """(can run here, version or the reason it cannot)."""
+        raise NotImplementedError
+
+    def load(self, artifact: Artifact) -> None:
+        if artifact.kind not in self.kinds:
+            runs = " or ".join(repr(k) for k in self.kinds)
+            others = [n for n in BACKENDS.names() if artifact.kind in BACKENDS.get(n).kinds]
+            raise ArtifactError(f"{artifact.path}: the {self.name} backend runs {runs} artifacts; this is "
+                                f"{artifact.kind!r}. Use the {' or '.join(others) or 'matching'} backend"
+                                + (" for ONNX." if artifact.kind == "onnx" else ", or export it first (stage: export)."))
+        ok, reason = self.available()
+        if not ok:
+            raise BackendUnavailable(f"the {self.name} backend cannot run here: {reason}. {self.fix}")
+        self._load(artifact)
+        self.scale, self.artifact = artifact.scale, artifact
+
+    def run(self, lr: np.ndarray) -> np.ndarray:
+        if self.artifact is None:
+            raise RuntimeError(f"{self.name} backend: load() an artifact before run()")
+        return self._run(check_input(lr))
+
+    def _load(self, artifact: Artifact) -> None:
+        raise NotImplementedError
+
+    def _run(self, lr: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.artifact = None
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def default_backend(art: Artifact) -> str:
+    """The backend an artifact runs on when none is named: the first registered one that takes its kind and
+    is available here."""
+    fits = [n for n in BACKENDS.names() if art.kind in BACKENDS.get(n).kinds]
+    for n in fits:
+        if BACKENDS.get(n).available()[0]:
+            return n
+    if fits:
+        return fits[0]  # load() will say why it cannot run
+    raise ArtifactError(f"{art.path}: no backend runs {art.kind!r} artifacts; known backends: {BACKENDS.names()}")
+
+
+def open_backend(artifact: Artifact | str | os.PathLike, backend: str | None = None, **kwargs) -> Backend:
+    """Load an artifact (verified against its content hash) into a backend: by name, or the default for
+    its kind (ONNX -> onnxruntime, model -> torch)."""
+    art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
+    b = BACKENDS.build({"type": backend or default_backend(art), **kwargs})
+    b.load(art)
+    return b

@@ -1,0 +1,83 @@
+"""ONNX Runtime, for ONNX artifacts (FP32, FP16, INT8 Q/DQ), with the given execution providers (CPU by
+default). :func:`ort_session` is the one place an ONNX Runtime session is built: every area that runs a
+graph (the backend, export parity, FP16 checks, the machine yardstick) builds it here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+from edgesr.artifacts import ArtifactError
+
+from .base import BACKENDS, Backend, BackendUnavailable
+
+__all__ = ["OnnxRuntimeBackend", "ort_session"]
+
+
+def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
+                providers: tuple[str, ...] = ("CPUExecutionProvider",), optimize: bool = True):
+    """An ``InferenceSession`` on a file or serialized graph: ``threads`` intra-op threads (0: ONNX Runtime's
+    default, all cores), one inter-op thread, full graph optimisation (``optimize=False`` keeps every
+    tensor observable), warnings off."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from exc
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise BackendUnavailable(f"ONNX Runtime providers {missing} are not available here "
+                                 f"(available: {ort.get_available_providers()})")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(threads, 0)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+
+
+@BACKENDS.register("onnxruntime")
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    kinds = ("onnx",)
+    fix = "pip install onnxruntime (CPU) or onnxruntime-gpu."
+
+    def __init__(self, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+        super().__init__(threads)
+        self.providers = tuple(providers)
+        self.session = None
+        self.precision = ""
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return False, "onnxruntime is not installed"
+        import onnxruntime as ort
+
+        return True, f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+    def _load(self, artifact) -> None:
+        try:
+            self.session = ort_session(artifact.payload, threads=self.threads, providers=self.providers)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"{artifact.payload}: ONNX Runtime cannot load this graph ({exc}). Re-export it.") from exc
+        self.precision = artifact.manifest["precision"]
+        self._input = self.session.get_inputs()[0].name
+
+    def _run(self, lr: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: lr})[0]
+
+    def close(self) -> None:
+        super().close()
+        self.session = None
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {"backend": "onnxruntime", "version": ort.__version__, "providers": list(self.providers),
+                "threads": self.threads, "precision": self.precision}

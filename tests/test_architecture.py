@@ -1,0 +1,225 @@
+"""The structure the code keeps: which area imports which, the stage table, the backend registry, and a
+runtime that works without PyTorch."""
+
+from __future__ import annotations
+
+import ast
+import importlib.resources
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+AREAS = ["train", "compress", "export", "runtime", "benchmarks"]
+SKIMAGE = Path(str(importlib.resources.files("skimage.data")))
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """Absolute module names a file imports (relative imports resolved against ``package``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                found.add(".".join(base + ([node.module] if node.module else [])))
+            elif node.module:
+                found.add(node.module)
+    return found
+
+
+def _area_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "edgesr" and parts[1] in AREAS else None
+
+
+def test_areas_import_only_the_core_and_the_runtime():
+    """Stage folders (train, compress, export) and benchmarks never import each other; the runtime imports
+    none of them; all of them may import the core and the runtime (the one way to run an artifact)."""
+    bad = []
+    for area in AREAS:
+        for path in sorted((REPO / area).rglob("*.py")):
+            mod = f"edgesr.{area}." + ".".join(path.relative_to(REPO / area).with_suffix("").parts)
+            for imp in _imports(path, mod.rsplit(".", 1)[0] if path.name != "__init__.py" else mod[: -len(".__init__")]):
+                other = _area_of(imp)
+                if other and other != area and not (other == "runtime" and area != "runtime"):
+                    bad.append(f"{path.relative_to(REPO)} imports {imp}")
+    assert bad == []
+
+
+def test_the_core_imports_stages_only_through_the_stage_table():
+    allowed = {"cli.py", "pipeline.py"}  # the CLI and the runner; the table imports stage modules by name
+    bad = []
+    for path in sorted((REPO / "edgesr").rglob("*.py")):
+        if path.name in allowed:
+            continue
+        for imp in _imports(path, "edgesr." + ".".join(path.relative_to(REPO / "edgesr").with_suffix("").parts[:-1])):
+            if _area_of(imp) in ("train", "compress", "export", "benchmarks"):
+                bad.append(f"{path.relative_to(REPO)} imports {imp}")
+    assert bad == []
+
+
+def test_manifests_and_the_runtime_import_no_torch():
+    for rel in ["edgesr/artifacts.py", "edgesr/imaging.py", "edgesr/files.py", "edgesr/errors.py",
+                "edgesr/registry.py", "edgesr/metrics.py", "edgesr/onnxutil.py", "edgesr/data/datasets.py",
+                "edgesr/data/bicubic.py", *[str(p.relative_to(REPO)) for p in (REPO / "runtime").glob("*.py")]]:
+        top = {i for i in _imports(REPO / rel, "edgesr") if i.split(".")[0] in ("torch", "safetensors", "torch_pruning")}
+        tree = ast.parse((REPO / rel).read_text())
+        module_level = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names} | \
+            {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        assert not (top & module_level), f"{rel} imports {top & module_level} at module level"
+
+
+def test_stage_table_is_the_one_list_of_stages():
+    from edgesr.config import parse_recipe
+    from edgesr.stages import MODEL, ONNX, ONNX_FP32, stage_table
+
+    table = stage_table()
+    assert table.names() == ["distill", "export", "fp16", "gan", "load", "prune", "qat", "quantize", "train"]
+    assert {n for n in table.names() if table.get(n).lossy} == {"prune", "quantize", "fp16", "qat"}
+    assert {n for n in table.names() if table.get(n).trains} == {"train", "distill"}
+    assert table.get("quantize").takes == {"input": ONNX_FP32} and table.get("export").makes == ONNX_FP32
+    assert table.get("qat").makes == ONNX and table.get("prune").takes == {"input": MODEL, "teacher": MODEL}
+    import re
+
+    for rel in ("edgesr/pipeline.py", "edgesr/config.py", "benchmarks/harness.py"):  # no stage kind is special-cased
+        src = (REPO / rel).read_text()
+        assert not re.search(r"\.stage\s*(==|!=|in\b|not in\b)", src), rel
+        assert "STAGE_CONFIGS" not in src and not re.search(r"\(\s*\"input\",\s*\"teacher\"", src), rel
+    recipe = parse_recipe({"name": "t", "scale": 2, "stages": [
+        {"name": "m", "stage": "train", "model": {"type": "abpn"}},
+        {"name": "o", "stage": "export", "input": "m"},
+        {"name": "q", "stage": "quantize", "input": "o"}]})
+    assert [s.stage for s in recipe.stages] == ["train", "export", "quantize"]
+
+
+def test_adding_a_stage_is_one_file_and_one_registration(tmp_path, monkeypatch):
+    """A stage written in its own module and registered there is loaded, validated and run by the runner."""
+    from edgesr import stages
+    from edgesr.config import parse_recipe
+    from edgesr.pipeline import run_recipe
+
+    (tmp_path / "edgesr_demo_stage.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from edgesr.artifacts import derived_manifest, write_artifact
+        from edgesr.stages import MODEL, StageContext, register_stage
+
+        @dataclass(frozen=True)
+        class CopyConfig:
+            input: str
+
+        @register_stage("copy", CopyConfig, makes=MODEL, takes={"input": MODEL})
+        def copy_stage(cfg, ctx: StageContext, input):
+            data = input.payload.read_bytes()
+            return write_artifact(ctx.out, lambda p: p.write_bytes(data), input.manifest["payload"],
+                                  derived_manifest(input, kind="model", name=ctx.name, precision="fp32",
+                                                   transform={"type": "copy"}))
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(stages, "STAGE_MODULES", stages.STAGE_MODULES + ("edgesr_demo_stage",))
+    monkeypatch.setattr(stages.STAGES, "_entries", dict(stages.STAGES._entries))  # undone after the test
+    recipe = parse_recipe({"name": "t", "scale": 2, "threads": 1, "data": {"patch_size": 16},
+                           "stages": [{"name": "m", "stage": "train", "model": {"type": "abpn", "channels": 4, "n_body": 1},
+                                       "steps": 2, "batch_size": 2, "val_every": 2},
+                                      {"name": "c", "stage": "copy", "input": "m"}]})
+    run_recipe(recipe, tmp_path / "run", only=["c"])
+    copied = json.loads((tmp_path / "run" / "c" / "manifest.json").read_text())
+    original = json.loads((tmp_path / "run" / "m" / "manifest.json").read_text())
+    assert copied["hash"] == original["hash"] and copied["transforms"][-1] == {"type": "copy"}
+
+
+def test_backends_come_from_one_registry_that_says_what_is_available(capfd):
+    from edgesr.cli import build_parser, main
+    from edgesr.runtime import BACKENDS
+
+    assert BACKENDS.names() == ["onnxruntime", "torch"]
+    for name in BACKENDS.names():
+        ok, info = BACKENDS.get(name).available()
+        assert ok and info  # both are installed here; the reasons are tested without torch below
+    upscale = build_parser()._subparsers._group_actions[0].choices["upscale"]
+    backend_opt = next(a for a in upscale._actions if a.dest == "backend")
+    assert list(backend_opt.choices) == BACKENDS.names()
+    assert main(["doctor"]) == 0
+    out = " ".join(capfd.readouterr().out.split())
+    assert "backend: onnxruntime" in out and "backend: torch" in out
+
+
+BLOCKER = '''
+import sys
+BLOCKED = {"torch", "torchvision", "torchao", "torch_pruning", "nncf", "safetensors", "yaml", "onnx", "onnxscript",
+           "onnxconverter_common", "sklearn", "matplotlib"}
+
+class Hide:
+    """Wraps a finder so that the training extra's packages are not found: as if never installed."""
+    def __init__(self, inner):
+        self.inner = inner
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            return None
+        return self.inner.find_spec(name, path, target)
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+from edgesr.cli import main
+code = main(sys.argv[1:])
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print("LEAKED", leaked)
+sys.exit(code)
+'''
+
+
+def _without_torch(*argv: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", BLOCKER, *map(str, argv)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env={**os.environ, "COLUMNS": "250"})
+
+
+@pytest.fixture(scope="module")
+def onnx_artifact(tmp_path_factory):
+    from conftest import call_stage
+    from edgesr.export.onnx import ExportConfig, export_stage
+    from edgesr.modelio import save_model
+    from edgesr.models import build_model
+
+    root = tmp_path_factory.mktemp("notorch")
+    spec = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1}
+    src = save_model(root / "model", build_model(spec), name="model", arch=spec)
+    art = call_stage(export_stage, ExportConfig(input="model"), name="onnx", out=root / "onnx", input=src)
+    bench = root / "set" / "HR"
+    bench.mkdir(parents=True)
+    shutil.copy(SKIMAGE / "chelsea.png", bench / "chelsea.png")
+    return root, src, art
+
+
+def test_upscale_eval_and_doctor_run_without_torch(onnx_artifact):
+    root, src, art = onnx_artifact
+    up = _without_torch("upscale", art.path, SKIMAGE / "coffee.png", root / "sr.png")
+    assert up.returncode == 0, up.stderr
+    assert "LEAKED []" in up.stdout and (root / "sr.png").is_file()
+    from edgesr.imaging import read_image
+    assert read_image(root / "sr.png").shape == (800, 1200, 3)
+    ev = _without_torch("eval", art.path, "--set", root / "set")
+    assert ev.returncode == 0, ev.stderr
+    assert "set: PSNR-Y" in ev.stdout and "LEAKED []" in ev.stdout
+    doc = _without_torch("doctor")
+    assert doc.returncode == 0, doc.stderr
+    out = " ".join(doc.stdout.split())
+    assert "backend: torch" in out and "PyTorch is not installed" in out and "LEAKED []" in out
+
+
+def test_commands_that_need_the_training_extra_say_so(onnx_artifact):
+    root, src, art = onnx_artifact
+    run = _without_torch("run")
+    assert run.returncode == 2 and "needs the training extra" in run.stderr and "pip install 'edgesr[train]'" in run.stderr
+    model = _without_torch("upscale", src.path, SKIMAGE / "coffee.png", root / "sr2.png")
+    assert model.returncode == 2
+    assert "the torch backend cannot run here: PyTorch is not installed. Install PyTorch" in " ".join(model.stderr.split())
+    assert "Traceback" not in run.stderr + model.stderr
