@@ -3,7 +3,6 @@ through ONNX Runtime (the protocol), the Q/DQ form check, and the stage error.""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from edgesr.data.datasets import ImagePair
 from edgesr.errors import EdgesrError
 from edgesr.imaging import to_float
 from edgesr.metrics import evaluate_pairs
-from edgesr.onnxutil import STANDARD_DOMAINS
+from edgesr.onnxutil import op_counts
 from edgesr.runtime import Upscaler, open_backend
 
 __all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq"]
@@ -45,9 +44,9 @@ def check_qdq(path: Path) -> dict:
     """Inspect a QDQ graph: operator inventory, non-standard operators, and whether TensorRT can build it
     (INT8 Q/DQ with zero point 0 everywhere, no INT32 bias Q/DQ)."""
     proto = onnx.load(str(path))
-    ops = Counter((n.domain or "", n.op_type) for n in proto.graph.node)
-    nonstandard = sorted(f"{d}.{t}" for d, t in ops if d not in STANDARD_DOMAINS)
-    if any(t == "FakeQuantize" for _, t in ops):
+    ops = op_counts(proto)
+    nonstandard = sorted(k for k in ops if "." in k)  # op_counts names non-standard operators domain.Type
+    if any(k.split(".")[-1] == "FakeQuantize" for k in ops) and "FakeQuantize" not in nonstandard:
         nonstandard.append("FakeQuantize")
     inits = {i.name: i for i in proto.graph.initializer}
     zero_points = []
@@ -55,8 +54,7 @@ def check_qdq(path: Path) -> dict:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
             zero_points.append(numpy_helper.to_array(inits[n.input[2]]))
     trt_ok = bool(zero_points) and all(z.dtype == np.int8 and not np.any(z) for z in zero_points)
-    return {"ops": {t if d in STANDARD_DOMAINS else f"{d}.{t}": c for (d, t), c in sorted(ops.items())},
-            "nonstandard_ops": nonstandard, "qdq_pairs": ops.get(("", "QuantizeLinear"), 0),
+    return {"ops": ops, "nonstandard_ops": nonstandard, "qdq_pairs": ops.get("QuantizeLinear", 0),
             "tensorrt_explicit_int8": trt_ok,
             "tensorrt_note": "INT8 symmetric Q/DQ (zero point 0)" if trt_ok else
             "UINT8/asymmetric activations: ONNX Runtime CPU only; use target: tensorrt for TensorRT"}

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from conftest import call_stage
 from edgesr.artifacts import ArtifactError
