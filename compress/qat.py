@@ -60,7 +60,7 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
     from edgesr.losses import LOSSES, distill_loss
     from edgesr.modelio import load_model
     from edgesr.models import deploy_form, model_scales
-    from edgesr.onnxutil import output_names
+    from edgesr.onnxutil import output_names, strip_source_locations
 
     source, name, out, scale, seed = input, ctx.name, ctx.out, ctx.scale, ctx.seed
     train_pairs, val_pairs, threads = ctx.train_pairs, ctx.val_pairs, ctx.threads
@@ -96,6 +96,11 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
             torch.onnx.export(stripped, (example,), str(path), input_names=["lr"], output_names=output_names(scales),
                               opset_version=cfg.opset, dynamo=False,
                               dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}})
+        import onnx
+
+        proto = onnx.load(str(path))
+        if strip_source_locations(proto):
+            onnx.save_model(proto, str(path))
         report = check_qdq(path)
         if report["nonstandard_ops"] or report["qdq_pairs"] == 0:
             raise QuantizeError(f"{path}: the QAT export is not a standard Q/DQ graph (non-standard ops "

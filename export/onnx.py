@@ -26,7 +26,7 @@ from edgesr.errors import EdgesrError
 from edgesr.imaging import image_to_tensor
 from edgesr.modelio import load_model
 from edgesr.models import deploy_form, select_outputs
-from edgesr.onnxutil import op_counts, output_names
+from edgesr.onnxutil import op_counts, output_names, strip_source_locations
 from edgesr.runtime.onnxruntime_backend import ort_session
 from edgesr.stages import MODEL, ONNX_FP32, StageContext, register_stage
 
@@ -67,6 +67,7 @@ def export_onnx(model: nn.Module, path: Path, *, scales: list[int], opset: int =
     for lg, lvl in zip(quiet, levels):
         lg.setLevel(lvl)
     proto = program.model_proto
+    strip_source_locations(proto)  # the artifact's hash must not depend on where edgesr is installed
     meta = {"edgesr.scales": json.dumps(scales), "edgesr.io": "lr: Nx3xHxW float32 RGB [0,1] -> sr", **(metadata or {})}
     del proto.metadata_props[:]
     for k, v in meta.items():

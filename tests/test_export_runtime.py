@@ -48,6 +48,17 @@ def test_export_is_checked_dynamic_and_matches_pytorch(exported):
             np.testing.assert_allclose(ort_b.run(x), torch_b.run(x), atol=1e-5)
 
 
+def test_exported_graphs_name_no_source_file_so_their_hash_is_the_models(exported, tmp_path):
+    """The exporter's per-node stack traces name this checkout's files and lines; they are removed, so the
+    same model exported from any checkout (or after a comment changes) is the same artifact."""
+    repo = str(Path(__file__).resolve().parents[1]).encode()
+    for src, art in exported:
+        data = art.payload.read_bytes()
+        assert repo not in data and b"stack_trace" not in data
+        again = call_stage(export_stage, ExportConfig(input="x"), name="again", out=tmp_path / art.path.name, source=src)
+        assert again.hash == art.hash
+
+
 def test_backends_refuse_the_wrong_artifact_kind(exported):
     src, art = exported[0]
     with pytest.raises(ArtifactError, match="onnxruntime backend runs 'onnx' artifacts; this is 'model'.*export it first"):
