@@ -92,9 +92,16 @@ class Backend:
         self.scale, self.artifact = artifact.scale, artifact
 
     def run(self, lr: np.ndarray) -> np.ndarray:
+        """``lr`` checked against the I/O convention and the manifest (size multiple), then run."""
         if self.artifact is None:
             raise RuntimeError(f"{self.name} backend: load() an artifact before run()")
-        return self._run(check_input(lr))
+        lr = check_input(lr)
+        m = int(self.artifact.manifest.get("size_multiple", 1))
+        if m > 1 and (lr.shape[2] % m or lr.shape[3] % m):
+            raise InputError(f"{self.artifact.path}: this model needs H and W to be multiples of {m} (its manifest's "
+                             f"size_multiple), got {lr.shape[2]}x{lr.shape[3]}; pad the input, or use "
+                             "edgesr.runtime.Upscaler, which pads and crops back")
+        return self._run(lr)
 
     def _load(self, artifact: Artifact) -> None:
         raise NotImplementedError

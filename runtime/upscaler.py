@@ -26,10 +26,14 @@ AUTO_MAX_PIXELS = 2048 * 2048
 
 
 class Upscaler:
-    def __init__(self, backend: Backend, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP, size_multiple: int = 1,
-                 max_pixels: int = AUTO_MAX_PIXELS):
+    def __init__(self, backend: Backend, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP,
+                 size_multiple: int | None = None, max_pixels: int = AUTO_MAX_PIXELS):
+        """``size_multiple``: pad inputs to multiples of it (default: what the loaded artifact's manifest says)."""
         if tile < 0 or (tile and tile <= 2 * overlap):
             raise ValueError(f"tile ({tile}) must be 0 (automatic) or exceed twice the overlap ({overlap})")
+        if size_multiple is None:
+            art = getattr(backend, "artifact", None)
+            size_multiple = int(art.manifest.get("size_multiple", 1)) if art is not None else 1
         self.backend, self.tile, self.overlap, self.size_multiple = backend, tile, overlap, size_multiple
         self.max_pixels = max_pixels
         self.scale = backend.scale

@@ -419,9 +419,21 @@ API_CASES = [
          lambda c: _api(lambda: _backend(c).run(np.zeros((8, 8, 3), np.float32))), "InputError", r"N x 3 x H x W.*transpose"),
     Case("api-uint8", "api", "`backend.run` on a uint8 array",
          lambda c: _api(lambda: _backend(c).run(_lr(dtype=np.uint8))), "InputError", r"dtype uint8.*divide 8-bit images"),
+    Case("api-size-multiple", "api", "`backend.run` on 9x9 for a model whose manifest says sizes are multiples of 4",
+         lambda c: _api(lambda: _padded_model(c).run(_lr(shape=(1, 3, 9, 9)))), "InputError",
+         r"needs H and W to be multiples of 4 .*got 9x9.*Upscaler, which pads"),
     Case("api-torch-nan", "api", "`TorchBackend.run` on an input holding a NaN",
          lambda c: _api(lambda: _torch_backend(c).run(_lr(np.nan))), "InputError", r"NaN or Inf"),
 ]
+
+
+def _padded_model(c: Ctx):
+    """An ONNX artifact declaring size_multiple 4; the Upscaler pads its inputs (checked), run() refuses."""
+    from edgesr.runtime import Upscaler, open_backend
+
+    backend = open_backend(_edit_manifest(c.copy(c.onnx), size_multiple=4), threads=1)
+    assert Upscaler(backend).upscale(np.zeros((9, 9, 3), np.uint8)).shape == (18, 18, 3)
+    return backend
 
 
 def _torch_backend(c: Ctx):
