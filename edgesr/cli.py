@@ -23,7 +23,10 @@ OPTIONAL = [
     ("nncf", "NNCF (quantize tool: nncf, qat stage)"),
     ("torchao", "torchao (nncf.strip: QAT export to standard Q/DQ)"),
     ("onnxconverter_common", "onnxconverter-common (fp16 stage)"),
-    ("tensorrt", "TensorRT (GPU engines; pip install 'edgesr[tensorrt]' on a machine with an NVIDIA GPU)"),
+    ("tensorrt_rtx", "TensorRT for RTX (engine flavour rtx: GeForce/RTX GPUs; builds without a GPU; "
+                     "pip install 'edgesr[rtx]')"),
+    ("tensorrt", "TensorRT 10/11 (engine flavour tensorrt: data-centre GPUs, Jetson; pip install 'edgesr[tensorrt]' "
+                 "on a machine with an NVIDIA GPU)"),
     ("pycuda", "PyCUDA (TensorRT buffers; needs an NVIDIA driver)"),
 ]
 
@@ -169,6 +172,50 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shapes(text: str) -> tuple:
+    try:
+        parts = [tuple(int(v) for v in p.lower().split("x")) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(len(p) != 2 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give min:opt:max LR sizes as HxW, e.g. 64x64:360x640:1080x1920")
+    return tuple(parts)
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    _needs_training_extra("build-engine")
+    from .artifacts import read_artifact
+    from .export.tensorrt import EngineConfig, build_engine
+
+    art = read_artifact(args.artifact)
+    cfg = EngineConfig(input=art.manifest.get("name", "onnx"), flavour=args.flavour,
+                       **({"shapes": args.shapes} if args.shapes else {}), workspace_mb=args.workspace,
+                       opt_level=args.opt_level, compute_capabilities=tuple(args.compute_capability or ()),
+                       timing_cache=args.timing_cache)
+    out = Path(args.out) if args.out else art.path.with_name(f"{art.path.name}-{args.flavour}-engine")
+    eng = build_engine(art, cfg, out, name=out.name, cache_dir=out.parent / ".tensorrt_cache")
+    e = eng.manifest["engine"]
+    print(f"{art.path} -> {eng.path} ({e['flavour']} {e['version']}, {eng.manifest['precision']}, "
+          f"{eng.payload.stat().st_size / 1e6:.2f} MB, targets {e['compute_capabilities']}, "
+          f"built in {e['build_seconds']:.2f} s, cache key {e['cache_key']})")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    _needs_training_extra("check")
+    from .artifacts import read_artifact
+    from .export.tensorrt import check_tensorrt
+
+    art = read_artifact(args.artifact)
+    findings = check_tensorrt(art, args.shapes)
+    for f in findings:
+        print(f"{f['severity']}: {f['node']}: {f['problem']}; fix: {f['fix']}")
+    errors = sum(f["severity"] == "error" for f in findings)
+    print(f"{art.path}: {'ready for TensorRT' if not errors else f'{errors} problem(s) for TensorRT'}"
+          f" ({len(findings) - errors} warning(s))")
+    return 1 if errors else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .artifacts import read_artifact
     from .benchmarks.quality import measure_quality
@@ -213,6 +260,13 @@ def _tile(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{value} is too small: a tile must exceed twice its {DEFAULT_OVERLAP}-pixel overlap (use {2 * DEFAULT_OVERLAP + 1} "
             "or more, e.g. 256), or 0 to size tiles automatically")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
@@ -264,6 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
     p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
     p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("build-engine", help="build a TensorRT engine from an ONNX artifact (flavour rtx builds "
+                                             "without a GPU)")
+    p.add_argument("artifact", help="ONNX artifact (export, fp16, or quantize with target: tensorrt)")
+    p.add_argument("--flavour", choices=["rtx", "tensorrt"], default="rtx")
+    p.add_argument("--shapes", type=_shapes, help="LR min:opt:max as HxW (default 64x64:360x640:1080x1920)")
+    p.add_argument("--workspace", type=_positive_int, metavar="MB", help="builder workspace limit in MB")
+    p.add_argument("--opt-level", type=int, choices=range(6), default=3, help="builder optimization level 0-5")
+    p.add_argument("--compute-capability", action="append", metavar="SMxx",
+                   help="rtx: a GPU generation to compile for (repeatable; default SM75, SM86, SM89, SM120)")
+    p.add_argument("--timing-cache", metavar="FILE", help="timing cache shared across builds")
+    p.add_argument("--out", help="engine artifact directory (default: beside the ONNX artifact)")
+    p.set_defaults(fn=cmd_build_engine)
+    p = sub.add_parser("check", help="TensorRT readiness of an ONNX artifact: rules, then the real RTX parser and "
+                                      "builder where installed; exit 1 when it would not build")
+    p.add_argument("artifact")
+    p.add_argument("--target", choices=["tensorrt"], default="tensorrt")
+    p.add_argument("--shapes", type=_shapes, help="engine profile to check, LR min:opt:max as HxW")
+    p.set_defaults(fn=cmd_check)
     p = sub.add_parser("doctor", help="list components and backends, and why any is unavailable")
     p.set_defaults(fn=lambda a: doctor())
     return parser

@@ -49,12 +49,13 @@ def _refs(spec: StageSpec) -> dict[str, str | None]:
 
 
 def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> str:
-    external = stage_table().get(spec.stage).external
-    source = read_artifact(getattr(spec.config, external)).hash if external else None
-    blob = json.dumps({"stage": spec.stage, "config": asdict(spec.config), "parents": [p.hash for p in parents],
-                       "source": source,
-                       "data": asdict(recipe.data) | {"eval": None}, "scale": recipe.scale, "seed": recipe.seed},
-                      sort_keys=True, default=str)
+    sdef = stage_table().get(spec.stage)
+    source = read_artifact(getattr(spec.config, sdef.external)).hash if sdef.external else None
+    fields = {"stage": spec.stage, "config": asdict(spec.config), "parents": [p.hash for p in parents],
+              "source": source, "data": asdict(recipe.data) | {"eval": None}, "scale": recipe.scale, "seed": recipe.seed}
+    if sdef.environment is not None:  # only stages that declare one: the others' fingerprints stay as they were
+        fields["environment"] = sdef.environment(spec.config)
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

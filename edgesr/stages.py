@@ -22,13 +22,14 @@ from .artifacts import Artifact, read_artifact
 from .registry import Registry
 
 __all__ = ["StageContext", "StageDef", "STAGES", "register_stage", "stage_table", "LoadConfig", "MODEL", "ONNX",
-           "ONNX_FP32", "ANY", "STAGE_MODULES", "satisfies", "KIND_NAMES"]
+           "ONNX_FP32", "ENGINE", "ANY", "STAGE_MODULES", "satisfies", "KIND_NAMES"]
 
-MODEL, ONNX_FP32, ONNX, ANY = "model", "onnx-fp32", "onnx", "any"
+MODEL, ONNX_FP32, ONNX, ENGINE, ANY = "model", "onnx-fp32", "onnx", "engine", "any"
 """What a stage makes and takes: a PyTorch model artifact, an FP32 ONNX graph, an ONNX graph of any
 precision (INT8, FP16: an FP32 one is one too), or anything (``load``: known only once loaded)."""
 
-KIND_NAMES = {MODEL: "a PyTorch model", ONNX_FP32: "an FP32 ONNX graph", ONNX: "an ONNX graph"}
+KIND_NAMES = {MODEL: "a PyTorch model", ONNX_FP32: "an FP32 ONNX graph", ONNX: "an ONNX graph",
+              ENGINE: "a TensorRT engine"}
 
 
 def satisfies(made: str, wanted: str) -> bool:
@@ -38,6 +39,7 @@ def satisfies(made: str, wanted: str) -> bool:
 STAGE_MODULES = (
     "edgesr.train.train", "edgesr.train.gan", "edgesr.compress.distill", "edgesr.compress.prune",
     "edgesr.compress.ptq", "edgesr.compress.fp16", "edgesr.compress.qat", "edgesr.export.onnx",
+    "edgesr.export.tensorrt",
 )
 """The files that register stages, imported by :func:`stage_table` (the one place stages are imported)."""
 
@@ -78,16 +80,21 @@ class StageDef:
     """Runs data-parallel under ``torchrun`` (train, distill)."""
     external: str | None = None
     """Config field naming an artifact outside the run (``load``'s ``path``): its hash joins the fingerprint."""
+    environment: Callable[[Any], dict] | None = None
+    """Facts of this machine the result depends on (the TensorRT version for engines): they join the
+    fingerprint, so a stage re-runs when they change."""
 
 
 STAGES: Registry = Registry("stage")
 
 
 def register_stage(name: str, config: type, *, makes: str, takes: dict[str, str] | None = None,
-                   lossy: bool = False, trains: bool = False, external: str | None = None) -> Callable:
+                   lossy: bool = False, trains: bool = False, external: str | None = None,
+                   environment: Callable[[Any], dict] | None = None) -> Callable:
     """Decorator registering ``fn(cfg, ctx, **inputs)`` as the stage ``name``."""
     def deco(fn: Callable[..., Artifact]) -> Callable[..., Artifact]:
-        STAGES.register(name)(StageDef(name, config, fn, makes, dict(takes or {}), lossy, trains, external))
+        STAGES.register(name)(StageDef(name, config, fn, makes, dict(takes or {}), lossy, trains, external,
+                                       environment))
         return fn
     return deco
 

@@ -81,7 +81,7 @@ def test_stage_table_is_the_one_list_of_stages():
     from edgesr.stages import MODEL, ONNX, ONNX_FP32, stage_table
 
     table = stage_table()
-    assert table.names() == ["distill", "export", "fp16", "gan", "load", "prune", "qat", "quantize", "train"]
+    assert table.names() == ["distill", "engine", "export", "fp16", "gan", "load", "prune", "qat", "quantize", "train"]
     assert {n for n in table.names() if table.get(n).lossy} == {"prune", "quantize", "fp16", "qat"}
     assert {n for n in table.names() if table.get(n).trains} == {"train", "distill"}
     assert table.get("quantize").takes == {"input": ONNX_FP32} and table.get("export").makes == ONNX_FP32

@@ -1,0 +1,411 @@
+"""TensorRT engines from ONNX artifacts, in two flavours behind one module.
+
+* ``rtx`` — TensorRT for RTX (``import tensorrt_rtx``; ``pip install 'edgesr[rtx]'``): desktop GeForce/RTX
+  GPUs. Its builder compiles ahead of time **without a GPU**, for the compute capabilities named
+  (``SM75`` ... ``SM121``; not the data-centre SM90), so engines are built for real in CI.
+* ``tensorrt`` — TensorRT 10/11 (``import tensorrt``): data-centre GPUs and Jetson (JetPack 6 ships
+  10.3). Building needs the GPU the engine is for.
+
+Their builder and parser APIs agree (``Builder``, strongly typed ``create_network``, ``OnnxParser``, one
+optimization profile for the dynamic input, ``build_serialized_network``); the differences are named in
+:func:`_configure`: compute-capability targets on RTX, the workspace pool on TensorRT. Networks are
+strongly typed: INT8 comes only from explicit Q/DQ in the graph (symmetric INT8, zero point 0, float
+biases: the quantize stage's ``target: tensorrt``), FP16 from the fp16 stage's graph.
+
+An engine is tied to its flavour, version, platform and GPU. The manifest records all of it with the
+profile, workspace, optimization level and the ONNX hash; their digest is the engine's cache key (an
+unchanged key skips the rebuild), and :func:`check_engine` refuses a foreign engine before anything
+deserializes it, naming both sides and the rebuild command. A ``trtexec`` command line is written beside
+each engine for boards that have TensorRT but not its Python bindings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import platform
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edgesr.artifacts import Artifact, derived_manifest, read_artifact, write_artifact
+from edgesr.errors import EdgesrError
+from edgesr.files import atomic_write_bytes
+from edgesr.stages import ENGINE, ONNX, StageContext, register_stage
+
+__all__ = ["EngineConfig", "EngineError", "FLAVOURS", "flavour_module", "flavour_available", "build_engine",
+           "engine_stage", "check_engine", "engine_key", "RTX_COMPUTE_CAPABILITIES", "check_tensorrt", "check_profile"]
+
+FLAVOURS = {"rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
+"""Flavour -> Python module."""
+INSTALL = {"rtx": "pip install 'edgesr[rtx]' (TensorRT for RTX; builds without a GPU)",
+           "tensorrt": "install TensorRT 10/11 for your GPU or JetPack (pip install 'edgesr[tensorrt]' on x86)"}
+RTX_COMPUTE_CAPABILITIES = ("SM75", "SM80", "SM86", "SM89", "SM120", "SM121")
+"""What TensorRT for RTX 1.x compiles for (Turing to Blackwell desktop GPUs)."""
+DEFAULT_RTX_TARGETS = ("SM75", "SM86", "SM89", "SM120")
+
+
+class EngineError(EdgesrError, RuntimeError):
+    """An engine that cannot be built, or an engine that does not belong to this machine; the message
+    names the artifact, both sides and the fix."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Build a TensorRT engine from an ONNX artifact (FP32, the fp16 stage's graph, or INT8 Q/DQ in the
+    tensorrt form)."""
+
+    input: str
+    flavour: Literal["rtx", "tensorrt"] = "rtx"
+    shapes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((64, 64), (360, 640), (1080, 1920))
+    """LR (H, W) of the optimization profile: min, opt (what kernels are tuned for), max."""
+    batch: int = 1
+    workspace_mb: int | None = None
+    """Builder workspace limit; default: the builder's own on RTX, 1024 MB on x86 TensorRT, 256 MB on Jetson."""
+    opt_level: int = 3
+    """Builder optimization level 0-5 (higher: longer builds, maybe faster engines)."""
+    compute_capabilities: tuple[str, ...] = ()
+    """RTX only: the GPU generations to compile for (default SM75, SM86, SM89, SM120)."""
+    timing_cache: str | None = None
+    """TensorRT flavour: timing cache file shared across builds (default: one per version in the run
+    directory). RTX has none: it picks kernels at run time."""
+
+
+def flavour_module(flavour: str):
+    if flavour not in FLAVOURS:
+        raise EngineError(f"unknown TensorRT flavour {flavour!r}; use one of {sorted(FLAVOURS)}")
+    try:
+        return importlib.import_module(FLAVOURS[flavour])
+    except ImportError as exc:
+        raise EngineError(f"TensorRT flavour {flavour!r} is not installed here ({exc}); {INSTALL[flavour]}") from None
+
+
+def flavour_available(flavour: str) -> tuple[bool, str]:
+    """(importable, version or the reason it is not) without raising."""
+    if importlib.util.find_spec(FLAVOURS[flavour]) is None:
+        return False, f"not installed; {INSTALL[flavour]}"
+    try:
+        return True, flavour_module(flavour).__version__
+    except EngineError as exc:
+        return False, str(exc)
+
+
+def _platform() -> str:
+    return f"{platform.system().lower()}-{platform.machine().lower()}"
+
+
+def check_profile(cfg: EngineConfig, size_multiple: int = 1) -> dict:
+    """The optimization profile, validated before anything is built: every side >= 1, min <= opt <= max,
+    and multiples of the model's size multiple."""
+    (h0, w0), (h1, w1), (h2, w2) = cfg.shapes
+    problems = []
+    if cfg.batch < 1:
+        problems.append(f"batch {cfg.batch} < 1")
+    if min(h0, w0) < 1:
+        problems.append(f"min {h0}x{w0} has a side < 1 (TensorRT needs every dimension >= 1)")
+    if not (h0 <= h1 <= h2 and w0 <= w1 <= w2):
+        problems.append(f"min {h0}x{w0} <= opt {h1}x{w1} <= max {h2}x{w2} does not hold")
+    if size_multiple > 1 and any(v % size_multiple for v in (h0, w0, h1, w1, h2, w2)):
+        problems.append(f"sides must be multiples of {size_multiple} (the model's size_multiple)")
+    if problems:
+        raise EngineError(f"engine profile shapes {[list(s) for s in cfg.shapes]}: {'; '.join(problems)}. Give "
+                          "shapes as [[min_h, min_w], [opt_h, opt_w], [max_h, max_w]] in LR pixels.")
+    shape = lambda h, w: [cfg.batch, 3, h, w]
+    return {"input": "lr", "min": shape(h0, w0), "opt": shape(h1, w1), "max": shape(h2, w2)}
+
+
+def _targets(cfg: EngineConfig) -> list[str]:
+    if cfg.flavour != "rtx":
+        if cfg.compute_capabilities:
+            raise EngineError("compute_capabilities applies to flavour rtx; TensorRT builds for the GPU it runs on")
+        return []
+    targets = list(cfg.compute_capabilities or DEFAULT_RTX_TARGETS)
+    bad = [t for t in targets if t not in RTX_COMPUTE_CAPABILITIES]
+    if bad:
+        raise EngineError(f"compute capabilities {bad} are not TensorRT for RTX targets; use some of "
+                          f"{list(RTX_COMPUTE_CAPABILITIES)} (data-centre GPUs such as the H100, SM90, need "
+                          "flavour tensorrt)")
+    return targets
+
+
+def _workspace_mb(cfg: EngineConfig) -> int | None:
+    if cfg.workspace_mb is not None:
+        return cfg.workspace_mb
+    if cfg.flavour == "rtx":
+        return None
+    return 256 if platform.machine().lower() in ("aarch64", "arm64") else 1024
+
+
+def engine_key(onnx_hash: str, cfg: EngineConfig, version: str, profile: dict, targets: list[str],
+               workspace_mb: int | None) -> str:
+    """Everything an engine depends on; an engine is rebuilt unless all of it is unchanged."""
+    blob = {"onnx": onnx_hash, "flavour": cfg.flavour, "version": version, "platform": _platform(),
+            "profile": profile, "targets": targets, "workspace_mb": workspace_mb, "opt_level": cfg.opt_level}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trtexec_command(onnx_name: str, engine_name: str, profile: dict, cfg: EngineConfig, workspace_mb: int | None,
+                    targets: list[str]) -> str:
+    """The equivalent ``trtexec`` (TensorRT) / ``tensorrt_rtx`` (RTX) command line, for boards without the
+    Python bindings."""
+    dims = lambda key: "lr:" + "x".join(str(v) for v in profile[key])
+    args = ["tensorrt_rtx" if cfg.flavour == "rtx" else "trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}",
+            "--stronglyTyped", f"--minShapes={dims('min')}", f"--optShapes={dims('opt')}", f"--maxShapes={dims('max')}",
+            f"--builderOptimizationLevel={cfg.opt_level}"]
+    if workspace_mb is not None:
+        args.append(f"--memPoolSize=workspace:{workspace_mb}M")
+    if targets:
+        args.append("--computeCapabilities=" + ",".join(t[2:-1] + "." + t[-1] for t in targets))
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _configure(trt, builder, cfg: EngineConfig, profile: dict, targets: list[str], workspace_mb: int | None,
+               cache_bytes: bytes):
+    """The builder config; where the flavours differ is here and only here: RTX compiles ahead of time for
+    named compute capabilities and has no timing cache (its tactic choice happens at run time, with a runtime
+    cache); TensorRT builds for the GPU it runs on, within a workspace limit, with a timing cache."""
+    config = builder.create_builder_config()
+    prof = builder.create_optimization_profile()
+    prof.set_shape("lr", tuple(profile["min"]), tuple(profile["opt"]), tuple(profile["max"]))
+    config.add_optimization_profile(prof)
+    config.builder_optimization_level = cfg.opt_level
+    if workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if cfg.flavour == "rtx":  # ahead-of-time compilation for the named GPU generations
+        config.num_compute_capabilities = len(targets)
+        for i, t in enumerate(targets):
+            config.set_compute_capability(getattr(trt.ComputeCapability, t), i)
+    else:
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    return config
+
+
+def _logger(trt):
+    """A logger that keeps TensorRT's messages (shown only when a build fails): without a GPU the RTX builder
+    reports, harmlessly, that it found no CUDA driver."""
+    class Collect(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+
+        def log(self, severity, msg):
+            if severity <= trt.ILogger.Severity.WARNING and "cudaError 35" not in msg:
+                self.messages.append(str(msg).splitlines()[0])
+    return Collect()
+
+
+def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str, cache_dir: Path) -> Artifact:
+    """Parse and build ``onnx_art`` into an engine artifact at ``out`` (skipped when ``out`` already holds an
+    engine with the same cache key)."""
+    if onnx_art.kind != "onnx":
+        raise EngineError(f"{onnx_art.path}: an engine is built from an ONNX artifact (an export, fp16 or quantize "
+                          f"stage's output); this is {onnx_art.kind!r}")
+    if onnx_art.manifest.get("precision", "").startswith("int8"):
+        qdq = next((t for t in reversed(onnx_art.manifest.get("transforms", [])) if t.get("type") in ("quantize", "qat")), {})
+        if not qdq.get("tensorrt_explicit_int8"):
+            raise EngineError(f"{onnx_art.path}: this INT8 graph is in the ONNX Runtime form (UINT8/asymmetric "
+                              "activations, INT32 biases), which TensorRT's parser refuses. Quantize with "
+                              "`target: tensorrt` in the quantize (or qat) stage for the form TensorRT builds.")
+    trt = flavour_module(cfg.flavour)
+    version = trt.__version__
+    profile = check_profile(cfg, int(onnx_art.manifest.get("size_multiple", 1)))
+    targets = _targets(cfg)
+    workspace = _workspace_mb(cfg)
+    key = engine_key(onnx_art.hash, cfg, version, profile, targets, workspace)
+    try:
+        prev = read_artifact(out)
+        if prev.kind == "engine" and prev.manifest.get("engine", {}).get("cache_key") == key:
+            return prev
+    except EdgesrError:
+        pass
+    cache_path = Path(cfg.timing_cache) if cfg.timing_cache else cache_dir / f"{cfg.flavour}-{version}.timing-cache"
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_art.payload)):
+        errors = [str(parser.get_error(i)).splitlines()[0] for i in range(parser.num_errors)]
+        raise EngineError(f"{onnx_art.payload}: TensorRT's ONNX parser ({cfg.flavour} {version}) refuses the graph: "
+                          f"{'; '.join(errors[:3] or logger.messages[-3:])}")
+    config = _configure(trt, builder, cfg, profile, targets, workspace, cache_bytes)
+    t0 = time.perf_counter()
+    blob = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if blob is None:
+        raise EngineError(f"{onnx_art.payload}: the {cfg.flavour} {version} builder produced no engine for profile "
+                          f"{profile} (targets {targets or 'this GPU'}, workspace {workspace or 'default'} MB); "
+                          f"lower max shapes or opt_level, or raise workspace_mb. TensorRT said: {logger.messages[-3:]}")
+    if cfg.flavour != "rtx":
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    engine = {"flavour": cfg.flavour, "module": FLAVOURS[cfg.flavour], "version": version, "platform": _platform(),
+              "compute_capabilities": targets or "the build machine's GPU", "profile": profile,
+              "workspace_mb": workspace, "opt_level": cfg.opt_level, "strongly_typed": True,
+              "timing_cache": str(cache_path) if cfg.flavour != "rtx" else None,
+              "onnx_hash": onnx_art.hash, "cache_key": key, "build_seconds": round(seconds, 3),
+              "trtexec": trtexec_command(onnx_art.payload.name, "model.engine", profile, cfg, workspace, targets)}
+    manifest = derived_manifest(onnx_art, kind="engine", name=name, precision=onnx_art.manifest["precision"],
+                                transform={"type": "engine", "flavour": cfg.flavour, "version": version},
+                                engine=engine)
+
+    def writer(path: Path) -> None:
+        path.write_bytes(bytes(memoryview(blob)))
+        (path.parent / "trtexec.txt").write_text(
+            f"# The same engine from the command line ({cfg.flavour} {version}), next to a copy of the ONNX:\n"
+            f"{engine['trtexec']}\n")
+
+    return write_artifact(out, writer, "model.engine", manifest)
+
+
+@register_stage("engine", EngineConfig, makes=ENGINE, takes={"input": ONNX},
+                environment=lambda cfg: {"tensorrt": flavour_available(cfg.flavour)[1]})
+def engine_stage(cfg: EngineConfig, ctx: StageContext, input: Artifact) -> Artifact:
+    """The ``engine`` stage: ONNX artifact -> TensorRT engine artifact (see the module docstring)."""
+    return build_engine(input, cfg, ctx.out, name=ctx.name, cache_dir=ctx.out.parent / ".tensorrt_cache")
+
+
+def check_engine(art: Artifact, *, flavour_version: str | None = None, compute_capability: str | None = None) -> None:
+    """Refuse an engine built for another flavour, version, platform or GPU, before it is deserialized.
+
+    ``flavour_version``: the installed version of the engine's flavour (looked up when not given);
+    ``compute_capability``: the GPU's, as ``SM86`` (when known; RTX engines name the ones they contain)."""
+    eng = art.manifest.get("engine") or {}
+    if art.kind != "engine" or not eng:
+        raise EngineError(f"{art.path}: not an engine artifact")
+    flavour = eng.get("flavour", "?")
+    rebuild = f"edgesr build-engine {art.manifest.get('parent', {}).get('path', '<onnx artifact>')} --flavour {flavour}"
+    if flavour_version is None:
+        ok, info = flavour_available(flavour) if flavour in FLAVOURS else (False, "unknown flavour")
+        if not ok:
+            raise EngineError(f"{art.path}: built with {flavour} {eng.get('version')}, which is not installed here "
+                              f"({info}).")
+        flavour_version = info
+    problems = []
+    if flavour_version != eng.get("version"):
+        problems.append(f"{flavour} version: engine {eng.get('version')}, here {flavour_version}")
+    if eng.get("platform") != _platform():
+        problems.append(f"platform: engine {eng.get('platform')}, here {_platform()}")
+    targets = eng.get("compute_capabilities")
+    if compute_capability and isinstance(targets, list) and compute_capability not in targets:
+        problems.append(f"GPU: engine compiled for {targets}, this GPU is {compute_capability}")
+    if problems:
+        raise EngineError(f"{art.path}: this engine was built for another machine ({'; '.join(problems)}). Engines "
+                          f"are not portable across these; rebuild it here: {rebuild}")
+
+
+# ----------------------------------------------------------------------------------------- readiness
+
+PARSER_OPS = {
+    "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
+    "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "CumSum", "DepthToSpace", "DequantizeLinear",
+    "Div", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "Gelu",
+    "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish",
+    "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "MatMul",
+    "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pad", "Pow", "PRelu",
+    "QuantizeLinear", "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum",
+    "Relu", "Reshape", "Resize", "Round", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax",
+    "Softplus", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose",
+    "Unsqueeze", "Upsample", "Where", "Xor",
+}
+"""Operators TensorRT 10's ONNX parser imports (onnx-tensorrt's operator matrix), restricted to what image
+networks use; an operator outside it is reported (TensorRT 10 on Jetson is what this check speaks for)."""
+
+
+def _finding(severity: str, node: str, problem: str, fix: str) -> dict:
+    return {"severity": severity, "node": node, "problem": problem, "fix": fix}
+
+
+def check_tensorrt(art: Artifact, shapes: tuple | None = None, *, build: bool = True) -> list[dict]:
+    """What would stop TensorRT (10/11 on Jetson and data centre, or RTX) from building ``art``, each finding
+    naming the node and the fix. Rules: operators the parser imports; DepthToSpace (PixelShuffle) in CRD
+    mode; a dynamic H/W input when the profile needs it; INT8 only as symmetric INT8 Q/DQ (zero point 0,
+    per-channel weights on the output-channel axis, no INT32 bias quantizers); the profile itself; FP16
+    graphs' overflow-guard record. Where TensorRT for RTX is installed (and ``build``), its real parser and
+    builder then run. An empty list: ready."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    findings: list[dict] = []
+    proto = onnx.load(str(art.payload))
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+              for n in g.node if n.op_type == "Constant"}
+
+    def array(name):
+        t = inits.get(name) if name in inits else consts.get(name)
+        return numpy_helper.to_array(t) if t is not None else None
+
+    for n in g.node:
+        label = n.name or f"{n.op_type}#{list(g.node).index(n)}"
+        if n.domain not in ("", "ai.onnx"):
+            findings.append(_finding("error", label, f"operator {n.domain}.{n.op_type} is not a standard ONNX operator",
+                                     "export with standard operators only (no vendor domains, no FakeQuantize)"))
+        elif n.op_type not in PARSER_OPS:
+            findings.append(_finding("error", label, f"operator {n.op_type} is not imported by TensorRT's ONNX parser",
+                                     "replace it in the model, or keep this model on ONNX Runtime"))
+        if n.op_type == "DepthToSpace":
+            mode = next((a.s.decode() for a in n.attribute if a.name == "mode"), "DCR")
+            if mode != "CRD":
+                findings.append(_finding("error", label, f"DepthToSpace mode {mode}; PixelShuffle is CRD",
+                                         "export PixelShuffle through the PyTorch exporter (mode CRD)"))
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = array(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            src = array(n.input[0]) if n.op_type == "DequantizeLinear" else None
+            if zp is not None and zp.dtype == np.int32:
+                findings.append(_finding("error", label, "INT32 quantizer (ONNX Runtime's quantized bias)",
+                                         "quantize with target: tensorrt (biases stay float)"))
+            elif zp is not None and zp.dtype == np.uint8:
+                findings.append(_finding("error", label, "UINT8 (asymmetric) quantizer",
+                                         "quantize with target: tensorrt (symmetric INT8 activations)"))
+            elif zp is not None and np.any(zp):
+                findings.append(_finding("error", label, f"non-zero zero point {zp.ravel()[:4].tolist()}",
+                                         "TensorRT takes symmetric INT8 only: zero point 0 (target: tensorrt)"))
+            if src is not None and src.ndim == 4:  # a weight quantizer: per output channel, axis 0
+                scale = array(n.input[1])
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+                if scale is None or scale.size == 1:
+                    findings.append(_finding("error", label, "per-tensor weight quantizer",
+                                             "quantize weights per channel (per_channel: true)"))
+                elif axis != 0 or scale.size != src.shape[0]:
+                    findings.append(_finding("error", label, f"weight scales on axis {axis} ({scale.size} values) for "
+                                             f"{src.shape[0]} output channels",
+                                             "quantize weights per output channel (axis 0)"))
+    dims = g.input[0].type.tensor_type.shape.dim if g.input else []
+    if shapes is not None:
+        try:
+            profile = check_profile(EngineConfig(input="x", shapes=tuple(tuple(s) for s in shapes)),
+                                    int(art.manifest.get("size_multiple", 1)))
+        except EngineError as exc:
+            findings.append(_finding("error", "profile", str(exc).split(": ", 1)[-1], "fix the engine shapes"))
+            profile = None
+        if profile and len(dims) == 4:
+            for axis, name in ((2, "height"), (3, "width")):
+                fixed = dims[axis].dim_value if dims[axis].HasField("dim_value") else None
+                if fixed and not (profile["min"][axis] == profile["max"][axis] == fixed):
+                    findings.append(_finding("error", "lr", f"input {name} is fixed at {fixed} but the profile spans "
+                                             f"{profile['min'][axis]}..{profile['max'][axis]}",
+                                             "export with dynamic H/W (the export stage does)"))
+    if art.manifest.get("precision") == "fp16":
+        rec = next((t for t in art.manifest.get("transforms", []) if t.get("type") == "fp16"), None)
+        if rec is None:
+            findings.append(_finding("warning", "graph", "FP16 graph without the fp16 stage's overflow-guard record",
+                                     "convert with the fp16 stage, which checks activations against FP16's range"))
+    if build and not any(f["severity"] == "error" for f in findings) and flavour_available("rtx")[0]:
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = EngineConfig(input="x", **({"shapes": tuple(tuple(s) for s in shapes)} if shapes else {}),
+                                   compute_capabilities=("SM86",))
+                build_engine(art, cfg, Path(tmp) / "e", name="check", cache_dir=Path(tmp))
+        except EngineError as exc:
+            findings.append(_finding("error", "graph", f"TensorRT for RTX could not build it: {exc}",
+                                     "see the parser's message"))
+    return findings
