@@ -17,7 +17,7 @@ from edgesr.metrics import evaluate_pairs
 from edgesr.onnxutil import op_counts
 from edgesr.runtime import Upscaler, open_backend
 
-__all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq"]
+__all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq", "require_tensorrt_form"]
 
 
 class QuantizeError(EdgesrError, RuntimeError):
@@ -58,6 +58,30 @@ def check_qdq(path: Path) -> dict:
             "tensorrt_explicit_int8": trt_ok,
             "tensorrt_note": "INT8 symmetric Q/DQ (zero point 0)" if trt_ok else
             "UINT8/asymmetric activations: ONNX Runtime CPU only; use target: tensorrt for TensorRT"}
+
+
+def nncf_options(target: str) -> dict:
+    """NNCF quantize() keywords for a target: PERFORMANCE (symmetric activations) for TensorRT, MIXED
+    (asymmetric activations) for ONNX Runtime. NNCF quantizes non-negative tensors (the input, ReLU outputs)
+    as UINT8 with zero point 0 even then, and its hardware configs refuse forcing them signed (tried: every
+    target device and mode); TensorRT for RTX builds that form, the readiness rules flag it as a warning."""
+    import nncf
+
+    return {"preset": nncf.QuantizationPreset.PERFORMANCE if target == "tensorrt" else nncf.QuantizationPreset.MIXED}
+
+
+def require_tensorrt_form(path: Path, stage: str) -> list[dict]:
+    """For ``target: tensorrt``: the written graph must pass the TensorRT readiness rules (INT8 form,
+    operators); the findings (warnings included) are returned for the manifest, errors raise."""
+    from edgesr.trtrules import graph_findings
+
+    findings = graph_findings(onnx.load(str(path)), "int8")
+    errors = [f for f in findings if f["severity"] == "error"]
+    if errors:
+        listed = "; ".join(f"{f['node']}: {f['problem']}" for f in errors[:5])
+        raise QuantizeError(f"{stage}: target tensorrt, but the graph is not in the form TensorRT takes ({listed}); "
+                            f"fix: {errors[0]['fix']}")
+    return findings
 
 
 def onnx_quality(art: Artifact, pairs: list[ImagePair], scale: int, threads: int = 0) -> float:

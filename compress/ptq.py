@@ -25,7 +25,8 @@ from edgesr.artifacts import Artifact, derived_manifest, write_artifact
 from edgesr.stages import ONNX, ONNX_FP32, StageContext, register_stage
 
 from .budget import check_budget
-from .common import QuantizeError, calibration_batches, check_qdq, onnx_quality
+from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
+                     require_tensorrt_form)
 
 __all__ = ["QuantizeConfig", "quantize_onnx", "quantize_onnx_nncf", "quantize_graph", "quantizable_nodes",
            "quantize_stage"]
@@ -101,9 +102,9 @@ def quantize_onnx_nncf(src: Path, dst: Path, calibration: Iterable[np.ndarray], 
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     batches = [{"lr": b} for b in calibration]
-    preset = nncf.QuantizationPreset.PERFORMANCE if target == "tensorrt" else nncf.QuantizationPreset.MIXED
+    options = nncf_options(target)
     model = onnx.load(str(src))
-    quantized = nncf.quantize(model, nncf.Dataset(batches), preset=preset, subset_size=len(batches),
+    quantized = nncf.quantize(model, nncf.Dataset(batches), **options, subset_size=len(batches),
                               fast_bias_correction=True,
                               ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None)
     onnx.save_model(quantized, str(dst))
@@ -165,6 +166,8 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
         if report["nonstandard_ops"]:
             raise QuantizeError(f"{path}: quantised graph has non-standard operators {report['nonstandard_ops']}; "
                                 "neither ONNX Runtime nor TensorRT can run it")
+        if cfg.target == "tensorrt":
+            report["tensorrt_readiness"] = require_tensorrt_form(path, f"quantize {name}")
         manifest["ops"] = report.pop("ops")
         manifest["precision"] = "int8" if not mixed or not mixed["fp_layers"] else "int8+fp32"
         manifest["transforms"] = source.manifest.get("transforms", []) + [{

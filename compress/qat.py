@@ -10,7 +10,8 @@ from edgesr.artifacts import Artifact, derived_manifest, write_artifact
 from edgesr.stages import MODEL, ONNX, StageContext, register_stage
 
 from .budget import check_budget
-from .common import QuantizeError, calibration_batches, check_qdq, onnx_quality
+from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
+                     require_tensorrt_form)
 
 __all__ = ["QatConfig", "qat_stage"]
 
@@ -73,8 +74,9 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
     parent_psnr = validate(model, val_pairs, scale)
     calib = [torch.from_numpy(b) for b in calibration_batches(train_pairs, cfg.calibration_images,
                                                               cfg.calibration_patch, seed)]
-    preset = nncf.QuantizationPreset.PERFORMANCE if cfg.target == "tensorrt" else nncf.QuantizationPreset.MIXED
-    qmodel = nncf.quantize(model.eval(), nncf.Dataset(calib), preset=preset, subset_size=len(calib),
+    options = nncf_options(cfg.target)
+    preset = options["preset"]
+    qmodel = nncf.quantize(model.eval(), nncf.Dataset(calib), **options, subset_size=len(calib),
                            fast_bias_correction=True)
     ptq_psnr = validate(qmodel, val_pairs, scale)
     sampler = sampler_for(model, train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 3, ctx.min_patch_std)
@@ -105,6 +107,8 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
         if report["nonstandard_ops"] or report["qdq_pairs"] == 0:
             raise QuantizeError(f"{path}: the QAT export is not a standard Q/DQ graph (non-standard ops "
                                 f"{report['nonstandard_ops']}, {report['qdq_pairs']} Q/DQ pairs)")
+        if cfg.target == "tensorrt":
+            report["tensorrt_readiness"] = require_tensorrt_form(path, f"qat {name}")
         manifest["ops"] = report.pop("ops")
         draft = Artifact(path.parent, {**manifest, "payload": path.name})
         psnr = onnx_quality(draft, val_pairs, scale, threads)

@@ -300,26 +300,6 @@ def check_engine(art: Artifact, *, flavour_version: str | None = None, compute_c
 
 # ----------------------------------------------------------------------------------------- readiness
 
-PARSER_OPS = {
-    "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
-    "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "CumSum", "DepthToSpace", "DequantizeLinear",
-    "Div", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "Gelu",
-    "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish",
-    "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "MatMul",
-    "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pad", "Pow", "PRelu",
-    "QuantizeLinear", "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum",
-    "Relu", "Reshape", "Resize", "Round", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax",
-    "Softplus", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose",
-    "Unsqueeze", "Upsample", "Where", "Xor",
-}
-"""Operators TensorRT 10's ONNX parser imports (onnx-tensorrt's operator matrix), restricted to what image
-networks use; an operator outside it is reported (TensorRT 10 on Jetson is what this check speaks for)."""
-
-
-def _finding(severity: str, node: str, problem: str, fix: str) -> dict:
-    return {"severity": severity, "node": node, "problem": problem, "fix": fix}
-
-
 def check_tensorrt(art: Artifact, shapes: tuple | None = None, *, build: bool = True) -> list[dict]:
     """What would stop TensorRT (10/11 on Jetson and data centre, or RTX) from building ``art``, each finding
     naming the node and the fix. Rules: operators the parser imports; DepthToSpace (PixelShuffle) in CRD
@@ -327,56 +307,14 @@ def check_tensorrt(art: Artifact, shapes: tuple | None = None, *, build: bool = 
     per-channel weights on the output-channel axis, no INT32 bias quantizers); the profile itself; FP16
     graphs' overflow-guard record. Where TensorRT for RTX is installed (and ``build``), its real parser and
     builder then run. An empty list: ready."""
-    import numpy as np
     import onnx
-    from onnx import numpy_helper
 
-    findings: list[dict] = []
+    from edgesr.trtrules import finding as _finding
+    from edgesr.trtrules import graph_findings
+
     proto = onnx.load(str(art.payload))
     g = proto.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
-              for n in g.node if n.op_type == "Constant"}
-
-    def array(name):
-        t = inits.get(name) if name in inits else consts.get(name)
-        return numpy_helper.to_array(t) if t is not None else None
-
-    for n in g.node:
-        label = n.name or f"{n.op_type}#{list(g.node).index(n)}"
-        if n.domain not in ("", "ai.onnx"):
-            findings.append(_finding("error", label, f"operator {n.domain}.{n.op_type} is not a standard ONNX operator",
-                                     "export with standard operators only (no vendor domains, no FakeQuantize)"))
-        elif n.op_type not in PARSER_OPS:
-            findings.append(_finding("error", label, f"operator {n.op_type} is not imported by TensorRT's ONNX parser",
-                                     "replace it in the model, or keep this model on ONNX Runtime"))
-        if n.op_type == "DepthToSpace":
-            mode = next((a.s.decode() for a in n.attribute if a.name == "mode"), "DCR")
-            if mode != "CRD":
-                findings.append(_finding("error", label, f"DepthToSpace mode {mode}; PixelShuffle is CRD",
-                                         "export PixelShuffle through the PyTorch exporter (mode CRD)"))
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            zp = array(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-            src = array(n.input[0]) if n.op_type == "DequantizeLinear" else None
-            if zp is not None and zp.dtype == np.int32:
-                findings.append(_finding("error", label, "INT32 quantizer (ONNX Runtime's quantized bias)",
-                                         "quantize with target: tensorrt (biases stay float)"))
-            elif zp is not None and zp.dtype == np.uint8:
-                findings.append(_finding("error", label, "UINT8 (asymmetric) quantizer",
-                                         "quantize with target: tensorrt (symmetric INT8 activations)"))
-            elif zp is not None and np.any(zp):
-                findings.append(_finding("error", label, f"non-zero zero point {zp.ravel()[:4].tolist()}",
-                                         "TensorRT takes symmetric INT8 only: zero point 0 (target: tensorrt)"))
-            if src is not None and src.ndim == 4:  # a weight quantizer: per output channel, axis 0
-                scale = array(n.input[1])
-                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-                if scale is None or scale.size == 1:
-                    findings.append(_finding("error", label, "per-tensor weight quantizer",
-                                             "quantize weights per channel (per_channel: true)"))
-                elif axis != 0 or scale.size != src.shape[0]:
-                    findings.append(_finding("error", label, f"weight scales on axis {axis} ({scale.size} values) for "
-                                             f"{src.shape[0]} output channels",
-                                             "quantize weights per output channel (axis 0)"))
+    findings = graph_findings(proto, art.manifest.get("precision", "fp32"), art.manifest.get("transforms", []))
     dims = g.input[0].type.tensor_type.shape.dim if g.input else []
     if shapes is not None:
         try:
@@ -392,11 +330,6 @@ def check_tensorrt(art: Artifact, shapes: tuple | None = None, *, build: bool = 
                     findings.append(_finding("error", "lr", f"input {name} is fixed at {fixed} but the profile spans "
                                              f"{profile['min'][axis]}..{profile['max'][axis]}",
                                              "export with dynamic H/W (the export stage does)"))
-    if art.manifest.get("precision") == "fp16":
-        rec = next((t for t in art.manifest.get("transforms", []) if t.get("type") == "fp16"), None)
-        if rec is None:
-            findings.append(_finding("warning", "graph", "FP16 graph without the fp16 stage's overflow-guard record",
-                                     "convert with the fp16 stage, which checks activations against FP16's range"))
     if build and not any(f["severity"] == "error" for f in findings) and flavour_available("rtx")[0]:
         import tempfile
 
