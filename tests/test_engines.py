@@ -249,3 +249,34 @@ def test_readiness_check_passes_what_builds_and_the_command_says_so(graphs, caps
     assert main(["check", str(arts["int8_ort"].path)]) == 1
     out = capsys.readouterr().out
     assert "error: " in out and "fix: quantize with target: tensorrt" in out
+
+
+@pytest.mark.slow
+def test_quickstart_builds_an_engine_from_every_exported_graph(tmp_path):
+    """The quickstart recipe as shipped, with its trainings cut to a few steps: the engine stages build RTX
+    engines from the FP32 export, the fp16 stage's graph and the TensorRT-form INT8 graph."""
+    import importlib.resources
+
+    import yaml
+
+    from edgesr.config import parse_recipe
+    from edgesr.pipeline import run_recipe
+
+    raw = yaml.safe_load((importlib.resources.files("edgesr.benchmarks") / "recipes" / "quickstart.yaml").read_text())
+    for st in raw["stages"]:
+        for key, small in (("steps", 4), ("val_every", 4), ("calibration_images", 4), ("calibration_patch", 48)):
+            if key in st:
+                st[key] = small
+        st.pop("max_psnr_drop_db", None)  # four training steps: quality is not the point here
+    raw["threads"] = 2
+    engines = [st["name"] for st in raw["stages"] if st["stage"] == "engine"]
+    assert engines == ["student_engine", "fp16_engine", "int8_engine"]
+    run_recipe(parse_recipe(raw, "quickstart.yaml"), tmp_path / "qs", only=engines)
+    precisions = {}
+    for name in engines:
+        eng = read_artifact(tmp_path / "qs" / name)
+        assert eng.kind == "engine" and eng.manifest["engine"]["cache_key"] and eng.payload.stat().st_size > 10_000
+        precisions[name] = eng.manifest["precision"]
+    assert precisions == {"student_engine": "fp32", "fp16_engine": "fp16", "int8_engine": "int8"}
+    trt_form = read_artifact(tmp_path / "qs" / "int8_trt").manifest["transforms"][-1]
+    assert trt_form["tensorrt_explicit_int8"] and not [f for f in trt_form["tensorrt_readiness"] if f["severity"] == "error"]
