@@ -280,3 +280,22 @@ def test_quickstart_builds_an_engine_from_every_exported_graph(tmp_path):
     assert precisions == {"student_engine": "fp32", "fp16_engine": "fp16", "int8_engine": "int8"}
     trt_form = read_artifact(tmp_path / "qs" / "int8_trt").manifest["transforms"][-1]
     assert trt_form["tensorrt_explicit_int8"] and not [f for f in trt_form["tensorrt_readiness"] if f["severity"] == "error"]
+
+
+def test_tensorrt_form_places_qdq_as_explicit_quantization_wants(graphs):
+    """NVIDIA's explicit-quantization placement: every Conv reads quantized activations and weights, and the
+    residual Add (the anchor added to the last conv) has both inputs quantized so TensorRT can fuse it into
+    the conv; zero points are INT8 zeros and biases stay float."""
+    import onnx
+
+    root, arts = graphs
+    g = onnx.load(str(arts["int8_trt"].payload)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    adds = [n for n in g.node if n.op_type == "Add"]
+    assert convs and adds
+    for n in convs:
+        assert [producer[i].op_type for i in n.input[:2]] == ["DequantizeLinear", "DequantizeLinear"]
+        assert n.input[2] not in producer  # the bias is a float initializer, not an INT32 Q/DQ
+    for n in adds:
+        assert [producer[i].op_type for i in n.input] == ["DequantizeLinear", "DequantizeLinear"]
