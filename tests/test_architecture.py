@@ -138,10 +138,10 @@ def test_backends_come_from_one_registry_that_says_what_is_available(capfd):
     from edgesr.cli import build_parser, main
     from edgesr.runtime import BACKENDS
 
-    assert BACKENDS.names() == ["onnxruntime", "torch"]
+    assert BACKENDS.names() == ["onnxruntime", "openvino", "torch"]
     for name in BACKENDS.names():
         ok, info = BACKENDS.get(name).available()
-        assert ok and info  # both are installed here; the reasons are tested without torch below
+        assert ok and info  # all are installed here; the reasons are tested without torch below
     upscale = build_parser()._subparsers._group_actions[0].choices["upscale"]
     backend_opt = next(a for a in upscale._actions if a.dest == "backend")
     assert list(backend_opt.choices) == BACKENDS.names()

@@ -63,7 +63,7 @@ def test_backends_refuse_the_wrong_artifact_kind(exported):
     src, art = exported[0]
     with pytest.raises(ArtifactError, match="onnxruntime backend runs 'onnx' artifacts; this is 'model'.*export it first"):
         open_backend(src, "onnxruntime")
-    with pytest.raises(ArtifactError, match="torch backend runs 'model' artifacts; this is 'onnx'. Use the onnxruntime backend"):
+    with pytest.raises(ArtifactError, match="torch backend runs 'model' artifacts; this is 'onnx'. Use the onnxruntime or openvino backend"):
         open_backend(art, "torch")
     with pytest.raises(KeyError, match="unknown backend 'tensorrtx'"):
         open_backend(art, "tensorrtx")
