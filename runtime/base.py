@@ -9,6 +9,8 @@ registry instead of a list. Nothing here imports torch.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 
 import numpy as np
@@ -60,11 +62,14 @@ def check_input(lr: np.ndarray) -> np.ndarray:
 class Backend:
     """Base of every backend: the contract, the artifact-kind check, and a context manager that closes it.
 
-    Subclasses set ``name`` and ``kinds`` (the artifact kinds they run) and implement ``available``,
-    ``_load``, ``_run``, ``close`` and ``describe``."""
+    Subclasses set ``name``, ``kinds`` (the artifact kinds they run), ``module`` and ``package`` (the Python
+    module they need and its human name), ``fix``, and implement ``_load``, ``_run``, ``close`` and
+    ``describe``; ``version_of`` when ``module.__version__`` does not say enough."""
 
     name = ""
     kinds: tuple[str, ...] = ()
+    module = ""
+    package = ""
     fix = ""
     """How to make the backend available (shown with ``available()``'s reason)."""
 
@@ -75,8 +80,14 @@ class Backend:
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        """(can run here, version or the reason it cannot)."""
-        raise NotImplementedError
+        """(can run here, version or the reason it cannot); imports the runtime only when it is installed."""
+        if importlib.util.find_spec(cls.module) is None:
+            return False, f"{cls.package} is not installed"
+        return True, cls.version_of(importlib.import_module(cls.module))
+
+    @classmethod
+    def version_of(cls, mod) -> str:
+        return mod.__version__
 
     def load(self, artifact: Artifact) -> None:
         if artifact.kind not in self.kinds:

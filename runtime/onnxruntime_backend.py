@@ -4,7 +4,6 @@ graph (the backend, export parity, FP16 checks, the machine yardstick) builds it
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -43,6 +42,7 @@ def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     kinds = ("onnx",)
+    module = package = "onnxruntime"
     fix = "pip install onnxruntime (CPU) or onnxruntime-gpu."
 
     def __init__(self, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
@@ -52,12 +52,8 @@ class OnnxRuntimeBackend(Backend):
         self.precision = ""
 
     @classmethod
-    def available(cls) -> tuple[bool, str]:
-        if importlib.util.find_spec("onnxruntime") is None:
-            return False, "onnxruntime is not installed"
-        import onnxruntime as ort
-
-        return True, f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
+    def version_of(cls, ort) -> str:
+        return f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
 
     def _load(self, artifact) -> None:
         try:

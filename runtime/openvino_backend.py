@@ -5,7 +5,6 @@ forced with ``precision``. ``pip install 'edgesr[openvino]'``; imported only whe
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -21,6 +20,7 @@ __all__ = ["OpenVinoBackend"]
 class OpenVinoBackend(Backend):
     name = "openvino"
     kinds = ("onnx",)
+    module, package = "openvino", "OpenVINO"
     fix = "pip install 'edgesr[openvino]' (OpenVINO runs on x86 CPUs)."
 
     def __init__(self, threads: int = 0, device: str = "CPU", precision: str | None = None,
@@ -33,12 +33,8 @@ class OpenVinoBackend(Backend):
         self.inference_precision = ""
 
     @classmethod
-    def available(cls) -> tuple[bool, str]:
-        if importlib.util.find_spec("openvino") is None:
-            return False, "OpenVINO is not installed"
-        import openvino as ov
-
-        return True, f"{ov.get_version().split('-')[0]} ({', '.join(ov.Core().available_devices)})"
+    def version_of(cls, ov) -> str:
+        return f"{ov.get_version().split('-')[0]} ({', '.join(ov.Core().available_devices)})"
 
     def _load(self, artifact) -> None:
         import openvino as ov

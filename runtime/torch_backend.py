@@ -3,8 +3,6 @@ Needs the training extra (``pip install 'edgesr[train]'``); torch is imported on
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
 from .base import BACKENDS, Backend
@@ -16,20 +14,13 @@ __all__ = ["TorchBackend"]
 class TorchBackend(Backend):
     name = "torch"
     kinds = ("model",)
+    module, package = "torch", "PyTorch"
     fix = "Install PyTorch: pip install 'edgesr[train]'."
 
     def __init__(self, threads: int = 0, device: str = "cpu"):
         super().__init__(threads)
         self.device = device
         self.model = None
-
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        if importlib.util.find_spec("torch") is None:
-            return False, "PyTorch is not installed"
-        import torch
-
-        return True, torch.__version__
 
     def _load(self, artifact) -> None:
         import torch

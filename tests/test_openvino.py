@@ -78,7 +78,7 @@ def test_bad_input_and_wrong_artifacts_are_refused(student, tmp_path):
 
 def test_missing_openvino_is_a_clear_refusal(student, monkeypatch):
     _, onnx_art = student
-    import edgesr.runtime.openvino_backend as mod
+    import edgesr.runtime.base as mod
 
     real = importlib.util.find_spec
     monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
