@@ -1,5 +1,6 @@
-"""The benchmark of a run: every variant a recipe names, on its backend, quality (the protocol on each
-evaluation set) and latency measured on the same (artifact, backend) pair, then the report.
+"""The benchmark of a run: every variant a recipe names, on each backend it names, quality (the protocol on
+each evaluation set) and latency measured on the same (artifact, backend) pair, all pairs timed in one
+interleaved run (so ratios between them hold on a host that changes speed), then the report.
 
 Model variants run through the FP32 ONNX graph exported from them when the backend takes ONNX. Lossy
 variants (stages the stage table marks lossy) are compared with the benchmarked variant they came from.
@@ -7,6 +8,7 @@ variants (stages the stage table marks lossy) are compared with the benchmarked 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import time
 from pathlib import Path
@@ -19,15 +21,15 @@ from edgesr.metrics import evaluate_pairs
 from edgesr.modelio import load_model
 from edgesr.models import count_macs, deploy_form
 from edgesr.progress import console
-from edgesr.runtime import BACKENDS, open_backend
+from edgesr.runtime import BACKENDS, BackendUnavailable, open_backend
 from edgesr.stages import stage_table
 
 from .baseline import bicubic_artifact
-from .latency import machine_info, measure_latency, peak_throughput
+from .latency import machine_info, measure_interleaved, peak_throughput, speedup
 from .quality import measure_quality
 from .report import write_report
 
-__all__ = ["run_benchmark", "model_of"]
+__all__ = ["run_benchmark", "model_of", "benchmark_backends"]
 
 
 def model_of(art: Artifact) -> Artifact | None:
@@ -62,67 +64,124 @@ def _deployed_as(variant: str, art: Artifact, recipe: Recipe, arts: dict[str, Ar
                         f"{list(kinds)}: add an export stage with input: {variant} to {recipe.source}")
 
 
+def benchmark_backends(bench) -> tuple[list[str], dict[str, str]]:
+    """The backends a benchmark times (available ones, in the recipe's order) and those left out, with why.
+    The first backend named is the reference: it must be available."""
+    names = list(bench.backends) or [bench.backend]
+    use, skipped = [], {}
+    for i, name in enumerate(dict.fromkeys(names)):
+        ok, why = BACKENDS.get(name).available()
+        if ok:
+            use.append(name)
+        elif i == 0:
+            raise BackendUnavailable(f"benchmark backend {name}: {why}")
+        else:
+            skipped[name] = why
+    return use, skipped
+
+
 def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, list[ImagePair]], out: Path, *,
                   stages: list[dict], t0: float, command: str) -> dict:
-    """Measure every variant of ``recipe.benchmark`` and write the report; returns the report's paths."""
+    """Measure every (variant, backend) pair of ``recipe.benchmark``: quality on each evaluation set, then
+    latency of all pairs in one interleaved run; write the report and return its paths."""
     bench = recipe.benchmark
     t = time.perf_counter()
     arts = dict(arts)
     if "bicubic" in bench.variants:
         arts["bicubic"] = bicubic_artifact(out=out / "bicubic", scale=recipe.scale)
-    rows = []
-    for variant in bench.variants:
-        art = _deployed_as(variant, arts[variant], recipe, arts, bench.backend)
-        console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {bench.backend})")
-        with open_backend(art, bench.backend, threads=recipe.threads) as backend:
+    backends, skipped = benchmark_backends(bench)
+    for name, why in skipped.items():
+        console.print(f"[yellow]benchmark: backend {name} left out: {why}[/]")
+    pairs = [(variant, b, _deployed_as(variant, arts[variant], recipe, arts, b))
+             for variant in bench.variants for b in backends]
+    rows, opened = [], {}
+    with contextlib.ExitStack() as stack:
+        for variant, b, art in pairs:
+            console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
+            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads))
+            opened[(variant, b)] = backend
             quality = measure_quality(backend, evals, recipe.scale, art.manifest.get("size_multiple", 1))
-            latency = measure_latency(backend, bench.input_size, warmup=bench.warmup, runs=bench.runs,
-                                      max_seconds=bench.max_seconds)
-            threads = backend.describe()["threads"]
-        model_art = model_of(art) if variant != "bicubic" else None
-        macs = params = None
-        if model_art is not None:
-            # Count what is deployed: re-parameterizable students in their collapsed (exported) form.
-            deployed, _ = deploy_form(load_model(model_art), model_art.manifest["arch"])
-            macs, params = count_macs(deployed, bench.input_size)
-        rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": bench.backend,
-                     "precision": art.manifest["precision"], "threads": threads,
-                     "params": params if params is not None else art.manifest.get("params"), "macs": macs,
-                     "quality": quality, "latency": latency, "parent": (art.manifest.get("parent") or {}).get("name")})
-        console.print("  " + ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items())
-                      + f"; p50 {latency['p50_ms']:.1f} ms")
+            rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,
+                         "backend_info": backend.describe(), "precision": art.manifest["precision"],
+                         "threads": backend.describe()["threads"], "quality": quality,
+                         "parent": (art.manifest.get("parent") or {}).get("name"), "_art": art})
+            console.print("  " + ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items()))
+        console.print(f"[bold cyan]benchmark[/] latency: {len(pairs)} (variant, backend) pairs interleaved, "
+                      f"up to {bench.runs} rounds")
+        timing = measure_interleaved({f"{v}@{b}": opened[(v, b)] for v, b, _ in pairs}, bench.input_size,
+                                     warmup=bench.warmup, rounds=bench.runs,
+                                     max_seconds=bench.max_seconds * len(pairs))
+    for r in rows:
+        key = f"{r['variant']}@{r['backend']}"
+        r["latency"] = timing["latency"][key]
+        r["times_ms"] = timing["times_ms"][key]
+        console.print(f"  {key}: median {r['latency']['p50_ms']:.1f} ms (min {r['latency']['min_ms']:.1f}, "
+                      f"spread {100 * r['latency']['spread']:.0f} %)")
+    macs_of: dict[str, tuple] = {}
+    for r in rows:
+        art = r.pop("_art")
+        if r["variant"] not in macs_of:
+            model_art = model_of(art) if r["variant"] != "bicubic" else None
+            macs = params = None
+            if model_art is not None:
+                # Count what is deployed: re-parameterizable students in their collapsed (exported) form.
+                deployed, _ = deploy_form(load_model(model_art), model_art.manifest["arch"])
+                macs, params = count_macs(deployed, bench.input_size)
+            macs_of[r["variant"]] = (macs, params if params is not None else art.manifest.get("params"))
+        r["macs"], r["params"] = macs_of[r["variant"]]
     _compare_lossy(rows, recipe, arts, list(evals))
+    _compare_backends(rows, backends, list(evals))
     measured_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     for r in rows:
         for q in r["quality"].values():
             q["measured_at"] = measured_at
-    reference = {name: evaluate_pairs(lambda lr: imresize(lr, recipe.scale), ((p.name, p.lr, p.hr) for p in pairs),
-                                      recipe.scale, with_ssim=False).psnr for name, pairs in evals.items()}
+    reference = {name: evaluate_pairs(lambda lr: imresize(lr, recipe.scale), ((p.name, p.lr, p.hr) for p in pairs_),
+                                      recipe.scale, with_ssim=False).psnr for name, pairs_ in evals.items()}
     stages = stages + [{"name": "benchmark", "stage": "benchmark", "status": "ran",
                         "seconds": round(time.perf_counter() - t, 1)},
                        {"name": "total (this run)", "stage": "", "status": "", "seconds": round(time.perf_counter() - t0, 1)}]
     machine = machine_info()
     if bench.peak:
         machine["peak"] = peak_throughput(recipe.threads)
+    timing_info = {"mode": "interleaved", "rounds": timing["rounds"], "pairs": len(pairs), "warmup": bench.warmup,
+                   "order": "shuffled per round (seeded)", "max_ratio_ci": bench.max_ratio_ci,
+                   "backends": backends, "backends_left_out": skipped}
     return write_report(out, recipe_name=recipe.name, scale=recipe.scale, rows=rows, stages=stages, machine=machine,
-                        reference=reference, command=command, input_hw=bench.input_size, measured_at=measured_at)
+                        reference=reference, command=command, input_hw=bench.input_size, measured_at=measured_at,
+                        timing=timing_info)
 
 
 def _compare_lossy(rows: list[dict], recipe: Recipe, arts: dict[str, Artifact], sets: list[str]) -> None:
-    """Lossy variants (pruned, quantised) against the benchmarked variant they came from, through the FP32
-    graph exported from it where that is what the lossy stage took."""
+    """Lossy variants (pruned, quantised) against the benchmarked variant they came from, on the same backend,
+    through the FP32 graph exported from it where that is what the lossy stage took. Speed-ups come from the
+    per-round times of the one interleaved run."""
     table = stage_table()
     specs = {spec.name: spec for spec in recipe.stages}
-    by_name = {r["variant"]: r for r in rows}
+    by_key = {(r["variant"], r["backend"]): r for r in rows}
+    variants = {r["variant"] for r in rows}
     for r in rows:
         spec = specs.get(r["variant"])
         if spec is None or not table.get(spec.stage).lossy:
             continue
         src = getattr(spec.config, "input", None)
-        while src in specs and src not in by_name and arts[src].kind == "onnx" and getattr(specs[src].config, "input", None):
+        while src in specs and src not in variants and arts[src].kind == "onnx" and getattr(specs[src].config, "input", None):
             src = specs[src].config.input
-        if src in by_name:
-            p = by_name[src]
-            r["vs_parent"] = {"parent": src,
-                              "psnr_delta": {s: r["quality"][s]["psnr"] - p["quality"][s]["psnr"] for s in sets},
-                              "speedup": p["latency"]["p50_ms"] / r["latency"]["p50_ms"]}
+        p = by_key.get((src, r["backend"]))
+        if p is not None:
+            r["vs_parent"] = {"parent": src, "psnr_delta": {s: r["quality"][s]["psnr"] - p["quality"][s]["psnr"]
+                                                            for s in sets},
+                              "speedup": speedup(p["times_ms"], r["times_ms"])}
+
+
+def _compare_backends(rows: list[dict], backends: list[str], sets: list[str]) -> None:
+    """Each variant on every other backend against the same variant on the first (reference) backend: the
+    speed-up from the interleaved run and the PSNR difference (the same file can score differently on two
+    runtimes: quality belongs to the (artifact, backend) pair)."""
+    by_key = {(r["variant"], r["backend"]): r for r in rows}
+    for r in rows:
+        ref = by_key.get((r["variant"], backends[0]))
+        if ref is None or ref is r:
+            continue
+        r["vs_reference_backend"] = {"backend": backends[0],
+                                     "psnr_delta": {s: r["quality"][s]["psnr"] - ref["quality"][s]["psnr"] for s in sets},
+                                     "speedup": speedup(ref["times_ms"], r["times_ms"])}

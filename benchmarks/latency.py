@@ -1,8 +1,11 @@
 """Latency harness: the one timing loop for every backend.
 
-Warm-up runs, then timed runs of ``backend.run`` on a fixed random input until ``runs`` are done or
-``max_seconds`` have passed (at least ``min_runs`` always). Reports percentiles, mean, throughput in
-output megapixels per second, and the conditions (input size, threads, machine).
+Variants that are compared are timed interleaved: warm-up runs of each, then rounds in which every
+(artifact, backend) pair runs once, in a shuffled order, on a fixed random input, until ``rounds`` are
+done or ``max_seconds`` have passed (at least ``min_rounds``). The hosts behind a VM change speed within
+minutes; timed in blocks, that drift lands in the ratios; interleaved, it shifts both sides of a ratio.
+Reports min / p10 / median / p90 / p99 / mean and the spread, ratios with a bootstrap interval over
+rounds, throughput in output megapixels per second, and the machine (CPU model and instruction sets).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 
 from edgesr.runtime.base import Backend
 
-__all__ = ["measure_latency", "machine_info", "peak_throughput"]
+__all__ = ["measure_latency", "measure_interleaved", "latency_stats", "speedup", "machine_info", "peak_throughput"]
 
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimd",
@@ -48,33 +51,92 @@ def machine_info() -> dict:
         pass
     return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "logical_cores": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
-            "onnxruntime": _version("onnxruntime"), "torch": _version("torch")}
+            "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino"), "torch": _version("torch")}
+
+
+def latency_stats(times_ms, batch: int = 1, out_hw: tuple[int, int] | None = None) -> dict:
+    """Percentiles of timed runs (ms): min / p10 / median / p90 / p99 / mean, the relative spread
+    (p90 - p10) / median, frames per second and output megapixels per second at the median. The one
+    statistics function of every harness."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.size == 0:
+        raise ValueError("latency_stats: no timed runs")
+    p = {k: float(np.percentile(t, q)) for k, q in (("p10", 10), ("p50", 50), ("p90", 90), ("p99", 99))}
+    stats = {"runs": int(t.size), "min_ms": round(float(t.min()), 3), "p10_ms": round(p["p10"], 3),
+             "p50_ms": round(p["p50"], 3), "p90_ms": round(p["p90"], 3), "p99_ms": round(p["p99"], 3),
+             "mean_ms": round(float(t.mean()), 3), "spread": round((p["p90"] - p["p10"]) / p["p50"], 4),
+             "fps": round(1e3 * batch / p["p50"], 2)}
+    if out_hw is not None:
+        stats["output_mpix_per_s"] = round(batch * out_hw[0] * out_hw[1] / 1e6 / (p["p50"] / 1e3), 2)
+    return stats
 
 
 def measure_latency(backend: Backend, input_hw: tuple[int, int], *, warmup: int = 3, runs: int = 30,
-                    max_seconds: float = 10.0, min_runs: int = 5, batch: int = 1, seed: int = 0) -> dict:
-    """Time ``backend.run`` on an N x 3 x H x W input; returns milliseconds percentiles and throughput."""
+                    max_seconds: float = 10.0, min_runs: int = 5, batch: int = 1, seed: int = 0,
+                    clock=time.perf_counter) -> dict:
+    """Time one ``backend.run`` on an N x 3 x H x W input in a block; for comparing variants use
+    :func:`measure_interleaved`, whose ratios survive a host that changes speed during the run."""
+    res = measure_interleaved({"_": backend}, input_hw, warmup=warmup, rounds=runs, max_seconds=max_seconds,
+                              min_rounds=min_runs, batch=batch, seed=seed, clock=clock)
+    return res["latency"]["_"]
+
+
+def measure_interleaved(backends: dict, input_hw: tuple[int, int], *, warmup: int = 3, rounds: int = 30,
+                        max_seconds: float = 60.0, min_rounds: int = 5, batch: int = 1, seed: int = 0,
+                        clock=time.perf_counter, shuffle: bool = True) -> dict:
+    """Time several backends side by side: each round runs every backend once, in an order shuffled per
+    round (seeded), until ``rounds`` rounds are done or ``max_seconds`` have passed (at least
+    ``min_rounds``). A host that slows down mid-run (another tenant, a clock change) slows every backend
+    in the same rounds, so ratios of medians stay put where block-by-block timing would shift them.
+
+    ``backends`` maps a key to anything with ``run(x)``; returns ``{"latency": {key: stats}, "times_ms":
+    {key: [per round]}, "order": [[keys per round]], "rounds": n}``."""
+    keys = list(backends)
     h, w = input_hw
     x = np.random.default_rng(seed).random((batch, 3, h, w), dtype=np.float32)
-    out = None
-    for _ in range(warmup):
-        out = backend.run(x)
-    if out is None:
-        out = backend.run(x)
-    oh, ow = out.shape[-2:]
-    times = []
-    t_end = time.perf_counter() + max_seconds
-    while len(times) < runs and (len(times) < min_runs or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        backend.run(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    t = np.array(times)
-    p50 = float(np.percentile(t, 50))
-    return {"input": [batch, 3, h, w], "output": [batch, 3, int(oh), int(ow)], "runs": len(times),
-            "warmup": warmup, "p50_ms": round(p50, 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
-            "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
-            "min_ms": round(float(t.min()), 3), "fps": round(1e3 * batch / p50, 2),
-            "output_mpix_per_s": round(batch * oh * ow / 1e6 / (p50 / 1e3), 2)}
+    out_hw = {}
+    for k in keys:
+        out = None
+        for _ in range(max(1, warmup)):
+            out = backends[k].run(x)
+        out_hw[k] = tuple(int(s) for s in out.shape[-2:])
+    rng = np.random.default_rng([seed, 7])
+    times: dict = {k: [] for k in keys}
+    order_log = []
+    t_end = clock() + max_seconds
+    n = 0
+    while n < rounds and (n < min_rounds or clock() < t_end):
+        order = [keys[i] for i in rng.permutation(len(keys))] if shuffle else list(keys)
+        for k in order:
+            t0 = clock()
+            backends[k].run(x)
+            times[k].append((clock() - t0) * 1e3)
+        order_log.append(order)
+        n += 1
+    latency = {}
+    for k in keys:
+        oh, ow = out_hw[k]
+        latency[k] = {"input": [batch, 3, h, w], "output": [batch, 3, oh, ow], "warmup": warmup,
+                      **latency_stats(times[k], batch, (oh, ow))}
+    return {"latency": latency, "times_ms": {k: [round(v, 4) for v in times[k]] for k in keys},
+            "order": order_log, "rounds": n}
+
+
+def speedup(times_ref, times_new, *, resamples: int = 2000, seed: int = 0) -> dict:
+    """How much faster ``new`` is than ``ref`` from one interleaved run: the ratio of medians
+    ref / new, with a 95 % bootstrap interval that resamples whole rounds (both sides of a round
+    together, which is what keeps a mid-run slowdown out of the ratio), and the relative width of
+    that interval."""
+    a, b = np.asarray(times_ref, dtype=np.float64), np.asarray(times_new, dtype=np.float64)
+    if a.size != b.size or a.size == 0:
+        raise ValueError("speedup: needs the per-round times of one interleaved run (equal, non-zero lengths)")
+    ratio = float(np.median(a) / np.median(b))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, (resamples, a.size))
+    boot = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    return {"ratio": round(ratio, 4), "ci95": [round(lo, 4), round(hi, 4)],
+            "ci_rel_width": round((hi - lo) / ratio, 4), "per_round_median": round(float(np.median(a / b)), 4)}
 
 
 def peak_throughput(threads: int = 0, n: int = 1024, seconds: float = 2.0) -> dict:

@@ -33,6 +33,30 @@ def _fmt(x, nd=2, dash="–"):
     return dash if x is None else f"{x:.{nd}f}"
 
 
+def _backend_label(r: dict) -> str:
+    """The backend, with the inference precision it chose where that is not the artifact's own (OpenVINO
+    runs FP32 graphs in BF16 on CPUs that have it)."""
+    chosen = (r.get("backend_info") or {}).get("inference_precision")
+    return f"{r['backend']} ({chosen})" if chosen and chosen != "f32" else r["backend"]
+
+
+def _fastest_table(rows: list[dict], set_names: list[str]) -> list[str]:
+    """Per variant: the fastest backend, its median latency and its quality there."""
+    lines = ["## Fastest backend per variant", "", "| variant | fastest backend | median ms | speed-up over the slowest | "
+             + " | ".join(f"{s_} PSNR there" for s_ in set_names) + " |", "|" + "---|" * (4 + len(set_names))]
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    for variant, rs in by_variant.items():
+        best = min(rs, key=lambda r: r["latency"]["p50_ms"])
+        worst = max(rs, key=lambda r: r["latency"]["p50_ms"])
+        lines.append(f"| {variant} | {_backend_label(best)} | {_fmt(best['latency']['p50_ms'], 1)} | "
+                     f"{worst['latency']['p50_ms'] / best['latency']['p50_ms']:.2f}x | "
+                     + " | ".join(_fmt(best["quality"][s_]["psnr"]) if s_ in best["quality"] else "–" for s_ in set_names)
+                     + " |")
+    return lines + [""]
+
+
 def _plot(rows: list[dict], set_name: str, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -41,14 +65,18 @@ def _plot(rows: list[dict], set_name: str, path: Path, title: str) -> None:
     pts = [(r["latency"]["p50_ms"], r["quality"][set_name]["psnr"]) for r in rows]
     front = pareto_front(pts)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    markers = {}
     for r, (x, y) in zip(rows, pts):
-        ax.scatter(x, y, s=40, zorder=3, color="tab:red" if r["precision"] == "int8" else "tab:blue")
-        ax.annotate(f"{r['variant']} ({r['precision']})", (x, y), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+        m = markers.setdefault(r["backend"], "osD^v<>"[len(markers) % 7])
+        ax.scatter(x, y, s=40, zorder=3, marker=m, color="tab:red" if r["precision"].startswith("int8") else "tab:blue")
+        label = f"{r['variant']} ({r['precision']}" + (f", {r['backend']})" if len(set(q["backend"] for q in rows)) > 1 else ")")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    for b, m in markers.items():
+        ax.scatter([], [], marker=m, color="grey", label=b)
     fx, fy = zip(*[pts[i] for i in front])
     ax.step(fx, fy, where="post", color="grey", linestyle="--", linewidth=1, label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("latency p50 (ms, log scale)")
+    ax.set_xlabel("latency, median (ms, log scale)")
     ax.set_ylabel(f"PSNR-Y on {set_name} (dB)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
@@ -104,7 +132,7 @@ def merge_previous(rows: list[dict], reference: dict, prev: dict | None) -> list
 
 def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], stages: list[dict],
                  machine: dict, reference: dict, command: str, input_hw: tuple[int, int],
-                 measured_at: str = "") -> dict[str, Path]:
+                 measured_at: str = "", timing: dict | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``results.json`` and ``pareto.png`` into ``out`` (the previous ones are moved to
     ``history/``, and their quality on sets not measured now is merged); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -113,36 +141,51 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
     carried = merge_previous(rows, reference, prev)
     set_names = current_sets + [c for c in carried if c not in current_sets]
     results = {"recipe": recipe_name, "scale": scale, "command": command, "measured_at": measured_at,
-               "machine": machine, "latency_input_hw": list(input_hw), "protocol_reference_bicubic": reference,
+               "machine": machine, "latency_input_hw": list(input_hw), "timing": timing or {},
+               "protocol_reference_bicubic": reference,
                "eval_sets_measured": current_sets, "eval_sets_reused": carried,
                "previous_results": str(archived.relative_to(out)) if archived else None,
                "stages": stages, "variants": rows}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     h, w = input_hw
+    timing = timing or {}
+    max_ci = timing.get("max_ratio_ci", 0.10)
+    isa = ", ".join(machine.get("isa") or []) or "unknown"
+    versions = ", ".join(f"{n} {machine[k]}" for k, n in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO"),
+                                                          ("torch", "PyTorch")) if machine.get(k))
     lines = [f"# edgesr report — {recipe_name} (x{scale})", "",
              f"Command: `{command}`", "",
-             f"Machine: {machine.get('cpu')} ({machine.get('logical_cores')} logical cores), "
-             f"{machine.get('platform')}; ONNX Runtime {machine.get('onnxruntime')}, PyTorch {machine.get('torch')}.",
+             f"Machine: {machine.get('cpu')} ({machine.get('logical_cores')} logical cores; ISA: {isa}), "
+             f"{machine.get('platform')}; {versions}.",
              "",
-             "Quality: PSNR-Y / SSIM-Y (BT.601 Y, border = scale cropped, SR rounded to 8 bits), LR by MATLAB bicubic. "
-             f"Latency: one {w}x{h} LR input (N=1), p50/p90/p99 of timed runs after warm-up; throughput in output "
-             "megapixels per second.", "",
-             "## Results", ""]
+             "Quality: PSNR-Y / SSIM-Y (BT.601 Y, border = scale cropped, SR rounded to 8 bits), LR by MATLAB bicubic, "
+             "measured on the (artifact, backend) pair that is timed. "
+             f"Latency: one {w}x{h} LR input (N=1)"
+             + (f", every pair timed in one interleaved run ({timing['rounds']} rounds, each pair once per round in a "
+                f"shuffled order, after {timing.get('warmup')} warm-up runs each)" if timing.get("rounds") else "")
+             + "; min / p10 / median / p90 of the rounds, spread = (p90 - p10) / median; throughput in output "
+             "megapixels per second at the median. Speed-ups are ratios of medians from that run, with a 95 % "
+             "bootstrap interval over rounds.", ""]
+    if timing.get("backends_left_out"):
+        lines += ["Backends left out (not available here): " + "; ".join(
+            f"{k}: {v}" for k, v in timing["backends_left_out"].items()), ""]
+    lines += ["## Results", ""]
     head = ["variant", "precision", "backend", "threads", "params", "GMACs"]
-    for s in set_names:
-        head += [f"{s} PSNR", f"{s} SSIM"]
-    head += ["p50 ms", "p90 ms", "p99 ms", "fps", "MP/s", "GOP/s"]
+    for s_ in set_names:
+        head += [f"{s_} PSNR", f"{s_} SSIM"]
+    head += ["median ms", "min ms", "p10 ms", "p90 ms", "spread", "fps", "MP/s", "GOP/s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["variant"], r["precision"], r["backend"], str(r["threads"]),
+        cells = [r["variant"], r["precision"], _backend_label(r), str(r["threads"]),
                  f"{r['params']:,}" if r.get("params") is not None else "–",
                  _fmt(r["macs"] / 1e9 if r.get("macs") else None)]
-        for s in set_names:
-            q = r["quality"].get(s)
+        for s_ in set_names:
+            q = r["quality"].get(s_)
             mark = "†" if q and q.get("reused") else ""
             cells += [_fmt(q["psnr"]) + mark if q else "–", _fmt(q.get("ssim"), 4) + mark if q else "–"]
         lat = r["latency"]
-        cells += [_fmt(lat["p50_ms"], 1), _fmt(lat["p90_ms"], 1), _fmt(lat["p99_ms"], 1), _fmt(lat["fps"], 1),
+        cells += [_fmt(lat["p50_ms"], 1), _fmt(lat.get("min_ms"), 1), _fmt(lat.get("p10_ms"), 1), _fmt(lat["p90_ms"], 1),
+                  f"{100 * lat['spread']:.0f} %" if lat.get("spread") is not None else "–", _fmt(lat["fps"], 1),
                   _fmt(lat["output_mpix_per_s"], 1),
                   _fmt(2 * r["macs"] / (lat["p50_ms"] / 1e3) / 1e9 if r.get("macs") else None, 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -153,16 +196,45 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                   f"`{archived.relative_to(out)}/`.", ""]
     elif archived:
         lines += [f"The previous report of this directory is in `{archived.relative_to(out)}/`.", ""]
+    untrusted = []
+
+    def ratio_cell(sp) -> str:
+        if sp is None:
+            return "–"
+        if not isinstance(sp, dict):  # results written before interleaving: a bare ratio
+            return f"{sp:.2f}x"
+        flag = ""
+        if sp["ci_rel_width"] > max_ci:
+            flag = " ⚠"
+            untrusted.append(sp)
+        return f"{sp['ratio']:.2f}x [{sp['ci95'][0]:.2f}–{sp['ci95'][1]:.2f}]{flag}"
+
     deltas = [r for r in rows if r.get("vs_parent")]
     if deltas:
-        lines += ["## Lossy steps against their parents", "",
-                  "| variant | parent | " + " | ".join(f"{s} ΔPSNR (dB)" for s in set_names) + " | speed-up (p50) |",
-                  "|" + "---|" * (3 + len(set_names))]
+        lines += ["## Lossy steps against their parents (same backend)", "",
+                  "| variant | backend | parent | " + " | ".join(f"{s_} ΔPSNR (dB)" for s_ in set_names)
+                  + " | speed-up (median) [95 % CI] |", "|" + "---|" * (4 + len(set_names))]
         for r in deltas:
             v = r["vs_parent"]
-            lines.append(f"| {r['variant']} | {v['parent']} | " +
-                         " | ".join(_fmt(v["psnr_delta"].get(s), 3) for s in set_names) + f" | {_fmt(v['speedup'], 2)}x |")
+            lines.append(f"| {r['variant']} | {_backend_label(r)} | {v['parent']} | " +
+                         " | ".join(_fmt(v["psnr_delta"].get(s_), 3) for s_ in set_names) + f" | {ratio_cell(v['speedup'])} |")
         lines.append("")
+    across = [r for r in rows if r.get("vs_reference_backend")]
+    if across:
+        ref_backend = across[0]["vs_reference_backend"]["backend"]
+        lines += [f"## Backends against {ref_backend} (same artifact)", "",
+                  "| variant | backend | " + " | ".join(f"{s_} ΔPSNR (dB)" for s_ in set_names)
+                  + f" | speed-up over {ref_backend} [95 % CI] |", "|" + "---|" * (3 + len(set_names))]
+        for r in across:
+            v = r["vs_reference_backend"]
+            lines.append(f"| {r['variant']} | {_backend_label(r)} | " +
+                         " | ".join(_fmt(v["psnr_delta"].get(s_), 3) for s_ in set_names) + f" | {ratio_cell(v['speedup'])} |")
+        lines.append("")
+        lines += _fastest_table(rows, set_names)
+    if untrusted:
+        lines += [f"⚠ {len(untrusted)} speed-up(s) above have a 95 % interval wider than {100 * max_ci:.0f} % of the "
+                  "ratio: the machine was too noisy during this run for them to be trusted. Re-run with more "
+                  "`benchmark.runs`, or on a quieter machine.", ""]
     bic = next((r for r in rows if r["variant"] == "bicubic"), None)
     if bic:
         lines += ["## Gain over bicubic", "", "| variant | " + " | ".join(f"{s} (dB)" for s in set_names) + " |",

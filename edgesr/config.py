@@ -85,12 +85,21 @@ class BenchmarkConfig:
     variants: tuple[str, ...] = ()
     """Artifact names from the stages, plus 'bicubic'. Model artifacts run through their exported ONNX."""
     backend: str = "onnxruntime"
+    """The backend every variant runs on, unless ``backends`` names several."""
+    backends: tuple[str, ...] = ()
+    """Several backends (e.g. [onnxruntime, openvino]): every variant is measured on each, quality and
+    latency per (variant, backend) pair, all pairs timed in one interleaved run. A backend that is not
+    installed is left out with its reason in the report (the first one must be available)."""
     input_size: tuple[int, int] = (360, 640)
     """LR input (H, W) for latency."""
     warmup: int = 3
     runs: int = 30
+    """Timed rounds; each round runs every (variant, backend) pair once, in a shuffled order."""
     max_seconds: float = 10.0
-    """Per-variant cap on timed runs (at least 5 runs are always made)."""
+    """Cap on timing per pair (the interleaved run stops after max_seconds x pairs; at least 5 rounds)."""
+    max_ratio_ci: float = 0.10
+    """A speed-up whose 95 % interval (bootstrap over rounds) is wider than this fraction of the ratio is
+    flagged in the report as not to be trusted (add runs, or quiet the machine)."""
     peak: bool = True
     """Also measure the machine's FP32/INT8 matrix-multiply throughput, the yardstick for achieved GOP/s."""
 
@@ -298,6 +307,12 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         stages.append(StageSpec(name, kind, cfg))
     data = build_config(DataConfig, raw.get("data", {}), f"{source}: data")
     bench = build_config(BenchmarkConfig, raw.get("benchmark", {}), f"{source}: benchmark")
+    from .runtime import BACKENDS  # torch-free
+
+    for b in (bench.backend, *bench.backends):
+        if b not in BACKENDS.names():
+            raise RecipeError(f"{source}: benchmark backend {b!r} is not a backend; backends: {BACKENDS.names()}"
+                              f"{_did_you_mean(b, BACKENDS.names())}")
     for v in bench.variants:
         if v != "bicubic" and v not in seen:
             raise RecipeError(f"{source}: benchmark variant {v!r} is not a stage; stages: {sorted(seen)}")

@@ -28,7 +28,7 @@ TINY = {
          "calibration_patch": 48},
     ],
     "benchmark": {"variants": ["bicubic", "teacher", "student", "pruned", "int8"], "input_size": [45, 80],
-                  "runs": 5, "max_seconds": 1},
+                  "backends": ["onnxruntime", "openvino"], "runs": 5, "max_seconds": 1},
 }
 SKIMAGE = Path(str(importlib.resources.files("skimage.data")))
 
@@ -50,25 +50,41 @@ def tiny_run(tmp_path_factory):
 def test_run_writes_report_results_and_plot(tiny_run):
     out = tiny_run / "out"
     results = json.loads((out / "results.json").read_text())
-    assert [v["variant"] for v in results["variants"]] == ["bicubic", "teacher", "student", "pruned", "int8"]
+    names = ["bicubic", "teacher", "student", "pruned", "int8"]
+    assert [(v["variant"], v["backend"]) for v in results["variants"]] == [
+        (n, b) for n in names for b in ("onnxruntime", "openvino")]
+    assert results["timing"]["mode"] == "interleaved" and results["timing"]["pairs"] == 10
     report = (out / "report.md").read_text()
     for v in results["variants"]:
         assert set(v["quality"]) == {"eval", "builtin"}
         assert v["latency"]["input"] == [1, 3, 45, 80] and v["latency"]["output"] == [1, 3, 90, 160]
-        assert v["latency"]["p50_ms"] > 0 and v["latency"]["runs"] >= 5
+        assert v["latency"]["p50_ms"] > 0 and v["latency"]["runs"] == results["timing"]["rounds"] >= 5
+        assert v["latency"]["min_ms"] <= v["latency"]["p10_ms"] <= v["latency"]["p50_ms"] <= v["latency"]["p90_ms"]
         # Every number in the report comes from the run's results.
         assert f"{v['quality']['eval']['psnr']:.2f}" in report and f"{v['latency']['p50_ms']:.1f}" in report
-    int8 = results["variants"][-1]
-    assert int8["precision"] == "int8" and int8["vs_parent"]["parent"] == "student"
-    delta = int8["quality"]["builtin"]["psnr"] - results["variants"][2]["quality"]["builtin"]["psnr"]
-    assert int8["vs_parent"]["psnr_delta"]["builtin"] == pytest.approx(delta)
-    assert results["variants"][3]["macs"] < results["variants"][2]["macs"]  # pruned has fewer MACs
+    row = {(v["variant"], v["backend"]): v for v in results["variants"]}
+    for b in ("onnxruntime", "openvino"):
+        int8, student = row["int8", b], row["student", b]
+        assert int8["precision"] == "int8" and int8["vs_parent"]["parent"] == "student"
+        delta = int8["quality"]["builtin"]["psnr"] - student["quality"]["builtin"]["psnr"]
+        assert int8["vs_parent"]["psnr_delta"]["builtin"] == pytest.approx(delta)
+        sp = int8["vs_parent"]["speedup"]
+        assert sp["ratio"] == pytest.approx(student["latency"]["p50_ms"] / int8["latency"]["p50_ms"], rel=1e-3)
+        assert sp["ci95"][0] <= sp["ratio"] <= sp["ci95"][1]
+    # The same file on two runtimes: quality and speed compared per variant against the first backend.
+    ov = row["student", "openvino"]["vs_reference_backend"]
+    assert ov["backend"] == "onnxruntime" and "vs_reference_backend" not in row["student", "onnxruntime"]
+    assert ov["psnr_delta"]["eval"] == pytest.approx(row["student", "openvino"]["quality"]["eval"]["psnr"]
+                                                     - row["student", "onnxruntime"]["quality"]["eval"]["psnr"])
+    assert "## Backends against onnxruntime" in report and "## Fastest backend per variant" in report
+    assert row["pruned", "onnxruntime"]["macs"] < row["student", "onnxruntime"]["macs"]  # pruned has fewer MACs
+    assert results["machine"]["isa"] is not None and "ISA:" in report
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     peak = results["machine"]["peak"]
     assert peak["fp32_matmul_gops"] > 0 and peak["int8_matmul_gops"] > 0 and "Machine yardstick" in report
     manifest = json.loads((out / "int8" / "manifest.json").read_text())
     assert manifest["transforms"][-1]["type"] == "quantize" and manifest["transforms"][0]["type"] == "distill"
-    assert abs(results["protocol_reference_bicubic"]["builtin"] - results["variants"][0]["quality"]["builtin"]["psnr"]) < 0.05
+    assert abs(results["protocol_reference_bicubic"]["builtin"] - row["bicubic", "onnxruntime"]["quality"]["builtin"]["psnr"]) < 0.05
 
 
 @pytest.mark.slow
