@@ -98,7 +98,8 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     with contextlib.ExitStack() as stack:
         for variant, b, art in pairs:
             console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
-            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads))
+            options = BACKENDS.get(b).interleave_options if len(pairs) > 1 else {}
+            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
             opened[(variant, b)] = backend
             quality = measure_quality(backend, evals, recipe.scale, art.manifest.get("size_multiple", 1))
             rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,
@@ -145,7 +146,8 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
         machine["peak"] = peak_throughput(recipe.threads)
     timing_info = {"mode": "interleaved", "rounds": timing["rounds"], "pairs": len(pairs), "warmup": bench.warmup,
                    "order": "shuffled per round (seeded)", "max_ratio_ci": bench.max_ratio_ci,
-                   "backends": backends, "backends_left_out": skipped}
+                   "backends": backends, "backends_left_out": skipped,
+                   "backend_options": {b: BACKENDS.get(b).interleave_options for b in backends} if len(pairs) > 1 else {}}
     return write_report(out, recipe_name=recipe.name, scale=recipe.scale, rows=rows, stages=stages, machine=machine,
                         reference=reference, command=command, input_hw=bench.input_size, measured_at=measured_at,
                         timing=timing_info)

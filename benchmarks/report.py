@@ -166,6 +166,11 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
              + "; min / p10 / median / p90 of the rounds, spread = (p90 - p10) / median; throughput in output "
              "megapixels per second at the median. Speed-ups are ratios of medians from that run, with a 95 % "
              "bootstrap interval over rounds.", ""]
+    opts = {b: o for b, o in (timing.get("backend_options") or {}).items() if o}
+    if opts:
+        lines += ["Backend settings for interleaved timing: " + "; ".join(
+            f"{b} " + ", ".join(f"{k}={v}" for k, v in o.items()) for b, o in opts.items())
+            + " (idle threads that spin-wait after a run would take the cores from the next pair of the round).", ""]
     if timing.get("backends_left_out"):
         lines += ["Backends left out (not available here): " + "; ".join(
             f"{k}: {v}" for k, v in timing["backends_left_out"].items()), ""]

@@ -72,6 +72,9 @@ class Backend:
     package = ""
     fix = ""
     """How to make the backend available (shown with ``available()``'s reason)."""
+    interleave_options: dict = {}
+    """Keyword arguments for a backend timed interleaved with others (the benchmark): settings that keep it
+    from disturbing the next backend in a round, e.g. ONNX Runtime's thread spinning off."""
 
     def __init__(self, threads: int = 0):
         self.threads = resolve_threads(threads)

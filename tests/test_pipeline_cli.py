@@ -160,6 +160,8 @@ def test_recipe_validation():
         parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "steps": "many"}]})
     with pytest.raises(RecipeError, match="benchmark variant 'ghost'"):
         parse_recipe({**TINY, "benchmark": {"variants": ["ghost"]}})
+    with pytest.raises(RecipeError, match="benchmark backend 'openvio'.*did you mean 'openvino'"):
+        parse_recipe({**TINY, "benchmark": {**TINY["benchmark"], "backends": ["onnxruntime", "openvio"]}})
     with pytest.raises(RecipeError, match="scale 5 not supported"):
         parse_recipe({**TINY, "scale": 5})
     with pytest.raises(RecipeError, match="method.*not one of"):
@@ -168,7 +170,8 @@ def test_recipe_validation():
 
 def test_builtin_quickstart_recipe_parses():
     recipe = load_recipe(Path(str(importlib.resources.files("edgesr.benchmarks") / "recipes" / "quickstart.yaml")))
-    assert recipe.benchmark.variants == ("bicubic", "teacher", "student", "pruned", "int8")
+    assert recipe.benchmark.variants == ("bicubic", "teacher", "student", "pruned", "int8", "int8_ov")
+    assert recipe.benchmark.backends == ("onnxruntime", "openvino")
     assert recipe.benchmark.input_size == (360, 640)
     assert recipe.data.train == "builtin" and recipe.data.eval == ("builtin",)
 
