@@ -240,15 +240,19 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
         lines += [f"⚠ {len(untrusted)} speed-up(s) above have a 95 % interval wider than {100 * max_ci:.0f} % of the "
                   "ratio: the machine was too noisy during this run for them to be trusted. Re-run with more "
                   "`benchmark.runs`, or on a quieter machine.", ""]
-    bic = next((r for r in rows if r["variant"] == "bicubic"), None)
-    if bic:
-        lines += ["## Gain over bicubic", "", "| variant | " + " | ".join(f"{s} (dB)" for s in set_names) + " |",
-                  "|" + "---|" * (1 + len(set_names))]
+    bics = {r["backend"]: r for r in rows if r["variant"] == "bicubic"}
+    if bics:
+        several = len({r["backend"] for r in rows}) > 1
+        lines += ["## Gain over bicubic" + (" (on the same backend)" if several else ""), "",
+                  "| variant | " + ("backend | " if several else "") + " | ".join(f"{s_} (dB)" for s_ in set_names) + " |",
+                  "|" + "---|" * (1 + several + len(set_names))]
         for r in rows:
-            if r is not bic:
-                lines.append(f"| {r['variant']} | " + " | ".join(
-                    f"{r['quality'][s]['psnr'] - bic['quality'][s]['psnr']:+.2f}"
-                    if s in r["quality"] and s in bic["quality"] else "–" for s in set_names) + " |")
+            bic = bics.get(r["backend"])
+            if r["variant"] == "bicubic" or bic is None:
+                continue
+            lines.append(f"| {r['variant']} | " + (f"{_backend_label(r)} | " if several else "") + " | ".join(
+                f"{r['quality'][s_]['psnr'] - bic['quality'][s_]['psnr']:+.2f}"
+                if s_ in r["quality"] and s_ in bic["quality"] else "–" for s_ in set_names) + " |")
         lines.append("")
     peak = machine.get("peak")
     if peak:
