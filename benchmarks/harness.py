@@ -98,7 +98,8 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     with contextlib.ExitStack() as stack:
         for variant, b, art in pairs:
             console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
-            options = BACKENDS.get(b).interleave_options if len(pairs) > 1 else {}
+            options = {**BACKENDS.get(b).run_dir_options(out),
+                       **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
             backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
             opened[(variant, b)] = backend
             quality = measure_quality(backend, evals, recipe.scale, art.manifest.get("size_multiple", 1))

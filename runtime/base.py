@@ -72,6 +72,12 @@ class Backend:
     package = ""
     fix = ""
     """How to make the backend available (shown with ``available()``'s reason)."""
+    @classmethod
+    def run_dir_options(cls, run_dir) -> dict:
+        """Keyword arguments for a backend opened inside a run directory (the benchmark), e.g. a cache of
+        compiled models kept there for the next run."""
+        return {}
+
     interleave_options: dict = {}
     """Keyword arguments for a backend timed interleaved with others (the benchmark): settings that keep it
     from disturbing the next backend in a round, e.g. ONNX Runtime's thread spinning off."""

@@ -33,6 +33,10 @@ class OpenVinoBackend(Backend):
         self.inference_precision = ""
 
     @classmethod
+    def run_dir_options(cls, run_dir) -> dict:
+        return {"cache_dir": os.path.join(run_dir, "openvino_cache")}
+
+    @classmethod
     def version_of(cls, ov) -> str:
         return f"{ov.get_version().split('-')[0]} ({', '.join(ov.Core().available_devices)})"
 

@@ -79,6 +79,7 @@ def test_run_writes_report_results_and_plot(tiny_run):
     assert "## Backends against onnxruntime" in report and "## Fastest backend per variant" in report
     assert row["pruned", "onnxruntime"]["macs"] < row["student", "onnxruntime"]["macs"]  # pruned has fewer MACs
     assert results["machine"]["isa"] is not None and "ISA:" in report
+    assert any((out / "openvino_cache").iterdir())  # compiled models kept for the next run
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     peak = results["machine"]["peak"]
     assert peak["fp32_matmul_gops"] > 0 and peak["int8_matmul_gops"] > 0 and "Machine yardstick" in report
