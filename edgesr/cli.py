@@ -140,9 +140,6 @@ from .imaging import WRITE_FORMATS as WRITABLE_SUFFIXES  # noqa: E402  (no torch
 
 def _check_upscale_paths(src: Path, dst: Path, overwrite: bool) -> None:
     """Every way the two paths can be wrong, checked before the artifact is opened."""
-    if src.is_dir():
-        raise UsageError(f"{src}: is a directory; `edgesr upscale` takes one image file. Upscale a folder "
-                         "with a shell loop over its files.")
     if not src.is_file():
         raise UsageError(f"{src}: no such image file. Check the path (relative paths start at {Path.cwd()}).")
     if dst.exists() and dst.resolve() == src.resolve():
@@ -158,17 +155,38 @@ def _check_upscale_paths(src: Path, dst: Path, overwrite: bool) -> None:
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .artifacts import read_artifact
-    from .imaging import read_image, write_image
+    from .batch import is_glob, plan_jobs, run_batch
+    from .imaging import read_picture, write_picture
     from .runtime import Upscaler, open_backend
 
+    if Path(args.input).is_dir() or (is_glob(args.input) and not Path(args.input).exists()):
+        jobs = plan_jobs(args.input, args.output, recursive=args.recursive, fmt=args.format)
+        if Path(args.output).is_file():
+            raise UsageError(f"{args.output}: is a file; a folder or pattern of inputs needs an output folder")
+        from .batch import check_existing
+
+        check_existing(jobs, skip_existing=args.skip_existing, overwrite=args.overwrite)  # before loading
+        art = read_artifact(args.artifact)
+        backend = open_backend(art, args.backend, threads=args.threads or 0)
+        up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
+        res = run_batch(up, jobs, skip_existing=args.skip_existing, overwrite=args.overwrite,
+                        max_pixels=args.max_pixels)
+        print(f"{args.input} -> {args.output}: {len(res.done)} upscaled x{backend.scale}, {len(res.skipped)} already "
+              f"there, {len(res.failed)} failed, in {res.seconds:.1f} s")
+        for src, why in res.failed:
+            print(f"failed: {why}", file=sys.stderr)
+        return 1 if res.failed else 0
     src, dst = Path(args.input), Path(args.output)
     _check_upscale_paths(src, dst, args.overwrite)
-    img = read_image(src, max_pixels=args.max_pixels)  # decoded before the model is loaded: bad input fails fast
+    pic = read_picture(src, max_pixels=args.max_pixels)  # decoded before the model is loaded: bad input fails fast
     art = read_artifact(args.artifact)
     backend = open_backend(art, args.backend, threads=args.threads or 0)
     up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
-    write_image(dst, up.upscale(img))
-    print(f"{src} -> {dst} (x{backend.scale}{f', tiles of {up.last_tile}' if up.last_tile else ''})")
+    write_picture(dst, up.upscale_picture(pic))
+    extras = [f"tiles of {up.last_tile}"] if up.last_tile else []
+    extras += ["alpha resized with bicubic"] if pic.alpha is not None else []
+    extras += ["16-bit"] if pic.bits == 16 else []
+    print(f"{src} -> {dst} (x{backend.scale}{''.join(', ' + e for e in extras)})")
     return 0
 
 
@@ -299,15 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these stages (and what they need), no benchmark; repeatable. Under torchrun: "
                         "the training stages to run data-parallel")
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("upscale", help="upscale one image with an artifact")
+    p = sub.add_parser("upscale", help="upscale an image, a folder of images or a glob pattern with an artifact")
     p.add_argument("artifact")
-    p.add_argument("input")
-    p.add_argument("output", help=f"output image ({', '.join(sorted(WRITABLE_SUFFIXES))})")
+    p.add_argument("input", help="an image, a folder, or a quoted glob pattern such as 'photos/**/*.jpg'")
+    p.add_argument("output", help=f"output image ({', '.join(sorted(WRITABLE_SUFFIXES))}), or a folder for a folder "
+                                  "or pattern of inputs (the input tree is mirrored)")
+    p.add_argument("--recursive", action="store_true", help="folder input: include its subfolders")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="folder/pattern input: keep outputs that exist (resume an interrupted batch)")
+    p.add_argument("--format", metavar="EXT", help="folder/pattern input: write this format (png, jpg, webp, ...) "
+                                                   "instead of each input's own")
     p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
     p.add_argument("--tile", type=_tile, default=0,
                    help="LR tile size (0 = automatic: the whole image, or tiles when it is too large for memory)")
     p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse input images with more pixels than this (decompression-bomb guard; default "
                         f"{DEFAULT_MAX_PIXELS:,})")

@@ -3,15 +3,17 @@
 Every image that enters edgesr comes through :func:`read_image`, which turns the ways a file can be wrong
 (missing, corrupt, truncated, a mode that cannot be converted without losing information) into an
 :class:`ImageError` naming the file and the fix. Grey images become three equal channels (lossless);
-an opaque alpha channel is dropped (lossless); a translucent one is refused rather than guessed at.
-16-bit grey images are kept at 16 bits; 16-bit colour PNGs are refused because the decoder (Pillow)
-would silently cut them to 8 bits.
+for training and evaluation (:func:`read_image`) an opaque alpha channel is dropped (lossless), a translucent
+one is refused rather than guessed at, and 16-bit colour is refused; for upscaling (:func:`read_picture`)
+transparency is kept as a separate alpha channel and 16-bit files stay 16-bit (16-bit colour PNGs are
+decoded by pypng, since Pillow would cut them to 8 bits).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,8 @@ if TYPE_CHECKING:  # imported lazily: reading images needs no torch
     import torch
 
 __all__ = [
-    "ImageError", "read_image", "write_image", "modcrop", "to_float", "to_uint8",
+    "ImageError", "Picture", "read_image", "read_picture", "write_image", "write_picture", "modcrop", "to_float",
+    "to_uint8", "to_uint16",
     "image_to_tensor", "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS",
 ]
 
@@ -48,10 +51,10 @@ def _png_bit_depth_and_colour(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """Read an image as an H x W x 3 array: ``uint8``, or ``uint16`` for 16-bit grey files. Images with
-    more than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) pixels are refused before decoding."""
-    path = Path(path)
+def _decode(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
+    """Checked decode: the file exists, is not empty, declares at most ``max_pixels`` pixels, is one frame and
+    not CMYK. Returns the array and its mode (Pillow's names; 16-bit colour PNGs, which Pillow would cut to
+    8 bits, are decoded by pypng as ``RGB;16`` / ``RGBA;16``)."""
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image file. Name an image inside it.")
@@ -59,11 +62,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
         raise ImageError(f"{path}: no such image file. Check the path (relative paths start at {Path.cwd()}).")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: is empty (0 bytes); the copy or download did not finish. Copy it again.")
-    png = _png_bit_depth_and_colour(path)
-    if png is not None and png[0] == 16 and png[1] in (2, 6):
-        raise ImageError(
-            f"{path}: 16-bit colour PNG. Its decoder would cut it to 8 bits without telling; convert it "
-            "to 8-bit yourself (e.g. `convert in.png -depth 8 out.png`) so the loss is your choice.")
+    png16 = _png_bit_depth_and_colour(path)
+    png16 = png16 is not None and png16[0] == 16 and png16[1] in (2, 6)
     pil_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # edgesr's own limit, below, replaces Pillow's warning/error pair
     try:
@@ -77,6 +77,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
             if getattr(im, "n_frames", 1) > 1:
                 raise ImageError(f"{path}: has {im.n_frames} frames (an animation or multi-page file); edgesr "
                                  "upscales single images. Extract the frame you want first.")
+            if png16:
+                return _read_png16(path), "RGBA;16" if _png_bit_depth_and_colour(path)[1] == 6 else "RGB;16"
             im.load()
             mode = im.mode
             if mode == "CMYK":
@@ -101,23 +103,80 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
         if arr.max(initial=0) > 65535 or arr.min(initial=0) < 0:
             raise ImageError(f"{path}: 32-bit integer image; only 8- and 16-bit images are supported. "
                              "Convert it to 16-bit PNG.")
-        arr = arr.astype(np.uint16)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if mode == "L":
+        return arr.astype(np.uint16), "L;16"
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ImageError(f"{path}: image mode {mode!r} is not supported (use 8-bit RGB or grey, or 16-bit grey). "
+                         "Convert it to an 8-bit RGB PNG.")
+    return arr, mode
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """A 16-bit colour PNG as H x W x 3 or 4 ``uint16`` (pypng: Pillow decodes these to 8 bits)."""
+    import png
+
+    try:
+        w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+        planes = info["planes"]
+        arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+    except (png.Error, OSError, ValueError, EOFError) as exc:
+        raise ImageError(f"{path}: cannot decode this 16-bit PNG ({exc}). The file is corrupt or truncated: "
+                         "re-export or re-copy it.") from exc
+    if arr.size != w * h * planes:
+        raise ImageError(f"{path}: 16-bit PNG is truncated ({arr.size} of {w * h * planes} samples). Re-copy it.")
+    return arr.reshape(h, w, planes)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image as an H x W x 3 array: ``uint8``, or ``uint16`` for 16-bit grey files (the strict reader
+    of training and evaluation data). Images with more than ``max_pixels`` (default
+    :data:`DEFAULT_MAX_PIXELS`) pixels are refused before decoding. For upscaling, :func:`read_picture` also
+    takes transparency and 16-bit colour."""
+    path = Path(path)
+    arr, mode = _decode(path, max_pixels)
+    if mode in ("RGB;16", "RGBA;16"):
+        raise ImageError(
+            f"{path}: 16-bit colour PNG. Training and evaluation data are 8-bit; convert it to 8-bit yourself "
+            "(e.g. `convert in.png -depth 8 out.png`) so the loss is your choice. (`edgesr upscale` takes it at "
+            "16 bits.)")
+    if mode in ("L", "L;16"):
         return np.repeat(arr[:, :, None], 3, axis=2)
     if mode in ("LA", "RGBA"):
         alpha = arr[..., -1]
         if alpha.min() < 255:
             raise ImageError(
                 f"{path}: has a transparent alpha channel ({mode}); super-resolving colour behind "
-                "transparency is undefined. Flatten it onto a background first (e.g. "
-                "`convert in.png -background white -flatten out.png`).")
+                "transparency is undefined for training and evaluation. Flatten it onto a background first (e.g. "
+                "`convert in.png -background white -flatten out.png`). (`edgesr upscale` keeps transparency.)")
         colour = arr[..., :-1]
         return np.repeat(colour, 3, axis=2) if mode == "LA" else np.ascontiguousarray(colour)
-    if mode == "RGB":
-        return arr
-    raise ImageError(f"{path}: image mode {mode!r} is not supported (use 8-bit RGB or grey, or 16-bit grey). "
-                     "Convert it to an 8-bit RGB PNG.")
+    return arr
+
+
+@dataclass
+class Picture:
+    """An image as a user has it: colour (H x W x 3), an optional alpha channel (H x W), both ``uint8`` or
+    both ``uint16`` (16-bit files stay 16-bit)."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+
+    @property
+    def bits(self) -> int:
+        return 16 if self.rgb.dtype == np.uint16 else 8
+
+
+def read_picture(path: str | os.PathLike, max_pixels: int | None = None) -> Picture:
+    """Read an image for upscaling: grey and palette images become RGB, transparency is kept as a separate
+    alpha channel, 16-bit files (grey or colour) stay 16-bit. Same checks and errors as :func:`read_image`."""
+    path = Path(path)
+    arr, mode = _decode(path, max_pixels)
+    if mode in ("L", "L;16"):
+        return Picture(np.repeat(arr[:, :, None], 3, axis=2))
+    if mode == "LA":
+        return Picture(np.repeat(arr[..., :1], 3, axis=2), np.ascontiguousarray(arr[..., 1]))
+    if mode in ("RGBA", "RGBA;16"):
+        return Picture(np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3]))
+    return Picture(np.ascontiguousarray(arr))
 
 
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
@@ -130,12 +189,44 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     path = Path(path)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"write_image expects an HxWx3 uint8 array, got {img.dtype} {img.shape}")
+    return write_picture(path, Picture(img))
+
+
+ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
+
+
+def write_picture(path: str | os.PathLike, pic: Picture) -> Path:
+    """Write a :class:`Picture` atomically in the format its suffix names: 8-bit through Pillow (alpha in
+    PNG, WebP and TIFF), 16-bit (with or without alpha) as PNG through pypng."""
+    path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: the suffix {path.suffix or '(none)'!r} names no image format edgesr writes; use "
                          f"one of {', '.join(sorted(WRITE_FORMATS))}.")
+    rgb, alpha = pic.rgb, pic.alpha
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_picture expects HxWx3 uint8 or uint16 colour, got {rgb.dtype} {rgb.shape}")
+    if alpha is not None and (alpha.shape != rgb.shape[:2] or alpha.dtype != rgb.dtype):
+        raise ValueError(f"write_picture: alpha {alpha.dtype} {alpha.shape} does not match colour {rgb.dtype} {rgb.shape}")
+    if alpha is not None and fmt not in ALPHA_FORMATS:
+        raise ImageError(f"{path}: {fmt} cannot store transparency, and the image has an alpha channel; write "
+                         f"{path.with_suffix('.png').name} (or .webp/.tif) instead.")
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    if rgb.dtype == np.uint16:
+        if fmt != "PNG":
+            raise ImageError(f"{path}: a 16-bit image is written as 16-bit PNG only; write "
+                             f"{path.with_suffix('.png').name} instead.")
+        import png
+
+        planes = 3 if alpha is None else 4
+        data = rgb if alpha is None else np.dstack([rgb, alpha])
+        h, w = rgb.shape[:2]
+        png.Writer(w, h, greyscale=False, alpha=alpha is not None, bitdepth=16).write(
+            buf, data.reshape(h, w * planes))
+    else:
+        im = Image.fromarray(rgb) if alpha is None else Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+        im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}),
+                **({"lossless": True} if fmt == "WEBP" else {}))
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -154,6 +245,11 @@ def to_float(img: np.ndarray) -> np.ndarray:
     if np.issubdtype(img.dtype, np.floating):
         return img.astype(np.float32)
     raise TypeError(f"unsupported image dtype {img.dtype}")
+
+
+def to_uint16(img: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] to ``uint16``: clamp, scale, round."""
+    return np.clip(np.round(np.asarray(img, dtype=np.float64) * 65535.0), 0, 65535).astype(np.uint16)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

@@ -5,14 +5,15 @@ its core before it is pasted, so tile seams carry no border artefacts (with a ma
 receptive radius, the output equals the untiled one). With ``tile=0`` (the default) an image runs whole
 unless it has more than ``max_pixels`` LR pixels; larger ones are tiled automatically, so an image too large
 for the network's activations in memory still upscales. The ``uint8`` output is assembled tile by tile,
-never as a full-size float array.
+never as a full-size float array. 16-bit images come back at 16 bits; :meth:`Upscaler.upscale_picture`
+also carries an alpha channel (resized apart with bicubic).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgesr.imaging import to_float, to_uint8
+from edgesr.imaging import Picture, to_float, to_uint8, to_uint16
 
 from .base import Backend
 
@@ -81,7 +82,22 @@ class Upscaler:
         return self._upscale_into(img, out, lambda x: np.clip(x, 0.0, 1.0))
 
     def upscale(self, img: np.ndarray) -> np.ndarray:
-        """H x W x 3 image -> sH x sW x 3 ``uint8`` (clamped and rounded tile by tile)."""
+        """H x W x 3 image -> sH x sW x 3, ``uint16`` for ``uint16`` input, else ``uint8`` (clamped and rounded
+        tile by tile)."""
         h, w = img.shape[:2]
-        out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.uint8)
-        return self._upscale_into(img, out, to_uint8)
+        wide = img.dtype == np.uint16
+        out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.uint16 if wide else np.uint8)
+        return self._upscale_into(img, out, to_uint16 if wide else to_uint8)
+
+    def upscale_picture(self, pic: Picture) -> Picture:
+        """A :class:`Picture` upscaled: colour through the network (at 16 bits for 16-bit pictures), the alpha
+        channel resized apart with MATLAB-style bicubic (networks are trained on colour; transparency is a
+        mask), clamped to its range."""
+        rgb = self.upscale(pic.rgb)
+        alpha = None
+        if pic.alpha is not None:
+            from edgesr.data.bicubic import imresize
+
+            a = imresize(to_float(pic.alpha), self.scale)
+            alpha = (to_uint16 if pic.alpha.dtype == np.uint16 else to_uint8)(np.clip(a, 0.0, 1.0))
+        return Picture(rgb, alpha)

@@ -1,0 +1,168 @@
+"""Upscaling as users do it: transparency and 16-bit images kept, folders and patterns with a mirrored output
+tree, resuming an interrupted batch, bad files reported without stopping the batch. Real images
+(scikit-image's), a tiny exported network."""
+
+import importlib.resources
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+import torch
+from PIL import Image
+
+from conftest import call_stage
+from edgesr.batch import plan_jobs, run_batch
+from edgesr.cli import main
+from edgesr.data.bicubic import imresize
+from edgesr.export.onnx import ExportConfig, export_stage
+from edgesr.imaging import ImageError, Picture, read_picture, to_uint8, to_uint16, write_picture
+from edgesr.modelio import save_model
+from edgesr.models import build_model
+from edgesr.runtime import Upscaler, open_backend
+
+SKIMAGE = Path(str(importlib.resources.files("skimage.data")))
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    root = tmp_path_factory.mktemp("student")
+    torch.manual_seed(0)
+    spec = {"type": "abpn", "scale": 2, "channels": 4, "n_body": 1}
+    src = save_model(root / "m", build_model(spec), name="m", arch=spec)
+    return call_stage(export_stage, ExportConfig(input="m"), name="m_onnx", out=root / "m_onnx", source=src)
+
+
+def _photo(size=48, name="astronaut.png"):
+    return np.asarray(Image.open(SKIMAGE / name).convert("RGB"))[100:100 + size, 120:120 + size].copy()
+
+
+def test_rgba_keeps_its_transparency(student, tmp_path):
+    rgb = _photo()
+    yy, xx = np.mgrid[:48, :48]
+    alpha = np.clip(xx * 6 - yy, 0, 255).astype(np.uint8)  # a soft diagonal edge, fully clear to fully opaque
+    src = tmp_path / "logo.png"
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src)
+    assert main(["upscale", str(student.path), str(src), str(tmp_path / "out.png")]) == 0
+    out = Image.open(tmp_path / "out.png")
+    assert out.mode == "RGBA" and out.size == (96, 96)
+    got = np.asarray(out)
+    up = Upscaler(open_backend(student, threads=1))
+    np.testing.assert_array_equal(got[..., :3], up.upscale(rgb))  # colour: the network, as without alpha
+    expected_alpha = to_uint8(np.clip(imresize(alpha.astype(np.float32) / 255, 2), 0, 1))
+    np.testing.assert_array_equal(got[..., 3], expected_alpha)  # alpha: bicubic, apart
+    assert got[..., 3].min() == 0 and got[..., 3].max() == 255
+    # A format without transparency is refused with the fix, and nothing is written.
+    with pytest.raises(ImageError, match=r"JPEG cannot store transparency.*out\.png"):
+        write_picture(tmp_path / "out.jpg", read_picture(tmp_path / "out.png"))
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_16_bit_png_comes_back_at_16_bits(student, tmp_path):
+    rng = np.random.default_rng(0)
+    rgb16 = (_photo().astype(np.uint32) * 257 + rng.integers(0, 257, (48, 48, 3))).astype(np.uint16)
+    src = tmp_path / "scan16.png"
+    with open(src, "wb") as fh:
+        png.Writer(48, 48, greyscale=False, bitdepth=16).write(fh, rgb16.reshape(48, -1))
+    assert Image.open(src).mode != "I;16"  # Pillow alone would decode it to 8 bits
+    pic = read_picture(src)
+    assert pic.bits == 16 and np.array_equal(pic.rgb, rgb16)
+    assert main(["upscale", str(student.path), str(src), str(tmp_path / "out.png")]) == 0
+    w, h, rows, info = png.Reader(filename=str(tmp_path / "out.png")).asDirect()
+    assert (w, h, info["bitdepth"], info["planes"]) == (96, 96, 16, 3)
+    got = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(96, 96, 3)
+    up = Upscaler(open_backend(student, threads=1))
+    np.testing.assert_array_equal(got, to_uint16(up.upscale_float(rgb16)))
+    assert np.any(got % 257 != 0)  # values between the 8-bit levels: precision was kept
+    # The strict reader of training data still refuses it, and says that upscale takes it.
+    from edgesr.imaging import read_image
+    with pytest.raises(ImageError, match="16-bit colour PNG.*edgesr upscale"):
+        read_image(src)
+
+
+def test_16_bit_rgba_round_trips(tmp_path):
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000
+    alpha = np.full((4, 5), 40000, np.uint16)
+    write_picture(tmp_path / "a.png", Picture(rgb, alpha))
+    back = read_picture(tmp_path / "a.png")
+    assert np.array_equal(back.rgb, rgb) and np.array_equal(back.alpha, alpha)
+    with pytest.raises(ImageError, match="16-bit PNG only"):
+        write_picture(tmp_path / "a.tif", Picture(rgb))
+
+
+def _folder(root: Path, n: int) -> list[Path]:
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+    paths = []
+    for i in range(n):
+        sub = root / ("" if i % 3 else f"set{i % 2}")
+        sub.mkdir(parents=True, exist_ok=True)
+        img = np.asarray(Image.open(SKIMAGE / names[i % 4]).convert("RGB"))
+        crop = img[(7 * i) % 100:(7 * i) % 100 + 24, (11 * i) % 100:(11 * i) % 100 + 32]
+        p = sub / f"img{i:03d}.png"
+        Image.fromarray(crop).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.slow
+def test_a_folder_of_100_images_interrupted_and_resumed(student, tmp_path, capsys):
+    inputs = _folder(tmp_path / "in", 100)
+    jobs = plan_jobs(str(tmp_path / "in"), tmp_path / "out", recursive=True)
+    assert len(jobs) == 100 and {j.dst.relative_to(tmp_path / "out") for j in jobs} == {
+        p.relative_to(tmp_path / "in") for p in inputs}  # the tree is mirrored
+    up = Upscaler(open_backend(student, threads=1))
+
+    class Interrupted(Upscaler):  # the user presses Ctrl-C after the 37th image
+        calls = 0
+
+        def upscale_picture(self, pic):
+            Interrupted.calls += 1
+            if Interrupted.calls > 37:
+                raise KeyboardInterrupt
+            return super().upscale_picture(pic)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(Interrupted(open_backend(student, threads=1)), jobs, show_progress=False)
+    done = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(done) == 37 and not list((tmp_path / "out").rglob("*.tmp*"))  # only whole files
+    before = {p: p.stat().st_mtime_ns for p in done}
+    # Resuming without saying so is refused (nothing would be overwritten silently) ...
+    assert main(["upscale", str(student.path), str(tmp_path / "in"), str(tmp_path / "out"), "--recursive"]) == 2
+    assert "--skip-existing to resume" in capsys.readouterr().err
+    # ... and with --skip-existing the 63 others are made, the 37 kept as they were.
+    assert main(["upscale", str(student.path), str(tmp_path / "in"), str(tmp_path / "out"), "--recursive",
+                 "--skip-existing"]) == 0
+    assert "63 upscaled x2, 37 already there, 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 100
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    for j in jobs[::17]:
+        np.testing.assert_array_equal(np.asarray(Image.open(j.dst)), up.upscale(np.asarray(Image.open(j.src))))
+
+
+def test_a_pattern_with_a_bad_file_goes_on_and_reports_it(student, tmp_path, capsys):
+    _folder(tmp_path / "in", 6)
+    (tmp_path / "in" / "broken.png").write_bytes((tmp_path / "in" / "img001.png").read_bytes()[:60])
+    pattern = str(tmp_path / "in" / "**" / "*.png")
+    assert main(["upscale", str(student.path), pattern, str(tmp_path / "out"), "--format", "webp"]) == 1
+    captured = capsys.readouterr()
+    assert "6 upscaled x2, 0 already there, 1 failed" in captured.out
+    assert "broken.png: cannot decode this image" in " ".join(captured.err.split())
+    made = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.webp"))
+    assert made == ["img001.webp", "img002.webp", "img004.webp", "img005.webp", "set0/img000.webp", "set1/img003.webp"]
+    # Lossless WebP: the output is exactly the network's uint8 result.
+    up = Upscaler(open_backend(student, threads=1))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "img002.webp").convert("RGB")),
+                                  up.upscale(np.asarray(Image.open(tmp_path / "in" / "img002.png"))))
+
+
+def test_batch_refusals_name_the_fix(student, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["upscale", str(student.path), str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    assert "no images" in capsys.readouterr().err
+    _folder(tmp_path / "in", 2)
+    assert main(["upscale", str(student.path), str(tmp_path / "in"), str(tmp_path / "in")]) == 2
+    assert "would overwrite its own input" in capsys.readouterr().err
+    assert main(["upscale", str(student.path), str(tmp_path / "in"), str(tmp_path / "o"), "--format", "gif"]) == 2
+    assert "--format gif: not a format" in capsys.readouterr().err
