@@ -159,6 +159,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from .imaging import read_picture, write_picture
     from .runtime import Upscaler, open_backend
 
+    from .video import VIDEO_SUFFIXES
+
+    if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
+        return _upscale_video(args)
     if Path(args.input).is_dir() or (is_glob(args.input) and not Path(args.input).exists()):
         jobs = plan_jobs(args.input, args.output, recursive=args.recursive, fmt=args.format)
         if Path(args.output).is_file():
@@ -187,6 +191,26 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     extras += ["alpha resized with bicubic"] if pic.alpha is not None else []
     extras += ["16-bit"] if pic.bits == 16 else []
     print(f"{src} -> {dst} (x{backend.scale}{''.join(', ' + e for e in extras)})")
+    return 0
+
+
+def _upscale_video(args: argparse.Namespace) -> int:
+    from .artifacts import read_artifact
+    from .runtime import Upscaler, open_backend
+    from .video import VideoOptions, upscale_video
+
+    src, dst = Path(args.input), Path(args.output)
+    if not src.is_file():
+        raise UsageError(f"{src}: no such video file. Check the path (relative paths start at {Path.cwd()}).")
+    opts = VideoOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, lossless=args.lossless,
+                        batch=args.batch, audio=not args.no_audio)
+    art = read_artifact(args.artifact)
+    backend = open_backend(art, args.backend, threads=args.threads or 0)
+    up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
+    r = upscale_video(up, src, dst, opts, overwrite=args.overwrite)
+    print(f"{src} -> {dst}: {r.frames} frames {r.in_size[1]}x{r.in_size[0]} -> {r.out_size[1]}x{r.out_size[0]} at "
+          f"{r.fps:g} fps ({r.codec}{', audio copied' if r.audio_packets else ''}); {r.end_to_end_fps:.1f} fps end to "
+          f"end, {r.model_fps:.1f} fps in the model")
     return 0
 
 
@@ -317,14 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these stages (and what they need), no benchmark; repeatable. Under torchrun: "
                         "the training stages to run data-parallel")
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("upscale", help="upscale an image, a folder of images or a glob pattern with an artifact")
+    p = sub.add_parser("upscale", help="upscale an image, a folder of images, a glob pattern or a video with an artifact")
     p.add_argument("artifact")
-    p.add_argument("input", help="an image, a folder, or a quoted glob pattern such as 'photos/**/*.jpg'")
+    p.add_argument("input", help="an image, a folder, a quoted glob pattern such as 'photos/**/*.jpg', or a video "
+                                 "(.mp4 .mkv .webm .mov .avi)")
     p.add_argument("output", help=f"output image ({', '.join(sorted(WRITABLE_SUFFIXES))}), or a folder for a folder "
                                   "or pattern of inputs (the input tree is mirrored)")
     p.add_argument("--recursive", action="store_true", help="folder input: include its subfolders")
     p.add_argument("--skip-existing", action="store_true",
                    help="folder/pattern input: keep outputs that exist (resume an interrupted batch)")
+    p.add_argument("--codec", help="video: encoder (default libx264; libvpx-vp9 for .webm; ffv1/libx264rgb lossless)")
+    p.add_argument("--crf", type=_non_negative_int, default=18, help="video: quality, lower is better (default 18)")
+    p.add_argument("--pix-fmt", help="video: output pixel format (default yuv420p)")
+    p.add_argument("--lossless", action="store_true", help="video: RGB without loss (FFV1 in .mkv, H.264 RGB in .mp4)")
+    p.add_argument("--batch", type=_positive_int, default=4, help="video: frames per backend call (default 4)")
+    p.add_argument("--no-audio", action="store_true", help="video: drop the audio instead of copying it")
     p.add_argument("--format", metavar="EXT", help="folder/pattern input: write this format (png, jpg, webp, ...) "
                                                    "instead of each input's own")
     p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")

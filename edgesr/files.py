@@ -5,6 +5,7 @@ never leaves it stuck)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .errors import EdgesrError
 
-__all__ = ["current_umask", "atomic_write_bytes", "atomic_write_text", "make_temp_dir", "fix_mode",
+__all__ = ["current_umask", "atomic_write_bytes", "atomic_path", "atomic_write_text", "make_temp_dir", "fix_mode",
            "RunLock", "RunLocked", "remove_stale_temps"]
 
 
@@ -52,6 +53,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """For writers that need a file name (an encoder, a library): yields a temporary path beside ``path``;
+    on success the file gets the umask's mode and is renamed into place, on any error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fix_mode(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

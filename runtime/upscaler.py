@@ -89,6 +89,24 @@ class Upscaler:
         out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.uint16 if wide else np.uint8)
         return self._upscale_into(img, out, to_uint16 if wide else to_uint8)
 
+    def upscale_batch(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Several H x W x 3 images of one size (video frames) -> their ``uint8``/``uint16`` SR images, in one
+        backend call when they run whole (tiled images run one by one). Each result equals ``upscale`` of
+        the same image."""
+        if not frames:
+            return []
+        h, w = frames[0].shape[:2]
+        if len(frames) == 1 or self._tile_for(h, w) or any(f.shape != frames[0].shape for f in frames):
+            return [self.upscale(f) for f in frames]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = np.stack([to_float(f).transpose(2, 0, 1) for f in frames])
+        if ph or pw:
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
+        sr = self.backend.run(x)[:, :, : h * self.scale, : w * self.scale]
+        convert = to_uint16 if frames[0].dtype == np.uint16 else to_uint8
+        return [convert(s.transpose(1, 2, 0)) for s in sr]
+
     def upscale_picture(self, pic: Picture) -> Picture:
         """A :class:`Picture` upscaled: colour through the network (at 16 bits for 16-bit pictures), the alpha
         channel resized apart with MATLAB-style bicubic (networks are trained on colour; transparency is a
