@@ -164,6 +164,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
         return _upscale_video(args)
     if Path(args.input).is_dir() or (is_glob(args.input) and not Path(args.input).exists()):
+        if Path(args.output).suffix.lower() in WRITABLE_SUFFIXES:
+            raise UsageError(f"{args.output}: names an image file, but {args.input} is a folder of images; give an "
+                             "output folder (the input tree is mirrored there)")
         jobs = plan_jobs(args.input, args.output, recursive=args.recursive, fmt=args.format)
         if Path(args.output).is_file():
             raise UsageError(f"{args.output}: is a file; a folder or pattern of inputs needs an output folder")

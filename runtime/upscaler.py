@@ -41,6 +41,42 @@ class Upscaler:
         self.last_tile = 0
         """The tile side the last image was cut into (0: it ran whole)."""
 
+    @classmethod
+    def open(cls, artifact, backend: str | None = None, *, threads: int = 0, tile: int = 0,
+             **backend_options) -> "Upscaler":
+        """An Upscaler on an artifact directory (model or ONNX) in one call::
+
+            up = Upscaler.open("runs/quickstart/int8")          # the first available backend for it
+            sr = up.upscale(image)                               # H x W x 3 uint8 -> 2H x 2W x 3 uint8
+            for sr in up.frames(video_frames): ...               # any iterable of frames, batched
+
+        ``backend``: onnxruntime, openvino, torch, ...; ``backend_options`` go to it (e.g. ``precision``)."""
+        from .base import open_backend
+
+        b = open_backend(artifact, backend, threads=threads, **backend_options)
+        return cls(b, tile=tile)
+
+    def frames(self, frames, batch: int = 4):
+        """Upscale an iterable of H x W x 3 frames lazily, ``batch`` at a time through the backend; yields each
+        SR frame in order (memory: one batch)."""
+        pending = []
+        for f in frames:
+            pending.append(f)
+            if len(pending) >= batch:
+                yield from self.upscale_batch(pending)
+                pending = []
+        if pending:
+            yield from self.upscale_batch(pending)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Upscaler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _run_padded(self, lr: np.ndarray) -> np.ndarray:
         """CHW float -> CHW float SR, padding (reflect) to the model's size multiple and cropping back."""
         _, h, w = lr.shape

@@ -166,3 +166,16 @@ def test_batch_refusals_name_the_fix(student, tmp_path, capsys):
     assert "would overwrite its own input" in capsys.readouterr().err
     assert main(["upscale", str(student.path), str(tmp_path / "in"), str(tmp_path / "o"), "--format", "gif"]) == 2
     assert "--format gif: not a format" in capsys.readouterr().err
+
+
+def test_python_api_in_three_lines(student):
+    img = _photo(40)
+    with Upscaler.open(student.path, "onnxruntime", threads=1) as up:
+        sr = up.upscale(img)
+        frames = list(up.frames((_photo(40, n) for n in ("astronaut.png", "chelsea.png", "coffee.png")), batch=2))
+    assert sr.shape == (80, 80, 3) and sr.dtype == np.uint8
+    with Upscaler.open(student.path, "onnxruntime", threads=1) as ref:
+        assert len(frames) == 3 and np.array_equal(frames[0], ref.upscale(img))
+        assert np.array_equal(frames[2], ref.upscale(_photo(40, "coffee.png")))
+    with pytest.raises(Exception, match="no such|not an artifact|manifest"):
+        Upscaler.open(student.path.parent / "missing")
