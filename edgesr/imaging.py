@@ -84,9 +84,9 @@ def _decode(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
             if mode == "CMYK":
                 raise ImageError(f"{path}: CMYK image (a print colour space); converting it to RGB needs its colour "
                                  "profile. Convert it to RGB yourself (e.g. `convert in.jpg -colorspace sRGB out.png`).")
-            if mode == "P":
-                im = im.convert("RGBA")
-                mode = "RGBA"
+            if mode == "P":  # palette: RGBA only when the palette has transparency
+                mode = "RGBA" if "transparency" in im.info else "RGB"
+                im = im.convert(mode)
             elif mode == "1":
                 im = im.convert("L")
                 mode = "L"
