@@ -99,11 +99,26 @@ def read_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
     """Open an artifact directory: the manifest is checked, and (``verify``, the default) the payload's
     content hash is compared with the manifest's, so a corrupted file is refused instead of run."""
     path = Path(path)
+    if not path.exists() and len(path.parts) == 1:  # a bare name: a pretrained model shipped with edgesr
+        from . import pretrained
+
+        shipped = pretrained.path_of(path.name)
+        if shipped is not None:
+            path = shipped
     mpath = path / MANIFEST
     if not mpath.is_file():
         what = "no such directory" if not path.exists() else f"no {MANIFEST}"
+        hint = ""
+        if not path.exists() and len(path.parts) == 1:
+            import difflib
+
+            from . import pretrained
+
+            close = difflib.get_close_matches(path.name, pretrained.names(), n=1, cutoff=0.6)
+            hint = (f" Did you mean the pretrained model {close[0]!r}?" if close else
+                    f" Pretrained models: {', '.join(pretrained.names()) or 'none shipped'} (edgesr models).")
         raise ArtifactError(f"{path}: not an edgesr artifact ({what}). Point at a directory written by "
-                            "an edgesr stage, e.g. runs/quickstart/student.")
+                            f"an edgesr stage, e.g. runs/quickstart/student, or name a pretrained model.{hint}")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -217,6 +217,47 @@ def _upscale_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Architectures (with PyTorch installed) and the pretrained models shipped with edgesr."""
+    from rich.table import Table
+
+    from . import pretrained
+    from .progress import console
+
+    try:
+        import torch
+
+        from .models import MODELS, build_model
+    except ImportError:
+        console.print("architectures: need PyTorch (pip install 'edgesr[train]')")
+    else:
+        table = Table(title="architectures (defaults, x2)")
+        for col in ("type", "parameters (x2, defaults)", "paper / description"):
+            table.add_column(col)
+        for name in MODELS.names():
+            with torch.device("meta"):
+                try:
+                    n = sum(p.numel() for p in build_model({"type": name, "scale": 2}).parameters())
+                except (TypeError, ValueError):
+                    n = None
+            doc = (MODELS.get(name).__doc__ or sys.modules[MODELS.get(name).__module__].__doc__ or "").strip()
+            table.add_row(name, f"{n:,}" if n is not None else "–", doc.splitlines()[0][:90] if doc else "")
+        console.print(table)
+    models = pretrained.index()
+    table = Table(title=f"pretrained models ({len(models)}; use the name wherever an artifact path goes)")
+    for col in ("name", "kind", "precision", "scale", "parameters", "GMACs 640x360", "Set5 PSNR/SSIM",
+                "Set14 PSNR/SSIM", "training steps"):
+        table.add_column(col)
+    for name, r in sorted(models.items()):
+        q = r.get("quality", {})
+        cells = [f"{q[s]['psnr']:.2f} / {q[s]['ssim']:.4f}" if s in q else "–" for s in ("Set5", "Set14")]
+        table.add_row(name, r["kind"], r["precision"], f"x{r['scale']}", f"{r['params']:,}" if r.get("params") else "–",
+                      f"{r['macs_640x360'] / 1e9:.2f}" if r.get("macs_640x360") else "–", *cells,
+                      str(r.get("training_steps") or "–"))
+    console.print(table)
+    return 0
+
+
 def _shapes(text: str) -> tuple:
     try:
         parts = [tuple(int(v) for v in p.lower().split("x")) for p in text.split(":")]
@@ -394,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["tensorrt"], default="tensorrt")
     p.add_argument("--shapes", type=_shapes, help="engine profile to check, LR min:opt:max as HxW")
     p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("models", help="list the architectures and the pretrained models (parameters, MACs, PSNR)")
+    p.set_defaults(fn=cmd_models)
     p = sub.add_parser("doctor", help="list components and backends, and why any is unavailable")
     p.set_defaults(fn=lambda a: doctor())
     return parser
