@@ -174,7 +174,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
         check_existing(jobs, skip_existing=args.skip_existing, overwrite=args.overwrite)  # before loading
         art = read_artifact(args.artifact)
-        backend = open_backend(art, args.backend, threads=args.threads or 0)
+        backend = open_backend(art, args.backend, threads=args.threads or 0, **_backend_options(args))
         up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
         res = run_batch(up, jobs, skip_existing=args.skip_existing, overwrite=args.overwrite,
                         max_pixels=args.max_pixels)
@@ -187,7 +187,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     _check_upscale_paths(src, dst, args.overwrite)
     pic = read_picture(src, max_pixels=args.max_pixels)  # decoded before the model is loaded: bad input fails fast
     art = read_artifact(args.artifact)
-    backend = open_backend(art, args.backend, threads=args.threads or 0)
+    backend = open_backend(art, args.backend, threads=args.threads or 0, **_backend_options(args))
     up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
     write_picture(dst, up.upscale_picture(pic))
     extras = [f"tiles of {up.last_tile}"] if up.last_tile else []
@@ -195,6 +195,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     extras += ["16-bit"] if pic.bits == 16 else []
     print(f"{src} -> {dst} (x{backend.scale}{''.join(', ' + e for e in extras)})")
     return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict:
+    """--scale (an output of a multi-scale artifact) and --device (the backend's device), when given."""
+    return {**({"scale": args.scale} if args.scale else {}), **({"device": args.device} if args.device else {})}
 
 
 def _upscale_video(args: argparse.Namespace) -> int:
@@ -208,7 +213,7 @@ def _upscale_video(args: argparse.Namespace) -> int:
     opts = VideoOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, lossless=args.lossless,
                         batch=args.batch, audio=not args.no_audio)
     art = read_artifact(args.artifact)
-    backend = open_backend(art, args.backend, threads=args.threads or 0)
+    backend = open_backend(art, args.backend, threads=args.threads or 0, **_backend_options(args))
     up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
     r = upscale_video(up, src, dst, opts, overwrite=args.overwrite)
     print(f"{src} -> {dst}: {r.frames} frames {r.in_size[1]}x{r.in_size[0]} -> {r.out_size[1]}x{r.out_size[0]} at "
@@ -391,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(.mp4 .mkv .webm .mov .avi)")
     p.add_argument("output", help=f"output image ({', '.join(sorted(WRITABLE_SUFFIXES))}), or a folder for a folder "
                                   "or pattern of inputs (the input tree is mirrored)")
+    p.add_argument("--scale", type=_positive_int, help="the output scale of a multi-scale artifact (default: its first)")
+    p.add_argument("--device", help="backend device: torch cpu/cuda[:N], openvino CPU/GPU (default: the backend's)")
     p.add_argument("--recursive", action="store_true", help="folder input: include its subfolders")
     p.add_argument("--skip-existing", action="store_true",
                    help="folder/pattern input: keep outputs that exist (resume an interrupted batch)")

@@ -111,6 +111,16 @@ class Backend:
         self._load(artifact)
         self.scale, self.artifact = artifact.scale, artifact
 
+    output_index = 0
+    """Which output of a multi-scale artifact ``run`` returns (its position in the manifest's scales)."""
+
+    def select_scale(self, scale: int) -> None:
+        """Return the x``scale`` output of a multi-scale artifact from now on."""
+        scales = [int(v) for v in self.artifact.manifest["scales"]]
+        if scale not in scales:
+            raise InputError(f"{self.artifact.path}: emits x{scales}, not x{scale}; pick one of those (--scale)")
+        self.output_index, self.scale = scales.index(scale), scale
+
     def run(self, lr: np.ndarray) -> np.ndarray:
         """``lr`` checked against the I/O convention and the manifest (size multiple), then run."""
         if self.artifact is None:
@@ -154,10 +164,14 @@ def default_backend(art: Artifact) -> str:
     raise ArtifactError(f"{art.path}: no backend runs {art.kind!r} artifacts; known backends: {BACKENDS.names()}")
 
 
-def open_backend(artifact: Artifact | str | os.PathLike, backend: str | None = None, **kwargs) -> Backend:
-    """Load an artifact (verified against its content hash) into a backend: by name, or the default for
-    its kind (ONNX -> onnxruntime, model -> torch)."""
+def open_backend(artifact: Artifact | str | os.PathLike, backend: str | None = None, *, scale: int | None = None,
+                 **kwargs) -> Backend:
+    """Load an artifact (verified against its content hash; a path or a pretrained name) into a backend: by
+    name, or the default for its kind (ONNX -> onnxruntime, model -> torch). ``scale`` picks the output of a
+    multi-scale artifact (default: its first scale)."""
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
     b = BACKENDS.build({"type": backend or default_backend(art), **kwargs})
     b.load(art)
+    if scale is not None:
+        b.select_scale(scale)
     return b

@@ -74,7 +74,7 @@ class OnnxRuntimeBackend(Backend):
         self._input = self.session.get_inputs()[0].name
 
     def _run(self, lr: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input: lr})[0]
+        return self.session.run(None, {self._input: lr})[self.output_index]
 
     def close(self) -> None:
         super().close()

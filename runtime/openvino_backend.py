@@ -60,7 +60,7 @@ class OpenVinoBackend(Backend):
 
     def _run(self, lr: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: lr})
-        return np.array(result[self.compiled.output(0)], dtype=np.float32, copy=True)
+        return np.array(result[self.compiled.output(self.output_index)], dtype=np.float32, copy=True)
 
     def close(self) -> None:
         super().close()

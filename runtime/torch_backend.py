@@ -36,8 +36,8 @@ class TorchBackend(Backend):
 
         with torch.inference_mode():
             out = self.model(torch.from_numpy(lr).to(self.device))
-        if isinstance(out, tuple):  # a multi-output model: its first (smallest) scale, as the manifest's scale
-            out = out[0]
+        if isinstance(out, tuple):  # a multi-output model: the selected scale (default the first, the manifest's)
+            out = out[self.output_index]
         return out.float().cpu().numpy()
 
     def close(self) -> None:

@@ -179,3 +179,24 @@ def test_python_api_in_three_lines(student):
         assert np.array_equal(frames[2], ref.upscale(_photo(40, "coffee.png")))
     with pytest.raises(Exception, match="no such|not an artifact|manifest"):
         Upscaler.open(student.path.parent / "missing")
+
+
+def test_scale_picks_an_output_of_a_multi_scale_student(tmp_path, capsys):
+    torch.manual_seed(0)
+    spec = {"type": "msrep", "scale": 2, "heads": [2, 4], "size": "s"}
+    src = save_model(tmp_path / "ms", build_model(spec), name="ms", arch=spec)
+    onnx_art = call_stage(export_stage, ExportConfig(input="ms", scales=(2, 4)), name="ms_onnx",
+                          out=tmp_path / "ms_onnx", source=src)
+    photo = tmp_path / "p.png"
+    Image.fromarray(_photo(24)).save(photo)
+    for art, backend in ((onnx_art, "onnxruntime"), (src, "torch")):
+        for scale, side in ((None, 48), (2, 48), (4, 96)):
+            out = tmp_path / f"{backend}{scale}.png"
+            extra = ["--scale", str(scale)] if scale else []
+            assert main(["upscale", str(art.path), str(photo), str(out), "--backend", backend, *extra]) == 0
+            assert Image.open(out).size == (side, side)
+    # The x4 output of the ONNX graph equals the x4 output of the PyTorch model (the same network).
+    x4 = [np.asarray(Image.open(tmp_path / f"{b}4.png")).astype(int) for b in ("onnxruntime", "torch")]
+    assert np.abs(x4[0] - x4[1]).max() <= 1
+    assert main(["upscale", str(onnx_art.path), str(photo), str(tmp_path / "x3.png"), "--scale", "3"]) == 2
+    assert "emits x[2, 4], not x3" in capsys.readouterr().err
