@@ -25,7 +25,8 @@ from edgesr.runtime import BACKENDS, BackendUnavailable, open_backend
 from edgesr.stages import stage_table
 
 from .baseline import bicubic_artifact
-from .latency import machine_info, measure_interleaved, peak_throughput, speedup
+from .devices import device_info
+from .latency import measure_interleaved, peak_throughput, speedup
 from .quality import measure_quality
 from .report import write_report
 
@@ -142,7 +143,7 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     stages = stages + [{"name": "benchmark", "stage": "benchmark", "status": "ran",
                         "seconds": round(time.perf_counter() - t, 1)},
                        {"name": "total (this run)", "stage": "", "status": "", "seconds": round(time.perf_counter() - t0, 1)}]
-    machine = machine_info()
+    machine = device_info()  # CPU model and ISA; GPU (NVML) and Jetson board where present
     if bench.peak:
         machine["peak"] = peak_throughput(recipe.threads)
     timing_info = {"mode": "interleaved", "rounds": timing["rounds"], "pairs": len(pairs), "warmup": bench.warmup,

@@ -55,15 +55,16 @@ def machine_info() -> dict:
 
 
 def latency_stats(times_ms, batch: int = 1, out_hw: tuple[int, int] | None = None) -> dict:
-    """Percentiles of timed runs (ms): min / p10 / median / p90 / p99 / mean, the relative spread
+    """Percentiles of timed runs (ms): min / p10 / median / p90 / p95 / p99 / max / mean, the relative spread
     (p90 - p10) / median, frames per second and output megapixels per second at the median. The one
     statistics function of every harness."""
     t = np.asarray(times_ms, dtype=np.float64)
     if t.size == 0:
         raise ValueError("latency_stats: no timed runs")
-    p = {k: float(np.percentile(t, q)) for k, q in (("p10", 10), ("p50", 50), ("p90", 90), ("p99", 99))}
+    p = {k: float(np.percentile(t, q)) for k, q in (("p10", 10), ("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))}
     stats = {"runs": int(t.size), "min_ms": round(float(t.min()), 3), "p10_ms": round(p["p10"], 3),
-             "p50_ms": round(p["p50"], 3), "p90_ms": round(p["p90"], 3), "p99_ms": round(p["p99"], 3),
+             "p50_ms": round(p["p50"], 3), "p90_ms": round(p["p90"], 3), "p95_ms": round(p["p95"], 3),
+             "p99_ms": round(p["p99"], 3), "max_ms": round(float(t.max()), 3),
              "mean_ms": round(float(t.mean()), 3), "spread": round((p["p90"] - p["p10"]) / p["p50"], 4),
              "fps": round(1e3 * batch / p["p50"], 2)}
     if out_hw is not None:

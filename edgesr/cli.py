@@ -263,6 +263,73 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_trtexec(args: argparse.Namespace) -> int:
+    """trtexec timings (run here, or imported from its JSON exports) as an edgesr results.json."""
+    import datetime as _dt
+    import json
+
+    from .benchmarks.devices import device_info, device_label
+    from .benchmarks.trtexec import parse_profile, parse_times, run_trtexec
+    from .files import atomic_write_text
+
+    variant, precision, model = args.variant, None, args.model
+    if model:
+        mpath = Path(model)
+        if (mpath / "manifest.json").is_file() or not mpath.exists():
+            from .artifacts import read_artifact
+
+            art = read_artifact(model)
+            variant = variant or art.manifest.get("name") or art.path.name
+            precision = art.manifest.get("precision")
+            model = str(art.payload)
+    if args.times:
+        res = parse_times(args.times)
+        res["profile"] = parse_profile(args.profile) if args.profile else None
+        res["command"] = f"imported: {args.times}" + (f", {args.profile}" if args.profile else "")
+        machine = {"imported": True}
+        label = args.device or "device not named (pass --device)"
+    elif model:
+        h, w = args.input_size
+        res = run_trtexec(model, shapes=f"lr:1x3x{h}x{w}", trtexec=args.trtexec, cuda_graph=args.cuda_graph,
+                          no_data_transfers=args.no_data_transfers, iterations=args.iterations)
+        machine = device_info()
+        label = args.device or device_label(machine)
+    else:
+        raise UsageError("give an engine/ONNX artifact (or file) to run trtexec on, or --times FILE to import")
+    row = {"variant": variant or "trtexec", "backend": "tensorrt (trtexec)", "precision": precision or args.precision,
+           "quality": {}, "latency": res["latency"],
+           "gpu": {k: res[k] for k in ("compute", "h2d", "d2h", "enqueue") if k in res},
+           "throughput_qps": res["throughput_qps"], "profile": res.get("profile"),
+           "settings": res.get("settings"), "trtexec_command": res["command"]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"recipe": "trtexec", "command": "edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+               "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine, "device_label": label, "variants": [row]}
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    lat, comp = res["latency"], res["compute"]
+    print(f"{row['variant']} on {label}: host latency median {lat['p50_ms']:.3f} ms (p99 {lat['p99_ms']:.3f}), GPU "
+          f"compute median {comp['p50_ms']:.3f} ms, {res['throughput_qps']} qps over {res['inferences']} inferences "
+          f"-> {out / 'results.json'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .benchmarks.merge import merge_runs
+
+    res = merge_runs(args.runs, args.out, set_name=args.set)
+    print(f"{len(res['variants'])} rows from {len(res['devices'])} device(s) -> {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the LR input as HxW, e.g. 360x640") from None
+    return h, w
+
+
 def _shapes(text: str) -> tuple:
     try:
         parts = [tuple(int(v) for v in p.lower().split("x")) for p in text.split(":")]
@@ -442,6 +509,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["tensorrt"], default="tensorrt")
     p.add_argument("--shapes", type=_shapes, help="engine profile to check, LR min:opt:max as HxW")
     p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("bench-trtexec", help="time an engine or ONNX file with trtexec (or import its JSON exports) "
+                                              "into an edgesr results.json")
+    p.add_argument("model", nargs="?", help="engine/ONNX artifact, or an .engine/.plan/.onnx file")
+    p.add_argument("--times", metavar="JSON", help="import a trtexec --exportTimes file instead of running trtexec")
+    p.add_argument("--profile", metavar="JSON", help="with --times: its --exportProfile file (per-layer times)")
+    p.add_argument("--device", help="the device's name in reports (default: this machine's; needed with --times)")
+    p.add_argument("--variant", help="the row's name (default: the artifact's)")
+    p.add_argument("--precision", default="unknown", help="with a plain file: its precision, for the report")
+    p.add_argument("--trtexec", metavar="PATH", help="trtexec executable (default: PATH, then /usr/src/tensorrt/bin)")
+    p.add_argument("--input-size", type=_input_size, default=(360, 640), help="LR input HxW (default 360x640)")
+    p.add_argument("--iterations", type=_positive_int, default=200)
+    p.add_argument("--cuda-graph", action="store_true", help="trtexec --useCudaGraph")
+    p.add_argument("--no-data-transfers", action="store_true", help="trtexec --noDataTransfers (GPU compute only)")
+    p.add_argument("--out", required=True, help="directory for results.json")
+    p.set_defaults(fn=cmd_bench_trtexec)
+    p = sub.add_parser("report", help="merge runs from several machines into one report (a table per device, one "
+                                       "Pareto plot with a marker per device)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", help="evaluation set on the plot (default: the first measured)")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("models", help="list the architectures and the pretrained models (parameters, MACs, PSNR)")
     p.set_defaults(fn=cmd_models)
     p = sub.add_parser("doctor", help="list components and backends, and why any is unavailable")
