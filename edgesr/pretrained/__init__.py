@@ -5,7 +5,7 @@ that trained it, its training steps). A pretrained name is accepted wherever an 
 (``edgesr upscale msrep-s-x2-int8 ...``, ``Upscaler.open("msrep-s-x2")``, a recipe's ``stage: load`` with
 ``path: msrep-s-x2``). Torch-free.
 
-Maintainers add models with ``python -m edgesr.pretrained.build RUN_DIR ...`` (see that module).
+Maintainers add models with ``python -m edgesr.benchmarks.pretrained_build ...`` (see that module).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Copy trained artifacts of a run into the package as pretrained models, measured.
 
-    python -m edgesr.pretrained.build --run runs/pretrained_x2 --set ../shared/data/benchmark/Set5 \
+    python -m edgesr.benchmarks.pretrained_build --run runs/pretrained_x2 --set ../shared/data/benchmark/Set5 \
         --set ../shared/data/benchmark/Set14 NAME=STAGE [NAME=STAGE ...]
 
 Each STAGE artifact of the run directory is copied (verified) into ``edgesr/pretrained/NAME/``, its parent
@@ -20,7 +20,7 @@ from pathlib import Path
 from edgesr.artifacts import read_artifact
 from edgesr.files import atomic_write_text
 
-from . import ROOT
+from edgesr.pretrained import ROOT
 
 
 def main(argv=None) -> int:
