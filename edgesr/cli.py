@@ -98,6 +98,23 @@ def doctor() -> int:
         table.add_row(f"backend: {name}", f"[green]available: {escape(info)}[/]" if ok else
                       f"[yellow]unavailable: {escape(info)}. {escape(cls.fix)}[/]", f"runs {', '.join(cls.kinds)} artifacts")
     import shutil
+
+    from .benchmarks.devices import gpu_info, jetson_info
+    from .benchmarks.trtexec import JETPACK_TRTEXEC
+
+    gpu = gpu_info()
+    table.add_row("GPU (NVML)", f"[green]{escape(gpu['name'])} {gpu['compute_capability']}, driver {gpu['driver']}[/]"
+                  if gpu else "[yellow]unavailable: no NVIDIA GPU, driver or nvidia-ml-py[/]", "device record, power (W, mJ/frame)")
+    jet = jetson_info()
+    table.add_row("Jetson", f"[green]{escape(jet['board'])}, power mode {jet['power_mode']}[/]" +
+                  "".join(f" [yellow]{escape(w)}[/]" for w in jet["warnings"]) if jet else
+                  "[yellow]not a Jetson (no /proc/device-tree/model)[/]", "board record, tegrastats power")
+    tegra = shutil.which("tegrastats")
+    table.add_row("tegrastats", f"[green]{tegra}[/]" if tegra else "[yellow]not found (Jetson only)[/]",
+                  "Jetson rails, GPU load, RAM during timing")
+    trtexec = shutil.which("trtexec") or (JETPACK_TRTEXEC if Path(JETPACK_TRTEXEC).is_file() else None)
+    table.add_row("trtexec", f"[green]{trtexec}[/]" if trtexec else "[yellow]not found (TensorRT's tool: JetPack, or the "
+                  "TensorRT tarball); import its JSON exports with --times instead[/]", "edgesr bench-trtexec")
     cxx = shutil.which("c++") or shutil.which("g++")
     table.add_row("C++ compiler", f"[green]{cxx}[/]" if cxx else "[yellow]unavailable: NNCF cannot build its CPU "
                   "extension, so the qat stage cannot run[/]", "qat (NNCF compiles a CPU extension once)")
