@@ -215,8 +215,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict:
-    """--scale (an output of a multi-scale artifact) and --device (the backend's device), when given."""
-    return {**({"scale": args.scale} if args.scale else {}), **({"device": args.device} if args.device else {})}
+    """--scale (an output of a multi-scale artifact), --device (the backend's device) and --providers (ONNX
+    Runtime's execution providers, in order of preference), when given."""
+    opts = {**({"scale": args.scale} if args.scale else {}), **({"device": args.device} if args.device else {})}
+    if getattr(args, "providers", None):
+        if args.backend not in (None, "onnxruntime"):
+            raise UsageError(f"--providers chooses ONNX Runtime's execution providers; the backend is {args.backend}")
+        opts["providers"] = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    return opts
 
 
 def _upscale_video(args: argparse.Namespace) -> int:
@@ -482,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "or pattern of inputs (the input tree is mirrored)")
     p.add_argument("--scale", type=_positive_int, help="the output scale of a multi-scale artifact (default: its first)")
     p.add_argument("--device", help="backend device: torch cpu/cuda[:N], openvino CPU/GPU (default: the backend's)")
+    p.add_argument("--providers", help="onnxruntime: execution providers in order, e.g. cuda,cpu or tensorrt,cuda,cpu "
+                                       "(default cpu); each missing one is named with how to get it")
     p.add_argument("--recursive", action="store_true", help="folder input: include its subfolders")
     p.add_argument("--skip-existing", action="store_true",
                    help="folder/pattern input: keep outputs that exist (resume an interrupted batch)")

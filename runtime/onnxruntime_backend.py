@@ -15,6 +15,18 @@ from .base import BACKENDS, Backend, BackendUnavailable
 __all__ = ["OnnxRuntimeBackend", "ort_session"]
 
 
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+             "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider", "coreml": "CoreMLExecutionProvider",
+             "xnnpack": "XnnpackExecutionProvider"}
+"""Short names accepted for ONNX Runtime execution providers (``--providers cuda,cpu``); full names pass as they are."""
+PROVIDER_FIX = {
+    "CUDAExecutionProvider": "install onnxruntime-gpu (CUDA 12) instead of onnxruntime, on a machine with an NVIDIA GPU",
+    "TensorrtExecutionProvider": "install onnxruntime-gpu and TensorRT 10 (its libraries on LD_LIBRARY_PATH)",
+    "OpenVINOExecutionProvider": "install onnxruntime-openvino, or use edgesr's openvino backend",
+    "DmlExecutionProvider": "install onnxruntime-directml (Windows)",
+    "CoreMLExecutionProvider": "ONNX Runtime's macOS wheels have it"}
+
+
 def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
                 providers: tuple[str, ...] = ("CPUExecutionProvider",), optimize: bool = True, spin: bool = True):
     """An ``InferenceSession`` on a file or serialized graph: ``threads`` intra-op threads (0: ONNX Runtime's
@@ -27,10 +39,12 @@ def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
         import onnxruntime as ort
     except ImportError as exc:
         raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from exc
+    providers = tuple(PROVIDERS.get(p.lower(), p) for p in providers)
     missing = [p for p in providers if p not in ort.get_available_providers()]
     if missing:
-        raise BackendUnavailable(f"ONNX Runtime providers {missing} are not available here "
-                                 f"(available: {ort.get_available_providers()})")
+        why = "; ".join(f"{p}: {PROVIDER_FIX.get(p, 'not in this ONNX Runtime build')}" for p in missing)
+        raise BackendUnavailable(f"ONNX Runtime {ort.__version__} here has no {', '.join(missing)} ({why}). "
+                                 f"Available: {', '.join(ort.get_available_providers())}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(threads, 0)
     opts.inter_op_num_threads = 1

@@ -200,3 +200,18 @@ def test_scale_picks_an_output_of_a_multi_scale_student(tmp_path, capsys):
     assert np.abs(x4[0] - x4[1]).max() <= 1
     assert main(["upscale", str(onnx_art.path), str(photo), str(tmp_path / "x3.png"), "--scale", "3"]) == 2
     assert "emits x[2, 4], not x3" in capsys.readouterr().err
+
+
+def test_onnxruntime_providers_by_name_with_the_fix_when_missing(student, tmp_path, capsys):
+    import onnxruntime as ort
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(_photo(24)).save(photo)
+    assert main(["upscale", str(student.path), str(photo), str(tmp_path / "o.png"), "--providers", "cpu"]) == 0
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert main(["upscale", str(student.path), str(photo), str(tmp_path / "o2.png"), "--providers", "cuda,cpu"]) == 2
+        assert "no CUDAExecutionProvider (CUDAExecutionProvider: install onnxruntime-gpu" in capsys.readouterr().err
+        assert not (tmp_path / "o2.png").exists()
+    assert main(["upscale", str(student.path), str(photo), str(tmp_path / "o3.png"), "--backend", "openvino",
+                 "--providers", "cpu"]) == 2
+    assert "--providers chooses ONNX Runtime's execution providers" in capsys.readouterr().err
