@@ -266,12 +266,17 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
     lines += ["## Stages", "",
               "`ran`: built by this run; `reused`: its inputs were unchanged, so the verified artifact built "
               "earlier was used (its build time is shown apart; this run's time is the check).", "",
-              "| stage | kind | status | this run (s) | built earlier in (s) | validation PSNR (dB) |",
-              "|---|---|---|---|---|---|"]
+              "| stage | kind | status | this run (s) | built earlier in (s) | training steps | validation PSNR (dB) |",
+              "|---|---|---|---|---|---|---|"]
     for s in stages:
+        steps = s.get("train_steps")
+        steps = f"{steps:,}" + (" (time budget)" if s.get("stopped_by_time") else "") if steps else ""
         lines.append(f"| {s['name']} | {s['stage']} | {s['status']} | {_fmt(s['seconds'], 1)} | "
-                     f"{_fmt(s.get('built_seconds'), 1) if s.get('status') == 'reused' else ''} | "
+                     f"{_fmt(s.get('built_seconds'), 1) if s.get('status') == 'reused' else ''} | {steps} | "
                      f"{_fmt(s.get('val_psnr'))} |")
+    lines += ["", "Training steps: what each trained stage reached; \"(time budget)\": it stopped at its `max_minutes`, so "
+              "its result depends on this host's speed (give `steps` without `max_minutes` for results meant to be "
+              "reproduced)."]
     lines += ["", "![PSNR vs latency](pareto.png)", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     if rows and current_sets:

@@ -169,7 +169,9 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
         built = art.manifest.get("stage", {})
         row = {"name": spec.name, "stage": spec.stage, "status": status, "seconds": round(time.perf_counter() - t, 1),
                "built_seconds": built.get("seconds"), "built": built.get("finished") or art.manifest.get("created"),
-               "val_psnr": art.manifest.get("metrics", {}).get("val_psnr")}
+               "val_psnr": art.manifest.get("metrics", {}).get("val_psnr"),
+               "train_steps": art.manifest.get("metrics", {}).get("train_steps"),
+               "stopped_by_time": art.manifest.get("metrics", {}).get("stopped_by_time")}
         stages.append(row)
         if status == "ran":
             what = f"ran in {row['seconds']:.1f} s"

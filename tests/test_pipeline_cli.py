@@ -83,6 +83,9 @@ def test_run_writes_report_results_and_plot(tiny_run):
     assert row["pruned", "onnxruntime"]["macs"] < row["student", "onnxruntime"]["macs"]  # pruned has fewer MACs
     assert results["machine"]["isa"] is not None and "ISA:" in report
     assert any((out / "openvino_cache").iterdir())  # compiled models kept for the next run
+    steps = {s["name"]: s.get("train_steps") for s in results["stages"]}
+    assert steps["teacher"] == 20 and steps["student"] == 40  # the steps each trained stage reached, recorded
+    assert "| teacher | train | ran |" in report and "| 20 |" in report
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     peak = results["machine"]["peak"]
     assert peak["fp32_matmul_gops"] > 0 and peak["int8_matmul_gops"] > 0 and "Machine yardstick" in report
