@@ -36,6 +36,20 @@ def builtin_valid():
     return load_pairs("builtin", 2, "valid")
 
 
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory):
+    """An untrained 4-channel ABPN x2 exported to ONNX: the smallest real artifact, for I/O tests."""
+    from edgesr.export.onnx import ExportConfig, export_stage
+    from edgesr.modelio import save_model
+    from edgesr.models import build_model
+
+    root = tmp_path_factory.mktemp("tiny_student")
+    torch.manual_seed(0)
+    spec = {"type": "abpn", "scale": 2, "channels": 4, "n_body": 1}
+    src = save_model(root / "m", build_model(spec), name="m", arch=spec)
+    return call_stage(export_stage, ExportConfig(input="m"), name="m_onnx", out=root / "m_onnx", source=src)
+
+
 CONTEXT_KEYS = {"train_pairs", "val_pairs", "scale", "patch_size", "min_patch_std", "seed", "threads", "latency_fn"}
 
 

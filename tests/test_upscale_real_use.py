@@ -27,12 +27,8 @@ SKIMAGE = Path(str(importlib.resources.files("skimage.data")))
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    root = tmp_path_factory.mktemp("student")
-    torch.manual_seed(0)
-    spec = {"type": "abpn", "scale": 2, "channels": 4, "n_body": 1}
-    src = save_model(root / "m", build_model(spec), name="m", arch=spec)
-    return call_stage(export_stage, ExportConfig(input="m"), name="m_onnx", out=root / "m_onnx", source=src)
+def student(tiny_student):
+    return tiny_student
 
 
 def _photo(size=48, name="astronaut.png"):

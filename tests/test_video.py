@@ -3,13 +3,8 @@ upscale of the decoded frame (lossless mode), bad input named. A short video mad
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import call_stage
 from edgesr.cli import main
-from edgesr.export.onnx import ExportConfig, export_stage
-from edgesr.modelio import save_model
-from edgesr.models import build_model
 from edgesr.runtime import Upscaler, open_backend
 
 av = pytest.importorskip("av")
@@ -18,12 +13,8 @@ from edgesr.video import VideoOptions, probe, upscale_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    root = tmp_path_factory.mktemp("student")
-    torch.manual_seed(0)
-    spec = {"type": "abpn", "scale": 2, "channels": 4, "n_body": 1}
-    src = save_model(root / "m", build_model(spec), name="m", arch=spec)
-    return call_stage(export_stage, ExportConfig(input="m"), name="m_onnx", out=root / "m_onnx", source=src)
+def student(tiny_student):
+    return tiny_student
 
 
 @pytest.fixture(scope="module")
