@@ -3,8 +3,6 @@ tree, resuming an interrupted batch, bad files reported without stopping the bat
 (scikit-image's), a tiny exported network."""
 
 import importlib.resources
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
