@@ -60,7 +60,9 @@ def main(argv=None) -> int:
         art = read_artifact(dst)
         scale = art.scale
         sets = {set_name(s): load_pairs(s, scale, split="eval") for s in args.set}
-        backend = default_backend(art)
+        last = (art.manifest.get("transforms") or [{}])[-1]
+        # Measured on the runtime the artifact is made for: OpenVINO for target openvino, else the default.
+        backend = "openvino" if last.get("target") == "openvino" else default_backend(art)
         with open_backend(art, backend, threads=0) as b:
             quality = measure_quality(b, sets, scale, art.manifest.get("size_multiple", 1))
         model_art = art

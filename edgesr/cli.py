@@ -247,10 +247,13 @@ def _upscale_video(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Architectures (with PyTorch installed) and the pretrained models shipped with edgesr."""
+    from rich.console import Console
     from rich.table import Table
 
     from . import pretrained
-    from .progress import console
+
+    console = Console()  # the listing is the command's output: stdout
+    console.width = max(console.width, 140)  # whole rows when piped (rich assumes 80 columns there)
 
     try:
         import torch
@@ -274,14 +277,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     models = pretrained.index()
     table = Table(title=f"pretrained models ({len(models)}; use the name wherever an artifact path goes)")
     for col in ("name", "kind", "precision", "scale", "parameters", "GMACs 640x360", "Set5 PSNR/SSIM",
-                "Set14 PSNR/SSIM", "training steps"):
-        table.add_column(col)
+                "Set14 PSNR/SSIM", "measured on", "training steps"):
+        table.add_column(col, no_wrap=col == "name")
     for name, r in sorted(models.items()):
         q = r.get("quality", {})
         cells = [f"{q[s]['psnr']:.2f} / {q[s]['ssim']:.4f}" if s in q else "–" for s in ("Set5", "Set14")]
         table.add_row(name, r["kind"], r["precision"], f"x{r['scale']}", f"{r['params']:,}" if r.get("params") else "–",
                       f"{r['macs_640x360'] / 1e9:.2f}" if r.get("macs_640x360") else "–", *cells,
-                      str(r.get("training_steps") or "–"))
+                      r.get("eval_backend", "–"), str(r.get("training_steps") or "–"))
     console.print(table)
     return 0
 

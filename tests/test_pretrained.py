@@ -1,0 +1,59 @@
+"""The pretrained models shipped inside the package: each one re-evaluated on Set5 through the protocol
+matches the PSNR its index records (to 0.01 dB), and a pretrained name works wherever an artifact path does."""
+
+import numpy as np
+import pytest
+
+from edgesr import pretrained
+from edgesr.artifacts import ArtifactError, read_artifact
+from edgesr.benchmarks.quality import measure_quality
+from edgesr.cli import main
+from edgesr.data.datasets import load_pairs
+from edgesr.runtime import Upscaler, open_backend
+
+SHIPPED = pretrained.names()
+
+
+def test_models_are_shipped_with_their_records():
+    assert len(SHIPPED) >= 4
+    for name, rec in pretrained.index().items():
+        art = read_artifact(name)  # a bare name resolves to the packaged artifact, hash verified
+        assert art.path == pretrained.path_of(name) and art.hash == rec["hash"]
+        assert rec["training_steps"] and rec["command"] and rec["recipe"] and "Set5" in rec["quality"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_reproduces_its_recorded_psnr(name, benchmark_root):
+    rec = pretrained.index()[name]
+    art = read_artifact(name)
+    pairs = load_pairs(benchmark_root / "Set5", art.scale, split="eval")
+    with open_backend(art, rec["eval_backend"], threads=2) as b:
+        q = measure_quality(b, {"Set5": pairs}, art.scale, art.manifest.get("size_multiple", 1))["Set5"]
+    assert q["psnr"] == pytest.approx(rec["quality"]["Set5"]["psnr"], abs=0.01)
+    assert q["ssim"] == pytest.approx(rec["quality"]["Set5"]["ssim"], abs=1e-3)
+
+
+def test_pretrained_names_work_in_the_cli_and_the_api(tmp_path, capsys):
+    name = next(n for n in SHIPPED if n.endswith("x2-int8"))
+    img = np.asarray(load_pairs("builtin", 2, split="valid")[0].lr)[:40, :40]
+    with Upscaler.open(name, "onnxruntime", threads=1) as up:
+        assert up.upscale(img).shape == (80, 80, 3)
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert all(n in listing for n in SHIPPED)
+    with pytest.raises(ArtifactError, match=f"Did you mean the pretrained model '{name}'"):
+        read_artifact(name.replace("int8", "int7"))
+
+
+def test_a_recipe_starts_from_a_pretrained_model(tmp_path):
+    import yaml
+
+    name = next(n for n in SHIPPED if n.startswith("msrep-s-x2") and pretrained.index()[n]["kind"] == "model")
+    recipe = {"name": "from_pretrained", "scale": 2, "threads": 2,
+              "stages": [{"name": "student", "stage": "load", "path": name},
+                         {"name": "student_onnx", "stage": "export", "input": "student"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--only", "student_onnx"]) == 0
+    loaded = read_artifact(tmp_path / "run" / "student")
+    assert loaded.hash == pretrained.index()[name]["hash"]
+    assert read_artifact(tmp_path / "run" / "student_onnx").manifest["parent"]["hash"] == loaded.hash
