@@ -111,6 +111,16 @@ def _bomb_png(path: Path, w: int, h: int) -> Path:
     return path
 
 
+def _video_bytes(ctx: Ctx) -> bytes:
+    """A real 10-frame H.264 clip with audio, made once per scratch directory."""
+    from edgesr.benchmarks.video_bench import make_test_video
+
+    p = ctx.root / "clip_source.mp4"
+    if not p.exists():
+        make_test_video(p, frames=10, size=(36, 64))
+    return p.read_bytes()
+
+
 def _image(ctx: Ctx, name: str, make: Callable[[Path], None]) -> Path:
     p = ctx.fresh(name)
     make(p)
@@ -138,6 +148,12 @@ def _ok_upscale(ctx: Ctx, src: Path) -> tuple[int, str]:
 
 
 IMAGE_CASES = [
+    Case("video-truncated", "image", "a video cut after 300 bytes (interrupted download)",
+         lambda c: c.cli("upscale", c.onnx, _image(c, "clip.mp4", lambda p: p.write_bytes(_video_bytes(c)[:300])),
+                         c.fresh("out.mp4")), 2, r"clip\.mp4: (cannot open this video|decoding failed)"),
+    Case("video-output-suffix", "image", "a video upscaled into a `.gif` name",
+         lambda c: c.cli("upscale", c.onnx, _image(c, "clip.mp4", lambda p: p.write_bytes(_video_bytes(c))),
+                         c.fresh("out.gif")), 2, r"out\.gif: the suffix '\.gif' names no video container"),
     Case("image-missing", "image", "input image that does not exist",
          lambda c: c.upscale(c.root / "nope.png"), 2, r"nope\.png: no such image file"),
     Case("image-directory", "image", "a folder as the input and an image file name as the output",
@@ -281,6 +297,9 @@ def _foreign_directory(c: Ctx) -> Path:
 
 
 ARTIFACT_CASES = [
+    Case("artifact-pretrained-typo", "artifact", "a pretrained model's name misspelt (`msrep-s-x2-int7`)",
+         lambda c: c.upscale(c.photo, art=Path("msrep-s-x2-int7")), 2,
+         r"msrep-s-x2-int7: not an edgesr artifact \(no such directory\).*Did you mean the pretrained model 'msrep-s-x2-int8'"),
     Case("artifact-onnx-64-bytes-zeroed", "artifact", "64 bytes zeroed inside `model.onnx` (`edgesr eval`)",
          lambda c: c.cli("eval", _zero_64_bytes(c.copy(c.onnx)), "--set", "builtin"), 2,
          r"onnx/model\.onnx: content hash [0-9a-f]{16} differs from the [0-9a-f]{16} recorded in .*manifest\.json.*Re-run"),
