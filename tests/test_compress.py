@@ -383,3 +383,39 @@ def test_target_openvino_is_refused_without_openvino(monkeypatch, student_onnx, 
         call_stage(quantize_stage, QuantizeConfig(input="student_onnx", target="openvino", calibration_images=2,
                                                   calibration_patch=32), name="q", out=tmp_path / "q",
                    source=student_onnx, calib_pairs=builtin_train, val_pairs=builtin_train[:1], scale=2, seed=0)
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "rlfn", "channels": 8, "mid_channels": 8, "n_blocks": 1, "esa_channels": 4, "anchor": "nearest"},
+    {"type": "span", "channels": 8, "anchor": "nearest"},
+], ids=["rlfn", "span"])
+def test_challenge_students_go_through_distill_prune_quantize_export(spec, builtin_train, builtin_valid, tmp_path):
+    """RLFN and SPAN as students: distilled from a (tiny) SwinIR teacher, pruned (SPAN in its collapsed form),
+    quantized to TensorRT-form INT8 and checked by TensorRT's rules and, where installed, its builder."""
+    from edgesr.compress.distill import DistillConfig, distill_stage
+    from edgesr.compress.prune import prune_stage
+    from edgesr.export.tensorrt import check_tensorrt
+
+    tspec = {"type": "swinir", "scale": 2, "embed_dim": 12, "depths": [2], "heads": [2], "window_size": 4}
+    teacher = save_model(tmp_path / "t", build_model(tspec), name="t", arch=tspec)
+    kw = dict(train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=16, min_patch_std=0.0, seed=0)
+    student = call_stage(distill_stage, DistillConfig(model=spec, teacher="t", steps=4, batch_size=2, val_every=4,
+                                                      checkpoint_every=100),
+                         name="s", out=tmp_path / "s", teacher=teacher, **kw)
+    assert student.manifest["arch"]["type"] == spec["type"]
+    pruned = call_stage(prune_stage, PruneConfig(input="s", ratio=0.5, finetune_steps=2, batch_size=2), name="p",
+                        out=tmp_path / "p", source=student, **kw)
+    record = pruned.manifest["transforms"][-1]
+    assert record["params_after"] < 0.6 * record["params_before"]
+    assert record["shapes"]["upsampler"]["out"] == 12  # whole output pixels stay whole
+    assert pruned.manifest["arch"].get("deploy", False) == (spec["type"] == "span")
+    onnx_art = call_stage(export_stage, ExportConfig(input="p"), name="e", out=tmp_path / "e", source=pruned)
+    int8 = call_stage(quantize_stage, QuantizeConfig(input="e", calibration_images=2, calibration_patch=32,
+                                                     target="tensorrt"),
+                      name="q", out=tmp_path / "q", source=onnx_art, calib_pairs=builtin_train,
+                      val_pairs=builtin_valid[:1], scale=2, seed=0)
+    assert check_qdq(int8.payload)["tensorrt_explicit_int8"]
+    assert check_tensorrt(int8, [[16, 16], [48, 64], [96, 128]]) == []
+    x = calibration_batches(builtin_train, 1, 24, seed=2)[0]
+    ref, out = open_backend(onnx_art).run(x), open_backend(int8).run(x)
+    assert out.shape == (1, 3, 48, 48) and np.abs(out - ref).mean() < 0.05

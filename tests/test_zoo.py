@@ -25,6 +25,16 @@ ZOO = [
     {"type": "espcn", "scale": 3},
     {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 2, "heads": [2, 4]},
     {"type": "msrep", "scale": 4, "size": "s", "heads": [4]},
+    {"type": "srcnn", "scale": 3, "n1": 8, "n2": 4},
+    {"type": "vdsr", "scale": 2, "depth": 3, "n_feats": 8},
+    {"type": "lapsrn", "scale": 4, "depth": 1, "n_feats": 8},
+    {"type": "srresnet", "scale": 3, "n_blocks": 1, "n_feats": 8},
+    {"type": "rlfn", "scale": 2, "channels": 8, "mid_channels": 8, "n_blocks": 1, "esa_channels": 4},
+    {"type": "span", "scale": 4, "channels": 8, "anchor": "nearest"},
+    {"type": "meta_sr", "scale": 2, "scales": [2, 3], "trunk": "rdn", "hidden": 16,
+     "trunk_args": {"n_blocks": 1, "n_layers": 2, "growth": 4, "n_feats": 8}},
+    {"type": "meta_sr", "scale": 4, "trunk": "edsr", "hidden": 16, "trunk_args": {"n_resblocks": 1, "n_feats": 8}},
+    {"type": "swinir", "scale": 2, "embed_dim": 12, "depths": [2], "heads": [2], "window_size": 4},
 ]
 
 
@@ -45,6 +55,49 @@ def _tuple(out):
 def test_teacher_parameter_counts_match_the_papers(spec, expected):
     n = sum(p.numel() for p in build_model(spec).parameters())
     assert abs(n - expected) / expected < 0.01, n
+
+
+def _conv_weights(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 4)
+
+
+def _deployed_params(spec) -> int:
+    plain, _ = deploy_form(build_model(spec), spec)
+    return sum(p.numel() for p in plain.parameters())
+
+
+@pytest.mark.parametrize("spec,count,expected", [
+    ({"type": "srcnn", "scale": 3}, "conv weights", 8_032),                    # SRCNN 9-1-5 (n1 64, n2 32)
+    ({"type": "vdsr", "scale": 2}, "all", 665_000),                            # VDSR: 20 layers x 64
+    ({"type": "lapsrn", "scale": 4}, "conv weights", 812_000),                 # LapSRN x4, depth 10
+    ({"type": "srresnet", "scale": 4}, "all", 1_550_000),                      # SRResNet x4 (16 blocks), as tabulated
+    ({"type": "rlfn", "scale": 4}, "all", 317_000),                            # RLFN, NTIRE 2022 entry (0.317M)
+    ({"type": "rlfn", "scale": 4, "channels": 52, "mid_channels": 52, "n_blocks": 6}, "all", 543_000),  # RLFN paper
+    ({"type": "span", "scale": 4}, "deployed", 151_000),                       # SPAN, NTIRE 2024 entry (0.151M)
+    ({"type": "swinir", "scale": 2}, "without bias tables", 878_000),          # SwinIR lightweight x2
+    ({"type": "swinir", "scale": 3}, "without bias tables", 886_000),
+    ({"type": "swinir", "scale": 4}, "without bias tables", 897_000),
+], ids=lambda v: v["type"] + str(v.get("scale")) + str(v.get("channels", "")) if isinstance(v, dict) else str(v))
+def test_new_architectures_match_the_papers_parameter_counts(spec, count, expected):
+    model = build_model(spec)
+    if count == "conv weights":
+        n = _conv_weights(model)
+    elif count == "deployed":
+        n = _deployed_params(spec)
+    elif count == "without bias tables":  # the SwinIR paper's count leaves out the relative-position-bias tables
+        n = sum(p.numel() for k, p in model.named_parameters() if "relative_position_bias_table" not in k)
+    else:
+        n = sum(p.numel() for p in model.parameters())
+    assert abs(n - expected) / expected < 0.01, n
+
+
+def test_meta_rdn_is_the_rdn_trunk_plus_the_papers_weight_prediction_net():
+    rdn = build_model({"type": "rdn", "scale": 4})
+    meta = build_model({"type": "meta_sr", "scale": 4})
+    upsampler = sum(p.numel() for m in (rdn.upsample, rdn.tail) for p in m.parameters())
+    predict = (3 * 256 + 256) + (256 * 3 * 3 * 64 * 3 + 3 * 3 * 64 * 3)  # FC 3 -> 256 -> 3x3x64x3
+    assert predict == 445_120
+    assert sum(p.numel() for p in meta.parameters()) == sum(p.numel() for p in rdn.parameters()) - upsampler + predict
 
 
 def test_fsrcnn_has_the_papers_12464_weights():
@@ -148,3 +201,118 @@ def test_luma_models_put_the_networks_luminance_in_the_output():
         y_net = model.network((x * w).sum(1, keepdim=True) + 16 / 255)
         y_out = (model(x) * w).sum(1, keepdim=True) + 16 / 255
     assert (y_net - y_out).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("spec", ZOO, ids=_ids)
+def test_every_architecture_passes_the_tensorrt_readiness_check(spec, tmp_path):
+    """Offline rules (operators, DepthToSpace mode, dynamic H/W within the profile), then, where TensorRT for
+    RTX is installed, its real ONNX parser and builder."""
+    from conftest import call_stage
+    from edgesr.export.onnx import ExportConfig, export_stage
+    from edgesr.export.tensorrt import check_tensorrt
+
+    torch.manual_seed(0)
+    src = save_model(tmp_path / "m", build_model(spec), name="m", arch=spec)
+    art = call_stage(export_stage, ExportConfig(input="m"), name="e", out=tmp_path / "e", source=src)
+    assert check_tensorrt(art, [[16, 16], [48, 64], [96, 128]]) == []
+
+
+def test_span_collapses_exactly_into_plain_convs():
+    torch.manual_seed(1)
+    spec = {"type": "span", "scale": 2, "channels": 8}
+    model = build_model(spec).eval()
+    with torch.no_grad():  # move every branch away from its initialisation, as training does
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    conv = model.conv_1
+    x = torch.rand(1, 3, 11, 7)
+    with torch.no_grad():
+        assert (conv(x) - conv.forward_branches(x)).abs().max() < 1e-5  # borders included
+        plain, delta = model.reparameterized()
+        assert delta == {"deploy": True} and not any(hasattr(m, "expand") for m in plain.modules())
+        assert (plain(x) - model(x)).abs().max() < 1e-5
+
+
+def test_meta_sr_runs_any_scale_and_its_fixed_scale_form_is_exact():
+    torch.manual_seed(2)
+    spec = {"type": "meta_sr", "scale": 2, "scales": [2, 3, 4], "trunk": "edsr", "hidden": 16,
+            "trunk_args": {"n_resblocks": 1, "n_feats": 8}}
+    model = build_model(spec).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        x = torch.rand(1, 3, 9, 11)
+        outs = model(x)
+        plain, delta = model.reparameterized()
+        for s, a, b in zip((2, 3, 4), outs, plain(x)):
+            assert a.shape == (1, 3, 9 * s, 11 * s) and (a - b).abs().max() < 1e-5
+            assert torch.allclose(model.upscale(x, float(s)), a, atol=1e-6)
+        for s in (1.1, 1.5, 2.7, 3.3):  # one network, non-integer scales: floor(H s) x floor(W s)
+            assert model.upscale(x, s).shape == (1, 3, int(9 * s), int(11 * s))
+        # the filters are predicted from the position: the same LR pixel gives different output pixels
+        two = model.upscale(x, 2.0)
+        assert (two[..., 0::2, 0::2] - two[..., 1::2, 1::2]).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="integer scales"):
+        build_model({**spec, "scales": [2, 2.5]})
+    with pytest.raises(ValueError, match="fixed to its integer scales"):
+        plain.upscale(x, 2.5)
+
+
+def test_swinir_shifted_window_mask_separates_the_rolled_regions():
+    model = build_model({"type": "swinir", "scale": 2, "embed_dim": 12, "depths": [2], "heads": [2], "window_size": 4})
+    mask = model.shift_mask(3, 2, torch.device("cpu"))
+    assert mask.shape == (6, 16, 16)
+    assert torch.equal(mask, mask.transpose(1, 2)) and (mask.diagonal(dim1=1, dim2=2) == 0).all()
+    grid = mask.view(3, 2, 16, 16)
+    assert (grid[:-1, :-1] == 0).all()  # windows away from the wrapped border see one region only
+    # the corner window holds four regions (2x2 pixels each): a token attends to its own 4 only
+    corner = grid[-1, -1]
+    assert ((corner == 0).sum(dim=1) == 4).all()
+
+
+def test_swinir_onnx_keeps_dynamic_sizes_with_in_graph_window_padding(tmp_path):
+    from edgesr.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model({"type": "swinir", "scale": 2, "embed_dim": 12, "depths": [2], "heads": [2],
+                         "window_size": 4}).eval()
+    proto = export_onnx(model, tmp_path / "s.onnx", scales=[2])
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    for hw in [(3, 5), (4, 4), (8, 8), (17, 9)]:  # smaller than a window, whole windows, ragged
+        x = torch.rand(2, 3, *hw)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = sess.run(None, {"lr": x.numpy()})[0]
+        assert out.shape == (2, 3, 2 * hw[0], 2 * hw[1]) and np.abs(out - ref).max() < 1e-4
+
+
+def test_lapsrn_emits_every_pyramid_level_starting_near_bilinear():
+    model = build_model({"type": "lapsrn", "scale": 8, "depth": 1, "n_feats": 8, "color": "rgb"}).eval()
+    assert model.scales == (2, 4, 8)
+    with torch.no_grad():
+        for level in model.levels:
+            level.residual.weight.zero_()
+            level.residual.bias.zero_()
+        x = torch.rand(1, 3, 12, 12)
+        x2, x4, x8 = model(x)
+    assert x8.shape[-1] == 96
+    ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert (x2 - ref)[..., 2:-2, 2:-2].abs().max() < 1e-5
+
+
+def test_vdsr_and_srcnn_work_on_bicubic_upsampled_luminance():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 10, 12)
+    w = torch.tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1) / 255
+    bicubic = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    vdsr = build_model({"type": "vdsr", "scale": 2, "depth": 4, "n_feats": 8}).eval()
+    with torch.no_grad():
+        vdsr.network.body[-1].weight.zero_()
+        vdsr.network.body[-1].bias.zero_()
+        assert (vdsr(x) - bicubic).abs().max() < 1e-5  # zero residual: exactly the bicubic image
+        srcnn = build_model({"type": "srcnn", "scale": 2, "n1": 8, "n2": 4}).eval()
+        y_out = (srcnn(x) * w).sum(1, keepdim=True) + 16 / 255
+        y_in = (x * w).sum(1, keepdim=True) + 16 / 255
+        assert (y_out - srcnn.network(y_in)).abs().max() < 1e-5

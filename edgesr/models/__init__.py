@@ -7,7 +7,8 @@ from ..registry import Registry
 MODELS: Registry = Registry("architecture")
 
 # Explicit imports register each architecture (one file each).
-from . import abpn, edsr, edsr_msa, espcn, fsrcnn, lapsrn, msrep, rcan, rdn  # noqa: E402,F401
+from . import (abpn, edsr, edsr_msa, espcn, fsrcnn, lapsrn, ms_lapsrn, msrep, rcan, rdn, srcnn,  # noqa: E402,F401
+               meta_sr, rlfn, span, srresnet, swinir, vdsr)
 
 
 def build_model(spec: dict):

@@ -67,10 +67,13 @@ class EDSR(nn.Module):
         self.upsample = _upsampler(scale, n_feats)
         self.tail = nn.Conv2d(n_feats, 3, 3, padding=1)
 
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+    def features(self, lr: torch.Tensor) -> torch.Tensor:
+        """The LR-space features the upsampler takes (after the body and the long skip)."""
         x = self.head(lr - self.rgb_mean)
-        x = x + self.body(x)
-        sr = self.tail(self.upsample(x)) + self.rgb_mean
+        return x + self.body(x)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        sr = self.tail(self.upsample(self.features(lr))) + self.rgb_mean
         if self.anchor == "nearest":
             sr = sr + F.interpolate(lr, scale_factor=self.scale, mode="nearest") - self.rgb_mean
         return sr

@@ -2,7 +2,7 @@
 Convolutional Neural Network", CVPR 2016: 5x5 conv 64, 3x3 conv 32 (tanh), 3x3 conv to r^2 channels and
 PixelShuffle. Published Set5 x3 32.55 dB.
 
-Like the paper, on luminance by default (``color="y"``, the Y-channel plumbing shared with FSRCNN: chroma
+Like the paper, on luminance by default (``color="y"``, the Y-channel plumbing of `luma.py`: chroma
 from bilinear upsampling, luminance from the network); ``color="rgb"`` runs the network on RGB.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 from torch import nn
 
 from . import MODELS
-from .fsrcnn import _LumaWrapper
+from .luma import LumaWrapper
 
 __all__ = ["ESPCN"]
 
 
 @MODELS.register("espcn")
-class ESPCN(_LumaWrapper):
+class ESPCN(LumaWrapper):
     def __init__(self, *, scale: int = 3, color: str = "y"):
         super().__init__(scale, color)
         c = self.channels

@@ -1,70 +1,71 @@
-"""MS-LapSRN — Lai et al., "Fast and Accurate Image Super-Resolution with Deep Laplacian Pyramid Networks",
-TPAMI 2018 (the multi-scale, weight-shared successor of LapSRN, CVPR 2017).
+"""LapSRN — Lai et al., "Deep Laplacian Pyramid Networks for Fast and Accurate Super-Resolution", CVPR 2017:
+the single-scale-trained progressive network (one model per scale, x2 / x4 / x8), beside its
+weight-shared multi-scale successor ``ms_lapsrn``.
 
-One forward pass on the LR image emits x2, x4 and x8 (``levels``). Each pyramid level has a feature
-branch — a recursive block of ``depth`` conv + LeakyReLU(0.2) layers applied ``recursions`` times with a
-shared-source local skip, then a 4x4 stride-2 transposed conv — and an image branch that upsamples the
-previous level's image by a 4x4 stride-2 transposed conv initialised to bilinear interpolation; a 3x3
-conv predicts the residual (the Laplacian band) added to it. Weights are shared across levels, so the
-parameter count does not grow with the scale. Trained with Charbonnier on every level (multi-scale
-supervision). Paper: D5R8, 64 channels, Y channel only; edgesr works on RGB (3-channel first and residual
-convs) with 4x4 transposed convs: 254k parameters.
+log2(scale) pyramid levels, each with its own weights. Feature branch: a 3x3 input conv, then per level
+``depth`` 3x3 conv + LeakyReLU(0.2) layers, a 3x3 stride-2 transposed conv + LeakyReLU that doubles the
+features, and a 3x3 conv predicting the level's residual (the Laplacian band). Image branch: the previous
+level's image is upsampled by a 4x4 stride-2 transposed conv initialised to bilinear interpolation and the
+residual is added. Every level's image is an output (``sr_x2``, ``sr_x4``, ...), supervised with
+Charbonnier in the paper (multi-scale supervision). As in the reference code: depth 10, 64 channels, Y
+channel; 812K weights at x4 (the paper's figure; 814K with biases).
+
+Y-channel plumbing from ``luma.py`` (chroma by bilinear upsampling at each level); ``color="rgb"`` runs
+the network on RGB.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from . import MODELS
+from .ms_lapsrn import bilinear_kernel
+from .luma import LumaWrapper
+
+__all__ = ["LapSRN"]
 
 
-def _bilinear_kernel(channels: int, k: int = 4) -> torch.Tensor:
-    factor = (k + 1) // 2
-    center = factor - 1 if k % 2 == 1 else factor - 0.5
-    og = torch.arange(k, dtype=torch.float32)
-    filt = 1 - (og - center).abs() / factor
-    kernel = filt[:, None] * filt[None, :]
-    w = torch.zeros(channels, channels, k, k)
-    w[range(channels), range(channels)] = kernel
-    return w
-
-
-class RecursiveBlock(nn.Module):
-    def __init__(self, n_feats: int, depth: int):
+class _Level(nn.Module):
+    def __init__(self, n_feats: int, depth: int, channels: int):
         super().__init__()
         layers: list[nn.Module] = []
         for _ in range(depth):
-            layers += [nn.LeakyReLU(0.2), nn.Conv2d(n_feats, n_feats, 3, padding=1)]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-@MODELS.register("ms_lapsrn")
-class MSLapSRN(nn.Module):
-    def __init__(self, *, scale: int = 2, levels: int = 3, n_feats: int = 64, depth: int = 5, recursions: int = 8):
-        super().__init__()
-        scales = tuple(2 ** (i + 1) for i in range(levels))
-        if scale not in scales:
-            raise ValueError(f"MS-LapSRN with {levels} levels emits x{list(scales)}; scale x{scale} is not one")
-        self.scale, self.scales, self.recursions = scale, scales, recursions
-        self.embed = nn.Conv2d(3, n_feats, 3, padding=1)
-        self.block = RecursiveBlock(n_feats, depth)  # shared by every recursion and every level
-        self.feat_up = nn.Sequential(nn.LeakyReLU(0.2), nn.ConvTranspose2d(n_feats, n_feats, 4, stride=2, padding=1))
-        self.residual = nn.Conv2d(n_feats, 3, 3, padding=1)
-        self.img_up = nn.ConvTranspose2d(3, 3, 4, stride=2, padding=1, bias=False)
+            layers += [nn.Conv2d(n_feats, n_feats, 3, padding=1), nn.LeakyReLU(0.2)]
+        layers += [nn.ConvTranspose2d(n_feats, n_feats, 3, stride=2, padding=1, output_padding=1), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.residual = nn.Conv2d(n_feats, channels, 3, padding=1)
+        self.img_up = nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1, bias=False)
         with torch.no_grad():
-            self.img_up.weight.copy_(_bilinear_kernel(3))
+            self.img_up.weight.copy_(bilinear_kernel(channels))
+            self.residual.weight.mul_(0.1)  # start near bilinear upsampling
+
+
+@MODELS.register("lapsrn")
+class LapSRN(LumaWrapper):
+    def __init__(self, *, scale: int = 4, depth: int = 10, n_feats: int = 64, color: str = "y"):
+        super().__init__(scale, color)
+        if scale not in (2, 4, 8):
+            raise ValueError(f"LapSRN is a x2 pyramid: scale must be 2, 4 or 8, got {scale}")
+        levels = int(math.log2(scale))
+        self.scales = tuple(2 ** (i + 1) for i in range(levels))
+        c = self.channels
+        self.input_conv = nn.Sequential(nn.Conv2d(c, n_feats, 3, padding=1), nn.LeakyReLU(0.2))
+        self.levels = nn.ModuleList(_Level(n_feats, depth, c) for _ in range(levels))
+
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feat, img, outs = self.input_conv(x), x, []
+        for level in self.levels:
+            feat = level.features(feat)
+            img = level.img_up(img) + level.residual(feat)
+            outs.append(img)
+        return outs
 
     def forward(self, lr: torch.Tensor):
-        feat, img, outs = self.embed(lr), lr, []
-        for _ in self.scales:
-            source = feat
-            for _ in range(self.recursions):
-                feat = self.block(feat) + source  # shared-source local skip
-            feat = self.feat_up(feat)
-            img = self.img_up(img) + self.residual(feat)
-            outs.append(img)
+        if self.color == "rgb":
+            outs = self.pyramid(lr)
+        else:
+            outs = [self.to_rgb(lr, y, s) for y, s in zip(self.pyramid(self.luma(lr)), self.scales)]
         return outs[0] if len(outs) == 1 else tuple(outs)

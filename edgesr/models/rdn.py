@@ -58,12 +58,15 @@ class RDN(nn.Module):
         self.upsample = nn.Sequential(*up)
         self.tail = nn.Conv2d(growth, 3, 3, padding=1)
 
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+    def features(self, lr: torch.Tensor) -> torch.Tensor:
+        """The LR-space features the upsampler takes (after global feature fusion and the global residual)."""
         f_1 = self.sfe1(lr - self.rgb_mean)
         x = self.sfe2(f_1)
         outs = []
         for rdb in self.rdbs:
             x = rdb(x)
             outs.append(x)
-        x = self.gff(torch.cat(outs, dim=1)) + f_1
-        return self.tail(self.upsample(x)) + self.rgb_mean
+        return self.gff(torch.cat(outs, dim=1)) + f_1
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.upsample(self.features(lr))) + self.rgb_mean
