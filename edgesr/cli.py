@@ -400,6 +400,45 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _region(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4 or min(parts[2:]) < 1 or min(parts[:2]) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give X,Y,WIDTH,HEIGHT in input pixels, e.g. 40,32,16,16")
+    return parts  # type: ignore[return-value]
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    _needs_training_extra("explain")
+    from .artifacts import read_artifact
+    from .explain import explain, write_explanation
+    from .imaging import read_image
+    from .modelio import load_model
+
+    art = read_artifact(args.artifact)
+    if art.kind != "model":
+        raise UsageError(f"{art.path}: is a {art.kind!r} artifact; explain needs gradients, which only the PyTorch "
+                         "model has. Pass the model artifact it was made from (the run's train, distill or prune "
+                         "stage directory, or a pretrained name without -fp32/-int8).")
+    image = read_image(args.image)
+    h, w = image.shape[:2]
+    region = args.region or (max(0, w // 2 - 8), max(0, h // 2 - 8), min(16, w), min(16, h))
+    layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
+    exp = explain(load_model(art), image, region, scale=args.scale, layers=layers, method=args.method,
+                  ig_steps=args.steps)
+    title = f"{art.manifest.get('name', art.path.name)} on {Path(args.image).name}"
+    record = write_explanation(exp, image, args.out, title=title)
+    for m in record["maps"]:
+        c = m["centroid_xy"]
+        where = f"centroid ({c[0]:.1f}, {c[1]:.1f})" if c else "all zero"
+        print(f"{m['file']}: {m['name']} ({where}{', constant' if m['constant'] else ''})")
+    print(f"{args.out}: {len(record['maps'])} maps, contact_sheet.png, maps.json (region x={region[0]} y={region[1]} "
+          f"{region[2]}x{region[3]}, x{exp.scale})")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .artifacts import read_artifact
     from .benchmarks.quality import measure_quality
@@ -558,6 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--set", help="evaluation set on the plot (default: the first measured)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("explain", help="attention maps and attribution maps of a model for a region of its output, "
+                                        "as overlays on the input and a contact sheet")
+    p.add_argument("artifact", help="a model artifact (directory or pretrained name)")
+    p.add_argument("image", help="the input (LR) image")
+    p.add_argument("--out", required=True, help="folder for the PNGs, contact_sheet.png and maps.json")
+    p.add_argument("--region", type=_region, help="X,Y,WIDTH,HEIGHT of the output region, in input pixels "
+                                                  "(default: 16x16 at the centre)")
+    p.add_argument("--layers", help="comma-separated layer names (default: up to four trunk convolutions)")
+    p.add_argument("--method", choices=["layercam", "gradcam"], default="layercam")
+    p.add_argument("--scale", type=_positive_int, help="output to explain, for multi-scale models (default: first)")
+    p.add_argument("--steps", type=_positive_int, default=16, help="integrated-gradients steps (default 16)")
+    p.set_defaults(fn=cmd_explain)
     p = sub.add_parser("models", help="list the architectures and the pretrained models (parameters, MACs, PSNR)")
     p.set_defaults(fn=cmd_models)
     p = sub.add_parser("doctor", help="list components and backends, and why any is unavailable")

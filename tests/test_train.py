@@ -168,7 +168,7 @@ def test_gan_fine_tune_needs_the_users_vgg_file_and_runs_with_it(builtin_train, 
     from edgesr.modelio import save_model
     from edgesr.train.gan import GanConfig, VGGFeatures, WeightsError, gan_stage
 
-    spec = {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1}
+    spec = {"type": "srresnet", "scale": 2, "n_blocks": 1, "n_feats": 8}  # SRGAN = SRResNet + this stage
     src = save_model(tmp_path / "g", build_model(spec), name="g", arch=spec)
     common = dict(name="gan", out=tmp_path / "gan", source=src, train_pairs=builtin_train, val_pairs=builtin_valid[:1],
                   scale=2, patch_size=16, min_patch_std=0.0, seed=0)
