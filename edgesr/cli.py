@@ -262,17 +262,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     except ImportError:
         console.print("architectures: need PyTorch (pip install 'edgesr[train]')")
     else:
+        from .models import deploy_form
+
         table = Table(title="architectures (defaults, x2)")
-        for col in ("type", "parameters (x2, defaults)", "paper / description"):
+        for col in ("type", "parameters (x2, defaults)", "deployed", "paper / description"):
             table.add_column(col)
         for name in MODELS.names():
+            n = deployed = None
             with torch.device("meta"):
                 try:
-                    n = sum(p.numel() for p in build_model({"type": name, "scale": 2}).parameters())
+                    model = build_model({"type": name, "scale": 2})
+                    n = sum(p.numel() for p in model.parameters())
+                    if hasattr(model, "reparameterized"):  # collapsed branches / fixed-scale filters
+                        deployed = sum(p.numel() for p in deploy_form(model, {})[0].parameters())
                 except (TypeError, ValueError):
-                    n = None
+                    pass
             doc = (MODELS.get(name).__doc__ or sys.modules[MODELS.get(name).__module__].__doc__ or "").strip()
-            table.add_row(name, f"{n:,}" if n is not None else "–", doc.splitlines()[0][:90] if doc else "")
+            table.add_row(name, f"{n:,}" if n is not None else "–", f"{deployed:,}" if deployed is not None else "",
+                          doc.splitlines()[0][:80] if doc else "")
         console.print(table)
     models = pretrained.index()
     table = Table(title=f"pretrained models ({len(models)}; use the name wherever an artifact path goes)")
