@@ -446,6 +446,58 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give HEIGHTxWIDTH, e.g. 360x640") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sides must be at least 1")
+    return h, w
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .artifacts import read_artifact
+    from .benchmarks.devices import device_info, device_label
+    from .benchmarks.profile_ops import onnx_macs, profile_onnx
+
+    art = read_artifact(args.artifact)
+    if art.kind != "onnx":
+        raise UsageError(f"{art.path}: is a {art.kind!r} artifact; the profiler runs ONNX graphs on ONNX Runtime. "
+                         "Export it first (an export stage, or a pretrained name ending in -fp32/-int8)")
+    macs = onnx_macs(art.payload, args.input)
+    res = profile_onnx(art, input_hw=args.input, runs=args.runs, threads=args.threads, macs=macs)
+    res["machine"] = device_info()
+    console = Console()
+    console.width = max(console.width, 120)
+    console.print(f"{art.path}: {res['precision']}, {args.input[0]}x{args.input[1]}, {args.runs} runs, median "
+                  f"{res['median_ms']:.2f} ms (kernels {res['kernel_ms_per_run']:.2f} ms), {res['gops']:.0f} GOP/s "
+                  f"({macs / 1e9:.2f} GMACs of convolution) on {device_label(res['machine'])}")
+    table = Table(title="time by operator")
+    for col in ("operator", "ms / run", "share"):
+        table.add_column(col, justify="left" if col == "operator" else "right")
+    for o in res["ops"]:
+        table.add_row(o["op"], f"{o['ms_per_run']:.3f}", f"{100 * o['share']:.1f} %")
+    console.print(table)
+    nodes = Table(title="slowest nodes")
+    for col in ("node", "operator", "ms / run", "share"):
+        nodes.add_column(col)
+    for n in res["nodes"][:args.top]:
+        nodes.add_row(n["node"], n["op"], f"{n['ms_per_run']:.3f}", f"{100 * n['share']:.1f} %")
+    console.print(nodes)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(json.dumps(res, indent=2))
+        console.print(f"{out / 'profile.json'}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .artifacts import read_artifact
     from .benchmarks.quality import measure_quality
@@ -604,6 +656,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--set", help="evaluation set on the plot (default: the first measured)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("profile", help="where an ONNX artifact's time goes on ONNX Runtime: per-operator and per-node "
+                                        "kernel time, achieved GOP/s")
+    p.add_argument("artifact", help="an ONNX artifact (directory or pretrained name)")
+    p.add_argument("--input", type=_hw, default=(360, 640), help="LR size HEIGHTxWIDTH (default 360x640)")
+    p.add_argument("--runs", type=_positive_int, default=20)
+    p.add_argument("--threads", type=_non_negative_int, default=0, help="intra-op threads (0: all cores)")
+    p.add_argument("--top", type=_positive_int, default=10, help="slowest nodes listed")
+    p.add_argument("--out", help="folder for profile.json")
+    p.set_defaults(fn=cmd_profile)
     p = sub.add_parser("explain", help="attention maps and attribution maps of a model for a region of its output, "
                                         "as overlays on the input and a contact sheet")
     p.add_argument("artifact", help="a model artifact (directory or pretrained name)")

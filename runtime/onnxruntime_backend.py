@@ -28,13 +28,15 @@ PROVIDER_FIX = {
 
 
 def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
-                providers: tuple[str, ...] = ("CPUExecutionProvider",), optimize: bool = True, spin: bool = True):
+                providers: tuple[str, ...] = ("CPUExecutionProvider",), optimize: bool = True, spin: bool = True,
+                profile_prefix: str | None = None):
     """An ``InferenceSession`` on a file or serialized graph: ``threads`` intra-op threads (0: ONNX Runtime's
     default, all cores), one inter-op thread, full graph optimisation (``optimize=False`` keeps every
     tensor observable), warnings off. ``spin=False`` stops idle worker threads from spin-waiting after a run:
     ONNX Runtime's default keeps them busy for a while, which is faster alone but steals the cores from
     whatever runs next (measured in an interleaved benchmark: OpenVINO's median 24 -> 41 ms beside spinning
-    ONNX Runtime sessions, ONNX Runtime's own median 1 % slower without spinning)."""
+    ONNX Runtime sessions, ONNX Runtime's own median 1 % slower without spinning). ``profile_prefix`` turns
+    on ONNX Runtime's per-node profiler (its JSON trace is written at ``end_profiling()``)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -53,6 +55,9 @@ def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
     opts.log_severity_level = 3
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
 
