@@ -471,7 +471,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise UsageError(f"{art.path}: is a {art.kind!r} artifact; the profiler runs ONNX graphs on ONNX Runtime. "
                          "Export it first (an export stage, or a pretrained name ending in -fp32/-int8)")
     macs = onnx_macs(art.payload, args.input)
-    res = profile_onnx(art, input_hw=args.input, runs=args.runs, threads=args.threads, macs=macs)
+    res = profile_onnx(art, input_hw=args.input, runs=args.runs, threads=args.threads, macs=macs,
+                       fast_shuffle=not args.plain_shuffle)
     res["machine"] = device_info()
     console = Console()
     console.width = max(console.width, 120)
@@ -663,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_positive_int, default=20)
     p.add_argument("--threads", type=_non_negative_int, default=0, help="intra-op threads (0: all cores)")
     p.add_argument("--top", type=_positive_int, default=10, help="slowest nodes listed")
+    p.add_argument("--plain-shuffle", action="store_true", help="run DepthToSpace as written (the onnxruntime "
+                                                                "backend runs it as an exact ConvTranspose)")
     p.add_argument("--out", help="folder for profile.json")
     p.set_defaults(fn=cmd_profile)
     p = sub.add_parser("explain", help="attention maps and attribution maps of a model for a region of its output, "

@@ -71,9 +71,15 @@ class OnnxRuntimeBackend(Backend):
 
     interleave_options = {"spin": False}
 
-    def __init__(self, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool = True):
+    def __init__(self, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool = True,
+                 fast_shuffle: bool = True):
+        """``fast_shuffle``: on the CPU provider alone, run each DepthToSpace (pixel shuffle) as the
+        bit-exact ConvTranspose of :func:`edgesr.onnxutil.shuffle_as_conv_transpose`, in memory (the artifact
+        is not changed): ONNX Runtime's CPU DepthToSpace is a slow generic transpose."""
         super().__init__(threads)
         self.providers, self.spin = tuple(providers), spin
+        self.fast_shuffle = fast_shuffle and tuple(PROVIDERS.get(p.lower(), p) for p in providers) == ("CPUExecutionProvider",)
+        self.rewritten = 0
         self.session = None
         self.precision = ""
 
@@ -82,9 +88,21 @@ class OnnxRuntimeBackend(Backend):
         return f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
 
     def _load(self, artifact) -> None:
+        source = artifact.payload
+        if self.fast_shuffle:
+            import onnx
+
+            from edgesr.onnxutil import shuffle_as_conv_transpose
+
+            try:
+                proto = onnx.load(str(artifact.payload))
+                self.rewritten = shuffle_as_conv_transpose(proto)
+                if self.rewritten:
+                    source = proto.SerializeToString()
+            except Exception:  # noqa: BLE001 - a graph the rewrite cannot read is loaded as it is (and checked there)
+                self.rewritten = 0
         try:
-            self.session = ort_session(artifact.payload, threads=self.threads, providers=self.providers,
-                                       spin=self.spin)
+            self.session = ort_session(source, threads=self.threads, providers=self.providers, spin=self.spin)
         except BackendUnavailable:
             raise
         except Exception as exc:
@@ -103,4 +121,5 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         return {"backend": "onnxruntime", "version": ort.__version__, "providers": list(self.providers),
-                "threads": self.threads, "precision": self.precision, "thread_spinning": self.spin}
+                "threads": self.threads, "precision": self.precision, "thread_spinning": self.spin,
+                "shuffle_as_conv_transpose": self.rewritten}

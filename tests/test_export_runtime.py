@@ -112,3 +112,35 @@ def test_bicubic_graph_matches_matlab_away_from_borders(tmp_path):
     ours = Upscaler(open_backend(art, threads=1)).upscale_float(img) * 255
     ref = imresize(img.astype(np.float64), 2)
     assert np.abs(ours - ref)[4:-4, 4:-4].max() < 0.01
+
+
+@pytest.mark.parametrize("mode", ["CRD", "DCR"])
+def test_pixel_shuffle_as_conv_transpose_is_bit_exact(mode):
+    """ONNX Runtime's backend runs DepthToSpace as the equivalent ConvTranspose: the same numbers, both modes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgesr.onnxutil import shuffle_as_conv_transpose
+
+    graph = helper.make_graph([helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=3, mode=mode)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 18, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, None, None])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    x = np.random.default_rng(0).standard_normal((2, 18, 5, 7)).astype(np.float32)
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert shuffle_as_conv_transpose(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["ConvTranspose"]
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert out.shape == (2, 2, 15, 21) and np.array_equal(out, ref)
+
+
+def test_onnxruntime_backend_runs_the_fast_shuffle_with_identical_output(tiny_student):
+    from edgesr.runtime import open_backend
+
+    x = np.random.default_rng(1).random((1, 3, 19, 23), dtype=np.float32)
+    with open_backend(tiny_student, "onnxruntime") as fast, \
+            open_backend(tiny_student, "onnxruntime", fast_shuffle=False) as plain:
+        assert fast.describe()["shuffle_as_conv_transpose"] == 1
+        assert plain.describe()["shuffle_as_conv_transpose"] == 0
+        assert np.array_equal(fast.run(x), plain.run(x))
