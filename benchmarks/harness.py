@@ -24,7 +24,7 @@ from edgesr.progress import console
 from edgesr.runtime import BACKENDS, BackendUnavailable, open_backend
 from edgesr.stages import stage_table
 
-from .baseline import bicubic_artifact
+from .baseline import PillowBicubic, bicubic_artifact
 from .devices import device_info
 from .latency import measure_interleaved, peak_throughput, speedup
 from .quality import measure_quality
@@ -88,20 +88,26 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     bench = recipe.benchmark
     t = time.perf_counter()
     arts = dict(arts)
-    if "bicubic" in bench.variants:
-        arts["bicubic"] = bicubic_artifact(out=out / "bicubic", scale=recipe.scale)
+    if "bicubic" in bench.variants or "bicubic_pillow" in bench.variants:
+        arts["bicubic"] = arts["bicubic_pillow"] = bicubic_artifact(out=out / "bicubic", scale=recipe.scale)
     backends, skipped = benchmark_backends(bench)
     for name, why in skipped.items():
         console.print(f"[yellow]benchmark: backend {name} left out: {why}[/]")
     pairs = [(variant, b, _deployed_as(variant, arts[variant], recipe, arts, b))
-             for variant in bench.variants for b in backends]
+             for variant in bench.variants if variant != "bicubic_pillow" for b in backends]
+    if "bicubic_pillow" in bench.variants:  # Pillow's resize: one pair, whatever the backends
+        pairs.append(("bicubic_pillow", "pillow", arts["bicubic_pillow"]))
     rows, opened = [], {}
     with contextlib.ExitStack() as stack:
         for variant, b, art in pairs:
             console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
-            options = {**BACKENDS.get(b).run_dir_options(out),
-                       **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
-            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
+            if b == "pillow":
+                backend = stack.enter_context(PillowBicubic())
+                backend.load(art)
+            else:
+                options = {**BACKENDS.get(b).run_dir_options(out),
+                           **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
+                backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
             opened[(variant, b)] = backend
             quality = measure_quality(backend, evals, recipe.scale, art.manifest.get("size_multiple", 1))
             rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,
@@ -124,7 +130,7 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     for r in rows:
         art = r.pop("_art")
         if r["variant"] not in macs_of:
-            model_art = model_of(art) if r["variant"] != "bicubic" else None
+            model_art = model_of(art) if r["variant"] not in ("bicubic", "bicubic_pillow") else None
             macs = params = None
             if model_art is not None:
                 # Count what is deployed: re-parameterizable students in their collapsed (exported) form.

@@ -80,6 +80,11 @@ class TrainConfig:
     resume: bool = True
 
 
+BASELINES = ("bicubic", "bicubic_pillow")
+"""Benchmark variants that are not stages: the bicubic graph (timed on every backend) and Pillow's bicubic
+resize on 8-bit images (what users call; timed once, as ``pillow``)."""
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
     variants: tuple[str, ...] = ()
@@ -284,7 +289,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         if kind not in table:
             raise RecipeError(f"{where}: unknown stage {kind!r}{_did_you_mean(kind, table.names())}; known: "
                               f"{table.names()}")
-        if name in seen or name == "bicubic":
+        if name in seen or name in BASELINES:
             raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")
         sdef = table.get(kind)
         cfg = build_config(sdef.config, {k: v for k, v in st.items() if k not in ("name", "stage")}, f"{where} ({name})")
@@ -314,8 +319,9 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
             raise RecipeError(f"{source}: benchmark backend {b!r} is not a backend; backends: {BACKENDS.names()}"
                               f"{_did_you_mean(b, BACKENDS.names())}")
     for v in bench.variants:
-        if v != "bicubic" and v not in seen:
-            raise RecipeError(f"{source}: benchmark variant {v!r} is not a stage; stages: {sorted(seen)}")
+        if v not in BASELINES and v not in seen:
+            raise RecipeError(f"{source}: benchmark variant {v!r} is not a stage or a baseline "
+                              f"({', '.join(BASELINES)}); stages: {sorted(seen)}")
     return Recipe(name=_check_type(raw["name"], str, f"{source}: name"), scale=scale, stages=tuple(stages),
                   data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
                   threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)

@@ -28,7 +28,7 @@ TINY = {
         {"name": "int8", "stage": "quantize", "input": "student_onnx", "calibration_images": 4,
          "calibration_patch": 48},
     ],
-    "benchmark": {"variants": ["bicubic", "teacher", "student", "pruned", "int8"], "input_size": [45, 80],
+    "benchmark": {"variants": ["bicubic", "bicubic_pillow", "teacher", "student", "pruned", "int8"], "input_size": [45, 80],
                   "backends": ["onnxruntime", "openvino"], "runs": 5, "max_seconds": 1},
 }
 SKIMAGE = Path(str(importlib.resources.files("skimage.data")))
@@ -53,8 +53,8 @@ def test_run_writes_report_results_and_plot(tiny_run):
     results = json.loads((out / "results.json").read_text())
     names = ["bicubic", "teacher", "student", "pruned", "int8"]
     assert [(v["variant"], v["backend"]) for v in results["variants"]] == [
-        (n, b) for n in names for b in ("onnxruntime", "openvino")]
-    assert results["timing"]["mode"] == "interleaved" and results["timing"]["pairs"] == 10
+        (n, b) for n in names for b in ("onnxruntime", "openvino")] + [("bicubic_pillow", "pillow")]
+    assert results["timing"]["mode"] == "interleaved" and results["timing"]["pairs"] == 11
     report = (out / "report.md").read_text()
     for v in results["variants"]:
         assert set(v["quality"]) == {"eval", "builtin"}
@@ -92,6 +92,11 @@ def test_run_writes_report_results_and_plot(tiny_run):
     manifest = json.loads((out / "int8" / "manifest.json").read_text())
     assert manifest["transforms"][-1]["type"] == "quantize" and manifest["transforms"][0]["type"] == "distill"
     assert abs(results["protocol_reference_bicubic"]["builtin"] - row["bicubic", "onnxruntime"]["quality"]["builtin"]["psnr"]) < 0.05
+    # Pillow's resize, the bicubic users call: timed in the same rounds, scored by the same protocol (its
+    # a = -0.5 kernel on 8-bit data lands within a few hundredths of a dB of the graph's)
+    pil = row["bicubic_pillow", "pillow"]
+    assert len(pil["times_ms"]) == results["timing"]["rounds"] and pil["backend_info"]["convert_ms"] > 0
+    assert abs(pil["quality"]["builtin"]["psnr"] - row["bicubic", "onnxruntime"]["quality"]["builtin"]["psnr"]) < 0.1
 
 
 @pytest.mark.slow
@@ -177,7 +182,7 @@ def test_recipe_validation():
 
 def test_builtin_quickstart_recipe_parses():
     recipe = load_recipe(Path(str(importlib.resources.files("edgesr.benchmarks") / "recipes" / "quickstart.yaml")))
-    assert recipe.benchmark.variants == ("bicubic", "teacher", "student", "pruned", "int8", "int8_ov")
+    assert recipe.benchmark.variants == ("bicubic", "bicubic_pillow", "teacher", "student", "pruned", "int8", "int8_ov")
     assert recipe.benchmark.backends == ("onnxruntime", "openvino")
     assert recipe.benchmark.input_size == (360, 640)
     assert recipe.data.train == "builtin" and recipe.data.eval == ("builtin",)
