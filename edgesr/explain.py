@@ -74,13 +74,12 @@ def _conv_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int
 
 def default_layers(model: nn.Module, x: torch.Tensor, count: int = 4) -> list[str]:
     """Up to ``count`` convolutions spread over the depth, among the trunk's: those at the input's resolution
-    (all, in networks that upsample first) with the network's most common width (not attention branches)."""
-    shapes = _conv_outputs(model, x)
+    (all, in networks that upsample first) with the first convolution's width (not attention branches)."""
+    shapes = _conv_outputs(model, x)  # in execution order
     lr_space = [n for n, chw in shapes.items() if chw[1:] == tuple(x.shape[-2:])] or list(shapes)
-    widths = [shapes[n][0] for n in lr_space]
-    if widths:
-        main = max(set(widths), key=widths.count)
-        lr_space = [n for n in lr_space if shapes[n][0] == main]
+    if lr_space:
+        width = shapes[lr_space[0]][0]
+        lr_space = [n for n in lr_space if shapes[n][0] == width]
     if len(lr_space) <= count:
         return lr_space
     idx = np.linspace(0, len(lr_space) - 1, count).round().astype(int)
