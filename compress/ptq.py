@@ -121,8 +121,12 @@ def quantize_onnx_nncf(src: Path, dst: Path, calibration: Iterable[np.ndarray], 
 
 def quantize_graph(src: Path, dst: Path, batches: list[np.ndarray], cfg: QuantizeConfig,
                    exclude: tuple[str, ...] = ()) -> None:
-    """Quantize with the tool the config names; ``exclude`` adds nodes kept in floating point."""
-    keep = tuple(cfg.exclude) + tuple(exclude)
+    """Quantize with the tool the config names; ``exclude`` adds nodes kept in floating point. Pixel shuffles
+    written as ConvTranspose (0/1 weights: the export stage's ``tail_channels``) always stay in float: they
+    are exact rearrangements of the image, and quantizing their output would round the image itself."""
+    from edgesr.onnxutil import shuffle_nodes
+
+    keep = tuple(cfg.exclude) + tuple(exclude) + tuple(shuffle_nodes(onnx.load(str(src))))
     if cfg.tool == "nncf":
         quantize_onnx_nncf(src, dst, batches, target=cfg.target, exclude=keep)
     else:
@@ -136,7 +140,11 @@ _SHAPE_OPS = {"Shape", "Constant", "Reshape", "Unsqueeze", "Squeeze", "Expand", 
 
 def quantizable_nodes(path: Path) -> list[str]:
     """Names of the nodes INT8 can apply to (compute and elementwise ops, not shape arithmetic), graph order."""
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type not in _SHAPE_OPS]
+    from edgesr.onnxutil import shuffle_nodes
+
+    proto = onnx.load(str(path))
+    shuffles = set(shuffle_nodes(proto))
+    return [n.name for n in proto.graph.node if n.op_type not in _SHAPE_OPS and n.name not in shuffles]
 
 
 @register_stage("quantize", QuantizeConfig, makes=ONNX, takes={"input": ONNX_FP32}, lossy=True)

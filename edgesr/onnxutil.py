@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["STANDARD_DOMAINS", "output_names", "op_counts", "strip_source_locations", "shuffle_as_conv_transpose"]
+__all__ = ["STANDARD_DOMAINS", "output_names", "op_counts", "strip_source_locations", "shuffle_as_conv_transpose",
+           "pad_image_tail", "shuffle_nodes"]
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 """Operators from these domains run in ONNX Runtime, TensorRT and OpenVINO; anything else is vendor-specific."""
@@ -67,18 +68,19 @@ def shuffle_as_conv_transpose(proto) -> int:
     from onnx import helper, numpy_helper, shape_inference
 
     inferred = shape_inference.infer_shapes(proto)
-    channels = {}
+    channels, dtypes = {}, {}
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if len(dims) == 4 and dims[1].HasField("dim_value"):
             channels[vi.name] = dims[1].dim_value
+            dtypes[vi.name] = vi.type.tensor_type.elem_type
     replaced = 0
     nodes = list(proto.graph.node)
     for i, n in enumerate(nodes):
         if n.op_type != "DepthToSpace" or n.domain not in STANDARD_DOMAINS:
             continue
         c_in = channels.get(n.input[0])
-        if c_in is None:
+        if c_in is None or dtypes.get(n.input[0]) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
             continue
         r = next(a.i for a in n.attribute if a.name == "blocksize")
         mode = next((a.s.decode() for a in n.attribute if a.name == "mode"), "DCR")
@@ -90,6 +92,8 @@ def shuffle_as_conv_transpose(proto) -> int:
                     src = c * r * r + p * r + q if mode == "CRD" else (p * r + q) * c_out + c
                     w[src, c, p, q] = 1.0
         name = f"{n.name or n.output[0]}_shuffle_weight"
+        if dtypes[n.input[0]] == onnx.TensorProto.FLOAT16:  # an FP16 graph: the weights in its type (0/1: exact)
+            w = w.astype(np.float16)
         proto.graph.initializer.append(numpy_helper.from_array(w, name))
         conv = helper.make_node("ConvTranspose", [n.input[0], name], list(n.output), name=n.name or None,
                                 kernel_shape=[r, r], strides=[r, r])
@@ -99,3 +103,146 @@ def shuffle_as_conv_transpose(proto) -> int:
     if replaced:
         onnx.checker.check_model(proto)
     return replaced
+
+
+_ANCHOR_OPS = {"Unsqueeze", "Expand", "Reshape", "Shape", "Concat", "Constant", "Tile", "Gather", "Slice", "Cast"}
+
+
+def _shuffle_weight(c_in: int, c_used: int, r: int, mode: str):
+    import numpy as np
+
+    c_out = c_used // (r * r)
+    w = np.zeros((c_in, c_out, r, r), np.float32)
+    for c in range(c_out):
+        for p in range(r):
+            for q in range(r):
+                w[c * r * r + p * r + q if mode == "CRD" else (p * r + q) * c_out + c, c, p, q] = 1.0
+    return w
+
+
+def pad_image_tail(proto, multiple: int = 16) -> int:
+    """Give every image-producing convolution (Conv -> [Add anchor] -> DepthToSpace) a multiple of
+    ``multiple`` output channels, in place, computing the same image:
+
+    * the conv's extra output channels have zero weights and biases;
+    * the anchor (the LR input repeated r^2 times along channels: ``repeat_interleave`` exported as
+      Unsqueeze/Expand/Reshape) becomes a 1x1 Conv of ``lr`` with 0/1 weights, zero on the extra channels;
+    * the DepthToSpace becomes the ConvTranspose of :func:`shuffle_as_conv_transpose`, with zero rows for
+      the extra channels.
+
+    Why: ONNX Runtime's INT8 convolution (NHWC) ran the 12-channel image conv of a 16-channel x2 student in
+    6.3 ms against 2.5 ms for each 16-channel body conv; padded to 16 it took 2.4 ms, and the INT8 student
+    ran 1.15x faster (18.5 -> 16.0 ms, same Set5 PSNR to 0.001 dB). The export stage checks the result
+    against PyTorch (parity). Returns the number of image convs padded."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    graph_inputs = {i.name for i in g.input}
+
+    def anchor_source(tensor: str) -> str | None:
+        """The graph input ``tensor`` is computed from through data-movement ops only, else None."""
+        seen, stack, source = set(), [tensor], None
+        while stack:
+            t = stack.pop()
+            if t in graph_inputs:
+                if source not in (None, t):
+                    return None
+                source = t
+                continue
+            if t in inits or t == "" or t in seen:
+                continue
+            seen.add(t)
+            n = producer.get(t)
+            if n is None or n.op_type not in _ANCHOR_OPS:
+                return None
+            stack.extend(n.input)
+        return source
+
+    padded = 0
+    for d2s in [n for n in g.node if n.op_type == "DepthToSpace" and n.domain in STANDARD_DOMAINS]:
+        r = next(a.i for a in d2s.attribute if a.name == "blocksize")
+        mode = next((a.s.decode() for a in d2s.attribute if a.name == "mode"), "DCR")
+        add = producer.get(d2s.input[0])
+        conv, anchor = None, None
+        if add is not None and add.op_type == "Conv":
+            conv = add
+            add = None
+        elif add is not None and add.op_type == "Add":
+            for i, t in enumerate(add.input):
+                p = producer.get(t)
+                if p is not None and p.op_type == "Conv":
+                    conv, other = p, add.input[1 - i]
+                    anchor = anchor_source(other)
+                    if anchor is None:
+                        conv = None
+                    break
+        if conv is None or conv.input[1] not in inits:
+            continue
+        consumers = [n for n in g.node for t in n.input if t == conv.output[0]]
+        if len(consumers) != 1 or (add is not None and sum(t == add.output[0] for n in g.node for t in n.input) != 1):
+            continue  # the conv's (or the sum's) channels are read elsewhere too: padding would change that
+        w = numpy_helper.to_array(inits[conv.input[1]])
+        c = w.shape[0]
+        cp = -(-c // multiple) * multiple
+        if cp == c or mode != "CRD" and anchor is not None:
+            continue
+        inits[conv.input[1]].CopyFrom(numpy_helper.from_array(
+            np.concatenate([w, np.zeros((cp - c,) + w.shape[1:], w.dtype)]), conv.input[1]))
+        if len(conv.input) > 2 and conv.input[2] in inits:
+            b = numpy_helper.to_array(inits[conv.input[2]])
+            inits[conv.input[2]].CopyFrom(numpy_helper.from_array(
+                np.concatenate([b, np.zeros(cp - c, b.dtype)]), conv.input[2]))
+        base = d2s.name or d2s.output[0]
+        if add is not None:
+            colours = c // (r * r)
+            wa = np.zeros((cp, colours, 1, 1), np.float32)
+            for j in range(c):
+                wa[j, j // (r * r), 0, 0] = 1.0  # repeat_interleave: channel j <- colour j // r^2
+            g.initializer.append(numpy_helper.from_array(wa, f"{base}_anchor_weight"))
+            anchor_out = f"{base}_anchor"
+            idx = list(g.node).index(add)
+            g.node.insert(idx, helper.make_node("Conv", [anchor, f"{base}_anchor_weight"], [anchor_out],
+                                                name=f"{base}_anchor_conv", kernel_shape=[1, 1]))
+            add.input[1 - list(add.input).index(conv.output[0])] = anchor_out
+        g.initializer.append(numpy_helper.from_array(_shuffle_weight(cp, c, r, mode), f"{base}_shuffle_weight"))
+        idx = list(g.node).index(d2s)
+        g.node.remove(d2s)
+        g.node.insert(idx, helper.make_node("ConvTranspose", [d2s.input[0], f"{base}_shuffle_weight"], list(d2s.output),
+                                            name=d2s.name or None, kernel_shape=[r, r], strides=[r, r]))
+        padded += 1
+    if padded:
+        # drop what only fed the replaced anchors (their Expand/Reshape chains), then the stale shapes
+        while True:
+            used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+            dead = [n for n in g.node if not any(o in used for o in n.output)]
+            if not dead:
+                break
+            for n in dead:
+                g.node.remove(n)
+        used = {t for n in g.node for t in n.input}
+        for i in [i for i in g.initializer if i.name not in used]:
+            g.initializer.remove(i)
+        del g.value_info[:]
+        onnx.checker.check_model(proto)
+    return padded
+
+
+def shuffle_nodes(proto) -> list[str]:
+    """Names of the ConvTranspose nodes that are pixel shuffles (0/1 weights, one 1 per input channel at
+    most): exact rearrangements that a quantizer must leave in float."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    names = []
+    for n in proto.graph.node:
+        if n.op_type != "ConvTranspose" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if np.isin(w, (0.0, 1.0)).all() and (w.reshape(w.shape[0], -1).sum(axis=1) <= 1).all():
+            names.append(n.name)
+    return names

@@ -90,11 +90,11 @@ class OnnxRuntimeBackend(Backend):
     def _load(self, artifact) -> None:
         source = artifact.payload
         if self.fast_shuffle:
-            import onnx
+            try:  # needs the onnx package, which a runtime-only install (onnxruntime + numpy) may not have
+                import onnx
 
-            from edgesr.onnxutil import shuffle_as_conv_transpose
+                from edgesr.onnxutil import shuffle_as_conv_transpose
 
-            try:
                 proto = onnx.load(str(artifact.payload))
                 self.rewritten = shuffle_as_conv_transpose(proto)
                 if self.rewritten:

@@ -50,6 +50,17 @@ def tiny_student(tmp_path_factory):
     return call_stage(export_stage, ExportConfig(input="m"), name="m_onnx", out=root / "m_onnx", source=src)
 
 
+@pytest.fixture(scope="session")
+def tiny_student_d2s(tiny_student, tmp_path_factory):
+    """The same student exported as PyTorch writes it (``tail_channels: 0``): its PixelShuffle a DepthToSpace."""
+    from edgesr.artifacts import read_artifact
+    from edgesr.export.onnx import ExportConfig, export_stage
+
+    src = read_artifact(tiny_student.path.parent / "m")
+    return call_stage(export_stage, ExportConfig(input="m", tail_channels=0), name="m_d2s",
+                      out=tmp_path_factory.mktemp("tiny_student_d2s") / "m_d2s", source=src)
+
+
 CONTEXT_KEYS = {"train_pairs", "val_pairs", "scale", "patch_size", "min_patch_std", "seed", "threads", "latency_fn"}
 
 

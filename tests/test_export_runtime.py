@@ -135,12 +135,51 @@ def test_pixel_shuffle_as_conv_transpose_is_bit_exact(mode):
     assert out.shape == (2, 2, 15, 21) and np.array_equal(out, ref)
 
 
-def test_onnxruntime_backend_runs_the_fast_shuffle_with_identical_output(tiny_student):
+def test_onnxruntime_backend_runs_the_fast_shuffle_with_identical_output(tiny_student_d2s):
     from edgesr.runtime import open_backend
 
     x = np.random.default_rng(1).random((1, 3, 19, 23), dtype=np.float32)
-    with open_backend(tiny_student, "onnxruntime") as fast, \
-            open_backend(tiny_student, "onnxruntime", fast_shuffle=False) as plain:
+    with open_backend(tiny_student_d2s, "onnxruntime") as fast, \
+            open_backend(tiny_student_d2s, "onnxruntime", fast_shuffle=False) as plain:
         assert fast.describe()["shuffle_as_conv_transpose"] == 1
         assert plain.describe()["shuffle_as_conv_transpose"] == 0
         assert np.array_equal(fast.run(x), plain.run(x))
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1, "heads": [2, 4]},  # image convs: 12 and 48 channels
+    {"type": "abpn", "scale": 2, "channels": 8, "n_body": 1},
+], ids=["msrep_x2x4", "abpn"])
+def test_tail_padding_keeps_the_output_and_stays_float_through_int8(spec, builtin_train, builtin_valid, tmp_path):
+    from edgesr.compress.ptq import QuantizeConfig, quantize_stage
+    import torch
+
+    from edgesr.onnxutil import op_counts
+
+    torch.manual_seed(0)
+    src = save_model(tmp_path / "m", build_model(spec), name="m", arch=spec)
+    plain = call_stage(export_stage, ExportConfig(input="m", tail_channels=0), name="p", out=tmp_path / "p", source=src)
+    padded = call_stage(export_stage, ExportConfig(input="m"), name="t", out=tmp_path / "t", source=src)  # 16
+    ops = padded.manifest["ops"]
+    heads = len(plain.manifest["scales"])  # x2: 12 channels, padded to 16; x4: 48, already a multiple
+    assert padded.manifest["transforms"][-1]["tail_channels_padded"] == 1
+    assert ops["ConvTranspose"] == 1 and ops.get("DepthToSpace", 0) == heads - 1
+    proto = onnx.load(str(padded.payload))
+    inits = {i.name: i for i in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Conv":
+            assert inits[n.input[1]].dims[0] % 16 == 0 or inits[n.input[1]].dims[0] == 8  # image convs padded
+    assert padded.manifest["metrics"]["parity"]["max_abs"] < 1e-4  # checked against PyTorch by the stage
+    x = np.random.default_rng(0).random((1, 3, 21, 13), dtype=np.float32)
+    with open_backend(plain, "onnxruntime", fast_shuffle=False) as a, open_backend(padded, "onnxruntime") as b:
+        assert np.abs(a.run(x) - b.run(x)).max() < 1e-5
+    kw = dict(calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=spec["scale"], seed=0)
+    int8 = call_stage(quantize_stage, QuantizeConfig(input="t", calibration_images=2, calibration_patch=32), name="q",
+                      out=tmp_path / "q", source=padded, **kw)
+    q = onnx.load(str(int8.payload))
+    produced = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:  # the shuffles stay float and exact: no quantizer on their weights or outputs
+        if n.op_type == "ConvTranspose":
+            assert produced.get(n.input[1]) is None or produced[n.input[1]].op_type != "DequantizeLinear"
+            assert not any(m.op_type == "QuantizeLinear" and n.output[0] in m.input for m in q.graph.node)
+    assert op_counts(q)["ConvTranspose"] == 1
