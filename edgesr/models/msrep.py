@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import MODELS
+from .reparam import MergedConv, copy_merged
 
 SIZES = {"s": (16, 3), "m": (32, 5), "l": (64, 5)}
 
 
-class RepConv(nn.Module):
+class RepConv(MergedConv):
     """A 3x3 convolution trained as 3x3 + 1x3 + 3x1 + 1x1 + (1x1 -> 3x3) [+ identity] branches."""
 
     def __init__(self, cin: int, cout: int, *, expand: int = 2, deploy: bool = False):
@@ -72,16 +73,7 @@ class RepConv(nn.Module):
         b = self.k3.bias + self.k13.bias + self.k31.bias + self.k1.bias + self.squeeze.bias
         return w, b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
-            return self.conv(x)
-        w, b = self.merged()
-        return F.conv2d(x, w, b, padding=1)
-
-    def forward_branches(self, x: torch.Tensor) -> torch.Tensor:
-        """The multi-branch form, branch by branch (the reference the merged kernel is checked against)."""
-        if self.deploy:
-            return self.conv(x)
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
         y = self.k3(x) + self.k13(x) + self.k31(x) + self.k1(x) + self.squeeze(self.expand(x))
         return y + x if self.identity else y
 
@@ -139,11 +131,5 @@ class MSRep(nn.Module):
         plain = MSRep(scale=self.scale, heads=list(self.scales), channels=self.head.cout,
                       n_blocks=self.depth[0], x4_blocks=(self.depth[1] - self.depth[0]) if len(self.depth) > 1 else 1,
                       deploy=True)
-        with torch.no_grad():
-            for name, mod in self.named_modules():
-                if isinstance(mod, RepConv):
-                    w, b = mod.merged()
-                    target = plain.get_submodule(name).conv
-                    target.weight.copy_(w)
-                    target.bias.copy_(b)
+        copy_merged(self, plain)
         return plain.eval(), {"deploy": True}

@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import MODELS
+from .reparam import MergedConv, copy_merged
 
 __all__ = ["SPAN"]
 
 
-class Conv3XC(nn.Module):
+class Conv3XC(MergedConv):
     """A 3x3 conv trained as 1x1 (cin -> gain cin) -> 3x3 (-> gain cout) -> 1x1 (-> cout) plus a 1x1 skip."""
 
     def __init__(self, cin: int, cout: int, *, gain: int = 2, deploy: bool = False):
@@ -54,16 +55,7 @@ class Conv3XC(nn.Module):
         b = s @ self.k3.bias + self.squeeze.bias + self.sk.bias
         return w, b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
-            return self.conv(x)
-        w, b = self.merged()
-        return F.conv2d(x, w, b, padding=1)
-
-    def forward_branches(self, x: torch.Tensor) -> torch.Tensor:
-        """The chain and the skip run as separate convs (the reference the merged kernel is checked against)."""
-        if self.deploy:
-            return self.conv(x)
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
         return self.squeeze(self.k3(self.expand(x))) + self.sk(x)
 
 
@@ -121,13 +113,8 @@ class SPAN(nn.Module):
         if self.deploy_form:
             return self, {}
         plain = SPAN(scale=self.scale, channels=self.channels, anchor=self.anchor, deploy=True)
+        copy_merged(self, plain)
         with torch.no_grad():
-            for name, mod in self.named_modules():
-                if isinstance(mod, Conv3XC):
-                    w, b = mod.merged()
-                    target = plain.get_submodule(name).conv
-                    target.weight.copy_(w)
-                    target.bias.copy_(b)
             for name in ("conv_cat", "upsampler"):
                 plain.get_submodule(name).load_state_dict(self.get_submodule(name).state_dict())
         return plain.eval(), {"deploy": True}
