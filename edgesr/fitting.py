@@ -28,6 +28,7 @@ from .artifacts import Artifact
 from .config import TrainConfig
 from .data.datasets import ImagePair, make_lr
 from .data.patches import PatchSampler
+from .errors import EdgesrError
 from .imaging import image_to_tensor, modcrop
 from .metrics import evaluate_pairs
 from .modelio import load_model
@@ -39,6 +40,11 @@ __all__ = ["FitResult", "Schedule", "fit", "validate", "torch_upscaler", "scale_
            "config_fingerprint"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class CheckpointMismatch(EdgesrError, RuntimeError):
+    """A resumable checkpoint left by a run whose configuration differs from this one (a recipe edited after
+    an interrupted or finished training): refused, so that two trainings are never mixed."""
 
 
 @dataclass
@@ -155,8 +161,9 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     if ckpt is not None and resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=True, map_location=dev)
         if state.get("fingerprint") != fingerprint:
-            raise RuntimeError(f"{ckpt}: checkpoint was written by a different configuration (model, data or "
-                               "schedule changed). Delete it to start over, or restore the configuration.")
+            raise CheckpointMismatch(f"{ckpt}: checkpoint was written by a different configuration (model, data or "
+                                     f"schedule changed). Delete it to start over (rm -r {ckpt.parent}), or "
+                                     "restore the configuration.")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         if ema is not None:

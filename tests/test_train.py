@@ -40,7 +40,9 @@ def test_resume_reproduces_uninterrupted_run(builtin_train, tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_configuration(builtin_train, tmp_path):
     sampler = PatchSampler(builtin_train, 2, 16, 4)
     _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path, stop_after=2)
-    with pytest.raises(RuntimeError, match="different configuration.*Delete it"):
+    from edgesr.errors import EdgesrError
+
+    with pytest.raises(EdgesrError, match=f"different configuration.*Delete it to start over \\(rm -r {tmp_path}\\)"):
         fit(build_model(SPEC), sampler, steps=8, lr=1e-3, loss_fn=lambda sr, lr, hr: (sr - hr).abs().mean(),
             val_pairs=builtin_train[:1], scale=2, checkpoint_dir=tmp_path, fingerprint="other")
 
