@@ -46,7 +46,7 @@ class ExportConfig:
     tail_channels: int = 16
     """Pad each conv that feeds a PixelShuffle to a multiple of this many output channels, with the anchor
     as a 1x1 conv and the shuffle as an exact ConvTranspose (:func:`edgesr.onnxutil.pad_image_tail`;
-    parity-checked like any export). Measured on the pretrained students (benchmarks/results/tail16): INT8
+    parity-checked like any export). Measured on the pretrained students (benchmarks/results/tail16_x2): INT8
     1.10-1.14x faster on ONNX Runtime and 1.16-1.27x on OpenVINO, where it also removes the 1.2-3.7 dB that
     the as-exported INT8 graphs lose; FP32 unchanged. 0: the graph as PyTorch exports it."""
 
