@@ -73,6 +73,8 @@ def main(argv=None) -> int:
         if model_art is not None:
             deployed, _ = deploy_form(load_model(model_art), model_art.manifest["arch"])
             macs, params = count_macs(deployed, (360, 640))
+        before = idx["models"].get(name) or {}
+        same_file = before.get("hash") == art.hash  # re-copied unchanged: keep where it came from
         idx["models"][name] = {
             "dir": name, "kind": art.kind, "precision": art.manifest["precision"], "scale": scale,
             "arch": (model_art.manifest["arch"] if model_art is not None else art.manifest.get("arch")),
@@ -81,6 +83,15 @@ def main(argv=None) -> int:
             "quality": {s: {"psnr": round(q["psnr"], 4), "ssim": round(q["ssim"], 4)} for s, q in quality.items()},
             "training_steps": (model_art.manifest.get("metrics") or {}).get("train_steps") if model_art else None, "recipe": results.get("recipe"),
             "command": results.get("command"), "stage": stage, "hash": art.hash}
+        if same_file:
+            for key in ("training_steps", "recipe", "command", "stage", "warm_start"):
+                if key in before:
+                    idx["models"][name][key] = before[key]
+        elif model_art is not None and model_art is not art:
+            model_entry = idx["models"].get(model_art.manifest.get("name") or "") or {}
+            for key in ("training_steps", "warm_start"):  # derived files: the training is their model's
+                if key in model_entry:
+                    idx["models"][name][key] = model_entry[key]
         print(f"{name}: {art.kind} {art.manifest['precision']} x{scale} " +
               ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items()))
     atomic_write_text(idx_path, json.dumps(idx, indent=2, sort_keys=True) + "\n")
