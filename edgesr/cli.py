@@ -356,10 +356,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _input_size(text: str) -> tuple[int, int]:
+    """An LR input size ``HxW`` (``--input-size`` of bench-trtexec, ``--input`` of profile)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give the LR input as HxW, e.g. 360x640") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sides must be at least 1, e.g. 360x640")
     return h, w
 
 
@@ -444,16 +447,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"{args.out}: {len(record['maps'])} maps, contact_sheet.png, maps.json (region x={region[0]} y={region[1]} "
           f"{region[2]}x{region[3]}, x{exp.scale})")
     return 0
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give HEIGHTxWIDTH, e.g. 360x640") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: sides must be at least 1")
-    return h, w
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -660,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="where an ONNX artifact's time goes on ONNX Runtime: per-operator and per-node "
                                         "kernel time, achieved GOP/s")
     p.add_argument("artifact", help="an ONNX artifact (directory or pretrained name)")
-    p.add_argument("--input", type=_hw, default=(360, 640), help="LR size HEIGHTxWIDTH (default 360x640)")
+    p.add_argument("--input", type=_input_size, default=(360, 640), help="LR input HxW (default 360x640)")
     p.add_argument("--runs", type=_positive_int, default=20)
     p.add_argument("--threads", type=_non_negative_int, default=0, help="intra-op threads (0: all cores)")
     p.add_argument("--top", type=_positive_int, default=10, help="slowest nodes listed")

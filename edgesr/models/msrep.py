@@ -42,10 +42,8 @@ class RepConv(MergedConv):
     """A 3x3 convolution trained as 3x3 + 1x3 + 3x1 + 1x1 + (1x1 -> 3x3) [+ identity] branches."""
 
     def __init__(self, cin: int, cout: int, *, expand: int = 2, deploy: bool = False):
-        super().__init__()
-        self.cin, self.cout, self.deploy = cin, cout, deploy
+        super().__init__(cin, cout, deploy)
         if deploy:
-            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
             return
         self.k3 = nn.Conv2d(cin, cout, 3, padding=1)
         self.k13 = nn.Conv2d(cin, cout, (1, 3), padding=(0, 1))

@@ -11,12 +11,17 @@ __all__ = ["MergedConv", "copy_merged"]
 
 
 class MergedConv(nn.Module):
-    """A 3x3 conv (padding 1) that trains as branches and runs as their sum. Subclasses build ``self.conv``
-    when ``deploy`` and their branches otherwise, and implement ``merged()`` (the single kernel and bias,
-    differentiable) and ``branches(x)`` (the branches run one by one: the reference ``merged`` is checked
-    against). Training runs the merged kernel: one conv's cost, the branches' output and gradients."""
+    """A 3x3 conv (padding 1) that trains as branches and runs as their sum. With ``deploy`` the base builds
+    the plain ``self.conv`` and the subclass stops there; otherwise the subclass builds its branches and
+    implements ``merged()`` (the single kernel and bias, differentiable) and ``branches(x)`` (the branches
+    run one by one: the reference ``merged`` is checked against). Training runs the merged kernel: one
+    conv's cost, the branches' output and gradients."""
 
-    deploy: bool
+    def __init__(self, cin: int, cout: int, deploy: bool):
+        super().__init__()
+        self.cin, self.cout, self.deploy = cin, cout, deploy
+        if deploy:
+            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
 
     def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -36,10 +36,8 @@ class Conv3XC(MergedConv):
     """A 3x3 conv trained as 1x1 (cin -> gain cin) -> 3x3 (-> gain cout) -> 1x1 (-> cout) plus a 1x1 skip."""
 
     def __init__(self, cin: int, cout: int, *, gain: int = 2, deploy: bool = False):
-        super().__init__()
-        self.cin, self.cout, self.deploy = cin, cout, deploy
+        super().__init__(cin, cout, deploy)
         if deploy:
-            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
             return
         self.expand = nn.Conv2d(cin, cin * gain, 1, bias=False)  # no bias: zero padding stays exact
         self.k3 = nn.Conv2d(cin * gain, cout * gain, 3, padding=1)
