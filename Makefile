@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(BIN)/python -m pip install --quiet -e ".[train,rtx,openvino,video,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,rtx,openvino,video,gpu,dev]"
 	touch $(STAMP)
 
 env: $(STAMP)

@@ -65,9 +65,10 @@ def latency_stats(times_ms, batch: int = 1, out_hw: tuple[int, int] | None = Non
     stats = {"runs": int(t.size), "min_ms": round(float(t.min()), 3), "p10_ms": round(p["p10"], 3),
              "p50_ms": round(p["p50"], 3), "p90_ms": round(p["p90"], 3), "p95_ms": round(p["p95"], 3),
              "p99_ms": round(p["p99"], 3), "max_ms": round(float(t.max()), 3),
-             "mean_ms": round(float(t.mean()), 3), "spread": round((p["p90"] - p["p10"]) / p["p50"], 4),
-             "fps": round(1e3 * batch / p["p50"], 2)}
-    if out_hw is not None:
+             "mean_ms": round(float(t.mean()), 3),
+             "spread": round((p["p90"] - p["p10"]) / p["p50"], 4) if p["p50"] > 0 else None,
+             "fps": round(1e3 * batch / p["p50"], 2) if p["p50"] > 0 else None}
+    if out_hw is not None and p["p50"] > 0:
         stats["output_mpix_per_s"] = round(batch * out_hw[0] * out_hw[1] / 1e6 / (p["p50"] / 1e3), 2)
     return stats
 

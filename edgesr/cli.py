@@ -347,6 +347,57 @@ def cmd_bench_trtexec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    """Models on a GPU (torch backend on CUDA) in several settings and sizes, CUDA-event timed, with power."""
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    missing = [m for m in ("torch", "safetensors") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"`edgesr bench-gpu` needs PyTorch (a CUDA build) and safetensors (missing: {', '.join(missing)})")
+
+    from .benchmarks.gpu_bench import bench_gpu, ntire_runtime, parse_setting, report_md
+    from .files import atomic_write_text
+
+    settings = [s for s in args.settings.split(",") if s]
+    for s in settings:
+        parse_setting(s)  # a typo fails before any GPU work
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"bench-gpu needs an NVIDIA GPU that PyTorch sees (PyTorch {torch.__version__} sees none here); "
+                         "on a CPU use edgesr run (the interleaved CPU harness)")
+    out = Path(args.out)
+    res = bench_gpu(args.models, settings, args.sizes, out, batch=args.batch, throughput_batch=args.throughput_batch,
+                    eval_sets=args.set or [], max_seconds=args.max_seconds, iterations=args.iterations,
+                    throughput_seconds=args.throughput_seconds)
+    if args.ntire:
+        from .imaging import read_image
+        from .data.datasets import list_images
+
+        images = []
+        for src in args.ntire_images or []:
+            p = Path(src)
+            images += [read_image(f) for f in (list_images(p) if p.is_dir() else [p])]
+        h, w = args.ntire_size
+        rng = np.random.default_rng(0)
+        images += [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.ntire_frames)]
+        rows = [ntire_runtime(spec, images, out / ".models") for spec in args.ntire]
+        res["ntire"] = {"protocol": (f"PyTorch {torch.__version__} FP32 eager, cudnn.benchmark off, whole image on the "
+                                     f"GPU, CUDA events around the forward pass, mean over {len(images)} images "
+                                     f"({', '.join(args.ntire_images or [])}{' + ' if args.ntire_images else ''}"
+                                     f"{args.ntire_frames} random {h}x{w} frames, DIV2K-validation-sized LR), "
+                                     "10 warm-up passes"), "rows": rows}
+        for r in rows:
+            print(f"NTIRE protocol {r['model']}: {r['params']:,} params, mean {r['mean_ms']:.3f} ms over {r['images']} images")
+        atomic_write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
+        atomic_write_text(out / "report.md", report_md(res))
+    print(f"{sum('latency' in r for r in res['variants'])} rows on {res['device_label']} -> {out / 'report.md'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .benchmarks.merge import merge_runs
 
@@ -644,6 +695,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-data-transfers", action="store_true", help="trtexec --noDataTransfers (GPU compute only)")
     p.add_argument("--out", required=True, help="directory for results.json")
     p.set_defaults(fn=cmd_bench_trtexec)
+    p = sub.add_parser("bench-gpu", help="time models on an NVIDIA GPU (torch backend: fp32/fp16/bf16, channels-last, "
+                                          "CUDA graphs, torch.compile) with CUDA events, power and PSNR")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model artifact, pretrained name, or zoo:TYPE[:key=value,...] (random weights: timed only)")
+    p.add_argument("--settings", default="fp32,fp32-cl,fp16,fp16-cl,fp16-cl-graph",
+                   help="comma-separated: fp32|fp16|bf16 [-cl] [-graph] [-compile] (default %(default)s)")
+    p.add_argument("--sizes", type=lambda t: [_input_size(v) for v in t.split(",")],
+                   default=[(360, 640), (720, 1280), (1080, 1920)], help="LR HxW list (default 360x640,720x1280,1080x1920)")
+    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--throughput-batch", type=_non_negative_int, default=8,
+                   help="also time this batch at the first size (0: no)")
+    p.add_argument("--set", action="append", metavar="PATH", help="evaluation set for PSNR of trained models (repeatable)")
+    p.add_argument("--max-seconds", type=float, default=3.0, help="latency phase limit per row")
+    p.add_argument("--iterations", type=_positive_int, default=200)
+    p.add_argument("--throughput-seconds", type=float, default=1.0, help="sustained phase (throughput, power) per row")
+    p.add_argument("--ntire", action="append", metavar="MODEL", help="also time MODEL by the NTIRE runtime protocol")
+    p.add_argument("--ntire-images", action="append", metavar="PATH", help="LR images (file or folder) for --ntire")
+    p.add_argument("--ntire-size", type=_input_size, default=(339, 510), help="random LR frames' HxW (default 339x510)")
+    p.add_argument("--ntire-frames", type=_non_negative_int, default=20, help="random frames for --ntire (default 20)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_bench_gpu)
     p = sub.add_parser("report", help="merge runs from several machines into one report (a table per device, one "
                                        "Pareto plot with a marker per device)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -22,8 +22,6 @@ each engine for boards that have TensorRT but not its Python bindings.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import platform
 import shlex
@@ -35,23 +33,16 @@ from typing import Literal
 from edgesr.artifacts import Artifact, derived_manifest, read_artifact, write_artifact
 from edgesr.errors import EdgesrError
 from edgesr.files import atomic_write_bytes
+from edgesr.runtime.tensorrt_backend import (FLAVOURS, EngineError, check_engine, engine_platform, flavour_available,
+                                              flavour_module)
 from edgesr.stages import ENGINE, ONNX, StageContext, register_stage
 
 __all__ = ["EngineConfig", "EngineError", "FLAVOURS", "flavour_module", "flavour_available", "build_engine",
            "engine_stage", "check_engine", "engine_key", "RTX_COMPUTE_CAPABILITIES", "check_tensorrt", "check_profile"]
 
-FLAVOURS = {"rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
-"""Flavour -> Python module."""
-INSTALL = {"rtx": "pip install 'edgesr[rtx]' (TensorRT for RTX; builds without a GPU)",
-           "tensorrt": "install TensorRT 10/11 for your GPU or JetPack (pip install 'edgesr[tensorrt]' on x86)"}
 RTX_COMPUTE_CAPABILITIES = ("SM75", "SM80", "SM86", "SM89", "SM120", "SM121")
 """What TensorRT for RTX 1.x compiles for (Turing to Blackwell desktop GPUs)."""
 DEFAULT_RTX_TARGETS = ("SM75", "SM86", "SM89", "SM120")
-
-
-class EngineError(EdgesrError, RuntimeError):
-    """An engine that cannot be built, or an engine that does not belong to this machine; the message
-    names the artifact, both sides and the fix."""
 
 
 @dataclass(frozen=True)
@@ -73,29 +64,6 @@ class EngineConfig:
     timing_cache: str | None = None
     """TensorRT flavour: timing cache file shared across builds (default: one per version in the run
     directory). RTX has none: it picks kernels at run time."""
-
-
-def flavour_module(flavour: str):
-    if flavour not in FLAVOURS:
-        raise EngineError(f"unknown TensorRT flavour {flavour!r}; use one of {sorted(FLAVOURS)}")
-    try:
-        return importlib.import_module(FLAVOURS[flavour])
-    except ImportError as exc:
-        raise EngineError(f"TensorRT flavour {flavour!r} is not installed here ({exc}); {INSTALL[flavour]}") from None
-
-
-def flavour_available(flavour: str) -> tuple[bool, str]:
-    """(importable, version or the reason it is not) without raising."""
-    if importlib.util.find_spec(FLAVOURS[flavour]) is None:
-        return False, f"not installed; {INSTALL[flavour]}"
-    try:
-        return True, flavour_module(flavour).__version__
-    except EngineError as exc:
-        return False, str(exc)
-
-
-def _platform() -> str:
-    return f"{platform.system().lower()}-{platform.machine().lower()}"
 
 
 def check_profile(cfg: EngineConfig, size_multiple: int = 1) -> dict:
@@ -143,7 +111,7 @@ def _workspace_mb(cfg: EngineConfig) -> int | None:
 def engine_key(onnx_hash: str, cfg: EngineConfig, version: str, profile: dict, targets: list[str],
                workspace_mb: int | None) -> str:
     """Everything an engine depends on; an engine is rebuilt unless all of it is unchanged."""
-    blob = {"onnx": onnx_hash, "flavour": cfg.flavour, "version": version, "platform": _platform(),
+    blob = {"onnx": onnx_hash, "flavour": cfg.flavour, "version": version, "platform": engine_platform(),
             "profile": profile, "targets": targets, "workspace_mb": workspace_mb, "opt_level": cfg.opt_level}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -198,6 +166,17 @@ def _logger(trt):
     return Collect()
 
 
+def _build_gpu() -> tuple[list[str] | str, str | None]:
+    """TensorRT 10/11 builds for the GPU it runs on: its compute capability (what loading checks) and name."""
+    from edgesr.runtime.cuda import CudaError, Cuda
+
+    try:
+        cuda = Cuda()
+    except CudaError:
+        return "the build machine's GPU", None
+    return [cuda.compute_capability], cuda.name
+
+
 def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str, cache_dir: Path) -> Artifact:
     """Parse and build ``onnx_art`` into an engine artifact at ``out`` (skipped when ``out`` already holds an
     engine with the same cache key)."""
@@ -243,8 +222,9 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
     if cfg.flavour != "rtx":
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    engine = {"flavour": cfg.flavour, "module": FLAVOURS[cfg.flavour], "version": version, "platform": _platform(),
-              "compute_capabilities": targets or "the build machine's GPU", "profile": profile,
+    built_for, gpu_name = (targets, None) if cfg.flavour == "rtx" else _build_gpu()
+    engine = {"flavour": cfg.flavour, "module": FLAVOURS[cfg.flavour], "version": version, "platform": engine_platform(),
+              "compute_capabilities": built_for, "gpu": gpu_name, "profile": profile,
               "workspace_mb": workspace, "opt_level": cfg.opt_level, "strongly_typed": True,
               "timing_cache": str(cache_path) if cfg.flavour != "rtx" else None,
               "onnx_hash": onnx_art.hash, "cache_key": key, "build_seconds": round(seconds, 3),
@@ -267,35 +247,6 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
 def engine_stage(cfg: EngineConfig, ctx: StageContext, input: Artifact) -> Artifact:
     """The ``engine`` stage: ONNX artifact -> TensorRT engine artifact (see the module docstring)."""
     return build_engine(input, cfg, ctx.out, name=ctx.name, cache_dir=ctx.out.parent / ".tensorrt_cache")
-
-
-def check_engine(art: Artifact, *, flavour_version: str | None = None, compute_capability: str | None = None) -> None:
-    """Refuse an engine built for another flavour, version, platform or GPU, before it is deserialized.
-
-    ``flavour_version``: the installed version of the engine's flavour (looked up when not given);
-    ``compute_capability``: the GPU's, as ``SM86`` (when known; RTX engines name the ones they contain)."""
-    eng = art.manifest.get("engine") or {}
-    if art.kind != "engine" or not eng:
-        raise EngineError(f"{art.path}: not an engine artifact")
-    flavour = eng.get("flavour", "?")
-    rebuild = f"edgesr build-engine {art.manifest.get('parent', {}).get('path', '<onnx artifact>')} --flavour {flavour}"
-    if flavour_version is None:
-        ok, info = flavour_available(flavour) if flavour in FLAVOURS else (False, "unknown flavour")
-        if not ok:
-            raise EngineError(f"{art.path}: built with {flavour} {eng.get('version')}, which is not installed here "
-                              f"({info}).")
-        flavour_version = info
-    problems = []
-    if flavour_version != eng.get("version"):
-        problems.append(f"{flavour} version: engine {eng.get('version')}, here {flavour_version}")
-    if eng.get("platform") != _platform():
-        problems.append(f"platform: engine {eng.get('platform')}, here {_platform()}")
-    targets = eng.get("compute_capabilities")
-    if compute_capability and isinstance(targets, list) and compute_capability not in targets:
-        problems.append(f"GPU: engine compiled for {targets}, this GPU is {compute_capability}")
-    if problems:
-        raise EngineError(f"{art.path}: this engine was built for another machine ({'; '.join(problems)}). Engines "
-                          f"are not portable across these; rebuild it here: {rebuild}")
 
 
 # ----------------------------------------------------------------------------------------- readiness

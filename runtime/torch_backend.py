@@ -2,7 +2,9 @@
 that runs on any NVIDIA machine with PyTorch (no TensorRT needed). Options, as users of NTIRE-style timing
 expect them: ``dtype`` fp32 / fp16 / bf16 (weights and activations; input and output stay float32 at the
 boundary), ``channels_last`` memory format, ``compile`` (``torch.compile``) and, on CUDA, ``cuda_graphs``
-(one graph captured per input shape, replayed; inputs copied into its static buffer). Re-parameterizable
+(one graph captured per input shape, replayed; inputs copied into its static buffer). On CUDA the backend
+exposes its stages (``prepare``, ``upload``, ``compute``, ``download``, ``synchronize``, ``gpu_event``) for the
+GPU harness's CUDA-event timing, like the TensorRT backend. Re-parameterizable
 students run in their collapsed (deployed) form. Needs the training extra (``pip install 'edgesr[train]'``);
 torch is imported only when used."""
 
@@ -15,6 +17,24 @@ from .base import BACKENDS, Backend
 __all__ = ["TorchBackend"]
 
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+class _TorchEvent:
+    """A CUDA timing event on PyTorch's current stream, with the helper's interface (record, synchronize,
+    elapsed_ms)."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def record(self) -> "_TorchEvent":
+        self.event.record()
+        return self
+
+    def synchronize(self) -> None:
+        self.event.synchronize()
+
+    def elapsed_ms(self, end: "_TorchEvent") -> float:
+        return float(self.event.elapsed_time(end.event))
 
 
 @BACKENDS.register("torch")
@@ -33,8 +53,9 @@ class TorchBackend(Backend):
             raise ValueError("cuda_graphs needs device='cuda' (CUDA graphs capture GPU work)")
         self.device, self.dtype, self.channels_last, self.compile, self.cuda_graphs = (
             device, dtype, channels_last, compile, cuda_graphs)
-        self.model = None
+        self.model = self._eager = None
         self._graphs: dict = {}
+        self._io: dict = {}
 
     def _load(self, artifact) -> None:
         import torch
@@ -54,6 +75,7 @@ class TorchBackend(Backend):
         model = model.eval().to(self.device, dtype=self._torch_dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self._eager = model
         self.model = torch.compile(model) if self.compile else model
 
     def _forward(self, x):
@@ -65,42 +87,131 @@ class TorchBackend(Backend):
     def _run(self, lr: np.ndarray) -> np.ndarray:
         import torch
 
+        if self._cuda:
+            self.prepare(lr)
+            self.upload()
+            self.compute()
+            out = self.download()
+            self.synchronize()
+            return out.copy()
         with torch.inference_mode():
-            x = torch.from_numpy(lr).to(self.device, dtype=self._torch_dtype)
+            x = torch.from_numpy(lr).to(self._torch_dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.cuda_graphs:
-                out = self._graph_run(x)
-            else:
-                out = self._forward(x)
-            return out.float().cpu().numpy()
+            return self._forward(x).float().numpy()
+
+    # ---- the GPU stages (CUDA only): the GPU harness times each with CUDA events; run() chains them. Input and
+    # output cross the bus as float32 through pinned host buffers (as TensorRT's do); the cast to fp16/bf16 and
+    # channels-last happen on the GPU, inside compute().
+    @property
+    def _cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def gpu_event(self):
+        import torch
+
+        return _TorchEvent(torch.cuda.Event(enable_timing=True))
+
+    def prepare(self, lr: np.ndarray) -> None:
+        import torch
+
+        shape = tuple(lr.shape)
+        if shape not in self._io:
+            pinned_in = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+            dev_in = torch.empty(shape, dtype=torch.float32, device=self.device)
+            with torch.inference_mode():
+                out = self._forward(self._cast(dev_in))
+            pinned_out = torch.empty(tuple(out.shape), dtype=torch.float32, pin_memory=True)
+            self._io[shape] = (pinned_in, dev_in, pinned_out)
+        self._cur = self._io[shape]
+        self._cur[0].numpy()[...] = lr
+
+    def _cast(self, x):
+        import torch
+
+        x = x.to(self._torch_dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def upload(self) -> None:
+        pinned_in, dev_in, _ = self._cur
+        dev_in.copy_(pinned_in, non_blocking=True)
+
+    def compute(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self._out = self._graph_run(self._cur[1]) if self.cuda_graphs else self._forward(self._cast(self._cur[1])).float()
+
+    def download(self) -> np.ndarray:
+        pinned_out = self._cur[2]
+        pinned_out.copy_(self._out, non_blocking=True)
+        return pinned_out.numpy()
+
+    def synchronize(self) -> None:
+        import torch
+
+        torch.cuda.current_stream().synchronize()
+
+    def layer_traffic(self, lr_shape: tuple) -> dict:
+        """Bytes each leaf layer reads and writes (its input and output activations and its weights, at the
+        backend's dtype) and its multiply-accumulates, summed over one forward pass at ``lr_shape``: what a
+        memory-bound GPU must move per frame when nothing is fused (an upper bound on traffic for fused
+        kernels), and the MACs it computes. Hooks on the eager model; one pass on the backend's device."""
+        import torch
+
+        tot = {"bytes": 0, "macs": 0, "layers": 0}
+
+        def hook(mod, inputs, output):
+            outs = output if isinstance(output, (tuple, list)) else (output,)
+            ins = [t for t in inputs if torch.is_tensor(t)]
+            n = sum(t.numel() * t.element_size() for t in (*ins, *outs) if torch.is_tensor(t))
+            n += sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
+            tot["bytes"] += n
+            tot["layers"] += 1
+            if isinstance(mod, torch.nn.Conv2d) and torch.is_tensor(outs[0]):
+                tot["macs"] += outs[0].numel() * (mod.weight.numel() // mod.weight.shape[0])
+            elif isinstance(mod, torch.nn.ConvTranspose2d) and ins:  # weight: in x out/groups x kh x kw
+                tot["macs"] += ins[0].numel() * (mod.weight.numel() // mod.weight.shape[0])
+            elif isinstance(mod, torch.nn.Linear) and torch.is_tensor(outs[0]):
+                tot["macs"] += outs[0].numel() * mod.in_features
+
+        model = self._eager
+        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+        try:
+            with torch.inference_mode():
+                x = torch.zeros(lr_shape, dtype=self._torch_dtype, device=self.device)
+                model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+        finally:
+            for h in handles:
+                h.remove()
+        return tot
 
     def _graph_run(self, x):
-        """Replay the CUDA graph captured for this input shape (captured on first use, after warm-up)."""
+        """Replay the CUDA graph captured for this input shape (captured on first use, after warm-up); the
+        graph reads the input buffer in place and writes its own output buffer."""
         import torch
 
         key = tuple(x.shape)
         if key not in self._graphs:
-            static_in = x.clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(3):  # warm-up on a side stream, as graph capture requires
-                    self._forward(static_in)
+                    self._forward(self._cast(x))
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = self._forward(static_in)
-            self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[key]
-        static_in.copy_(x)
+                static_out = self._forward(self._cast(x)).float()
+            self._graphs[key] = (graph, static_out)
+        graph, static_out = self._graphs[key]
         graph.replay()
-        return static_out.clone()
+        return static_out
 
     def close(self) -> None:
         super().close()
-        self.model = None
+        self.model = self._eager = None
         self._graphs.clear()
+        self._io.clear()
 
     def describe(self) -> dict:
         import torch

@@ -138,16 +138,18 @@ def test_backends_come_from_one_registry_that_says_what_is_available(capfd):
     from edgesr.cli import build_parser, main
     from edgesr.runtime import BACKENDS
 
-    assert BACKENDS.names() == ["onnxruntime", "openvino", "torch"]
+    assert BACKENDS.names() == ["onnxruntime", "openvino", "tensorrt", "torch"]
     for name in BACKENDS.names():
         ok, info = BACKENDS.get(name).available()
-        assert ok and info  # all are installed here; the reasons are tested without torch below
+        assert info  # a version, or the reason it cannot run
+        # the CPU ones are installed here (their reasons are tested without torch below); TensorRT needs a GPU
+        assert ok or (name == "tensorrt" and "GPU" in info)
     upscale = build_parser()._subparsers._group_actions[0].choices["upscale"]
     backend_opt = next(a for a in upscale._actions if a.dest == "backend")
     assert list(backend_opt.choices) == BACKENDS.names()
     assert main(["doctor"]) == 0
     out = " ".join(capfd.readouterr().out.split())
-    assert "backend: onnxruntime" in out and "backend: torch" in out
+    assert "backend: onnxruntime" in out and "backend: torch" in out and "backend: tensorrt" in out
 
 
 BLOCKER = '''
