@@ -143,9 +143,17 @@ class NvmlPowerSampler:
         self._thread = None
         self._t0 = self._t1 = 0.0
 
+    def _energy_mj(self) -> float | None:
+        """The board's energy counter (mJ since the driver loaded; Volta and newer), None where absent."""
+        try:
+            return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except Exception:  # noqa: BLE001 - older GPUs and stand-ins without the counter
+            return None
+
     def __enter__(self) -> "NvmlPowerSampler":
         if self._handle is None:
             return self
+        self._e0 = self._energy_mj()
 
         def loop():
             while not self._stop.is_set():
@@ -158,14 +166,27 @@ class NvmlPowerSampler:
 
     def __exit__(self, *exc) -> None:
         self._t1 = time.perf_counter()
+        self._e1 = self._energy_mj() if self._handle is not None else None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
 
     def summary(self, frames: int | None = None) -> dict:
+        """Sampled power (``nvmlDeviceGetPowerUsage``: on recent GPUs a moving average over up to a second, so it
+        lags short loops) and, where the GPU has it, the energy counter's exact joules over the loop, which then
+        give ``average_w`` and ``mj_per_frame``."""
         if self._handle is None:
             return {"samples": 0, "why": self.why}
-        return {**_summarise_power(self.samples_mw, frames, self._t1 - self._t0), "source": "nvml"}
+        seconds = self._t1 - self._t0
+        res = {**_summarise_power(self.samples_mw, frames, seconds), "source": "nvml"}
+        e0, e1 = getattr(self, "_e0", None), getattr(self, "_e1", None)
+        if e0 is not None and e1 is not None and e1 > e0 and seconds > 0:
+            energy = e1 - e0
+            res.update({"source": "nvml energy counter", "energy_mj": round(energy, 1),
+                        "sampled_average_w": res.get("average_w"), "average_w": round(energy / seconds / 1e3, 3)})
+            if frames:
+                res["mj_per_frame"] = round(energy / frames, 3)
+        return res
 
 
 def jetson_info(root: str = "/") -> dict | None:

@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,9 +87,20 @@ def bench_gpu(models: list[str], settings: list[str], sizes: list[tuple[int, int
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parsed = [(s, parse_setting(s)) for s in settings]
-    rows = []
+    rows: list = []
+    machine = device_info()
+    results = {"recipe": "bench-gpu", "command": "edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+               "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine, "device_label": device_label(machine), "variants": rows}
+
+    def write() -> dict:
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(out / "report.md", report_md(results))
+        return results
+
+    scratch = Path(tempfile.mkdtemp(prefix="edgesr-bench-gpu-"))  # zoo models with random weights
     for spec in models:
-        art, name, trained = resolve_model(spec, out / ".models")
+        art, name, trained = resolve_model(spec, scratch)
         sc = scale or int(art.scale)
         sets = {set_name(s): load_pairs(s, sc, "eval") for s in eval_sets} if trained and eval_sets else {}
         quality_by_dtype: dict = {}
@@ -128,13 +140,8 @@ def bench_gpu(models: list[str], settings: list[str], sizes: list[tuple[int, int
                             f"(compute {comp['p50_ms']:8.3f}, p99 {lat['p99_ms']:8.3f}) {r['throughput_qps']:9.1f} fps"
                             + (f" {pw:6.1f} W" if pw else "")
                             + (f" {r['traffic']['achieved_gb_per_s']:7.1f} GB/s" if "traffic" in r else ""))
-    machine = device_info()
-    results = {"recipe": "bench-gpu", "command": "edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-               "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine, "device_label": device_label(machine), "variants": rows}
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "report.md", report_md(results))
-    return results
+        write()  # after every model: a run cut short keeps what it measured
+    return write()
 
 
 def report_md(results: dict) -> str:

@@ -384,7 +384,10 @@ def cmd_bench_gpu(args: argparse.Namespace) -> int:
         h, w = args.ntire_size
         rng = np.random.default_rng(0)
         images += [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.ntire_frames)]
-        rows = [ntire_runtime(spec, images, out / ".models") for spec in args.ntire]
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="edgesr-ntire-"))
+        rows = [ntire_runtime(spec, images, scratch) for spec in args.ntire]
         res["ntire"] = {"protocol": (f"PyTorch {torch.__version__} FP32 eager, cudnn.benchmark off, whole image on the "
                                      f"GPU, CUDA events around the forward pass, mean over {len(images)} images "
                                      f"({', '.join(args.ntire_images or [])}{' + ' if args.ntire_images else ''}"

@@ -80,6 +80,32 @@ def test_nvml_power_sampler_with_a_stand_in():
     assert res["mj_per_frame"] == pytest.approx(res["average_w"] * res["seconds"] / 40 * 1e3, rel=1e-2)  # from rounded figures
 
 
+def test_nvml_energy_counter_gives_exact_joules_over_the_loop():
+    """Sampled power lags (recent GPUs report a moving average); the energy counter's difference over the loop is
+    exact, so where a GPU has it, it decides average W and mJ/frame."""
+    class FakeNvml:
+        energy = 1_000_000.0  # mJ since the driver loaded
+
+        @staticmethod
+        def nvmlDeviceGetHandleByIndex(i):
+            return i
+
+        @staticmethod
+        def nvmlDeviceGetPowerUsage(h):
+            return 90_000  # a stale 90 W reading
+
+        @classmethod
+        def nvmlDeviceGetTotalEnergyConsumption(cls, h):
+            return cls.energy
+
+    with NvmlPowerSampler(nvml=FakeNvml, interval_s=0.005) as s:
+        _wait_for(lambda: len(s.samples_mw) >= 30)  # >= 0.15 s: the report's 1 ms rounding of seconds is < 1 %
+        FakeNvml.energy += 6_000.0  # 6 J during the loop
+    res = s.summary(frames=30)
+    assert res["source"] == "nvml energy counter" and res["energy_mj"] == 6000.0 and res["mj_per_frame"] == 200.0
+    assert res["sampled_average_w"] == 90.0 and res["average_w"] == pytest.approx(6.0 / res["seconds"], rel=1e-2)
+
+
 def test_jetson_board_power_mode_and_clock_warnings(tmp_path, monkeypatch):
     (tmp_path / "proc/device-tree").mkdir(parents=True)
     (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\0")

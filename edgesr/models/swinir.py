@@ -146,7 +146,7 @@ class SwinIR(nn.Module):
         x = F.pad(lr - self.rgb_mean, (0, nw * ws - w, 0, nh * ws - h), mode="replicate")
         feat = self.conv_first(x)
         y = self.embed_norm(feat.permute(0, 2, 3, 1))  # B x H x W x C tokens
-        mask = self.shift_mask(nh, nw, lr.device)
+        mask = self.shift_mask(nh, nw, lr.device).to(lr.dtype)  # fp16/bf16 runs add it to half-precision scores
         for stage in self.stages:
             y = stage(y, nh, nw, mask)
         y = self.norm(y).permute(0, 3, 1, 2)
