@@ -177,10 +177,10 @@ def report_md(results: dict) -> str:
     if results.get("ntire"):
         n = results["ntire"]
         lines += ["## NTIRE efficient-SR runtime protocol", "", n["protocol"], "",
-                  "| model | params | images | mean ms | median ms | PSNR |", "|---|---|---|---|---|---|"]
+                  "| model | params | images | mean ms | median ms |", "|---|---|---|---|---|"]
         for r in n["rows"]:
-            lines.append(f"| {r['model']} | {r['params']:,} | {r['images']} | {r['mean_ms']:.3f} | {r['median_ms']:.3f} | "
-                         f"{r.get('psnr', '–')} |")
+            lines.append(f"| {r['model']} | {r['params']:,} | {r['images']} of {r.get('source', '?')} | {r['mean_ms']:.3f} | "
+                         f"{r['median_ms']:.3f} |")
         lines.append("")
     return "\n".join(lines)
 

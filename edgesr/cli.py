@@ -377,24 +377,25 @@ def cmd_bench_gpu(args: argparse.Namespace) -> int:
         from .imaging import read_image
         from .data.datasets import list_images
 
-        images = []
+        groups = []
         for src in args.ntire_images or []:
             p = Path(src)
-            images += [read_image(f) for f in (list_images(p) if p.is_dir() else [p])]
+            groups.append((str(p), [read_image(f) for f in (list_images(p) if p.is_dir() else [p])]))
         h, w = args.ntire_size
-        rng = np.random.default_rng(0)
-        images += [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.ntire_frames)]
+        if args.ntire_frames:
+            rng = np.random.default_rng(0)
+            groups.append((f"{args.ntire_frames} random {h}x{w} frames (DIV2K-validation-sized LR)",
+                           [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.ntire_frames)]))
         import tempfile
 
         scratch = Path(tempfile.mkdtemp(prefix="edgesr-ntire-"))
-        rows = [ntire_runtime(spec, images, scratch) for spec in args.ntire]
+        rows = [{**ntire_runtime(spec, images, scratch), "source": source} for spec in args.ntire for source, images in groups]
         res["ntire"] = {"protocol": (f"PyTorch {torch.__version__} FP32 eager, cudnn.benchmark off, whole image on the "
-                                     f"GPU, CUDA events around the forward pass, mean over {len(images)} images "
-                                     f"({', '.join(args.ntire_images or [])}{' + ' if args.ntire_images else ''}"
-                                     f"{args.ntire_frames} random {h}x{w} frames, DIV2K-validation-sized LR), "
-                                     "10 warm-up passes"), "rows": rows}
+                                     "GPU, CUDA events around the forward pass only, mean over the images of each "
+                                     "source after 10 warm-up passes"), "rows": rows}
         for r in rows:
-            print(f"NTIRE protocol {r['model']}: {r['params']:,} params, mean {r['mean_ms']:.3f} ms over {r['images']} images")
+            print(f"NTIRE protocol {r['model']}: {r['params']:,} params, mean {r['mean_ms']:.3f} ms over {r['images']} "
+                  f"images of {r['source']}")
         atomic_write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
         atomic_write_text(out / "report.md", report_md(res))
     print(f"{sum('latency' in r for r in res['variants'])} rows on {res['device_label']} -> {out / 'report.md'}")
