@@ -3,9 +3,9 @@ timed by the GPU harness (CUDA events; trtexec's terms) with power, and, for tra
 on the GPU in the same precision; plus the NTIRE efficient-SR runtime protocol.
 
 Models: artifact directories, pretrained names (``msrep-s-x2``), or zoo specs ``zoo:TYPE[:key=value,...]``
-(randomly initialised: timed, not evaluated). Settings: ``fp32``, ``fp16``, ``bf16``, each optionally with
-``-cl`` (channels-last), ``-graph`` (CUDA graph per shape) and ``-compile`` (``torch.compile``), e.g.
-``fp16-cl-graph``. Writes ``results.json`` (rows the multi-device ``edgesr report`` merges) and ``report.md``.
+(randomly initialised: timed, not evaluated), and TensorRT engine artifacts (the tensorrt backend). Settings:
+``fp32``, ``fp16``, ``bf16``, each optionally with ``-cl`` (channels-last), ``-graph`` (CUDA graph per shape) and
+``-compile`` (``torch.compile``), e.g. ``fp16-cl-graph``, for models; ``engine`` and ``engine-graph`` for engines. Writes ``results.json`` (rows the multi-device ``edgesr report`` merges) and ``report.md``.
 
 NTIRE protocol (``--ntire``): PyTorch FP32 eager, cuDNN autotuning off, the whole LR image on the GPU, one
 CUDA event pair around the forward pass per image, averaged over the images after a warm-up, as the NTIRE
@@ -36,9 +36,12 @@ __all__ = ["parse_setting", "resolve_model", "bench_gpu", "ntire_runtime"]
 def parse_setting(text: str) -> dict:
     """``fp16-cl-graph`` -> torch backend options {dtype, channels_last, cuda_graphs, compile}."""
     parts = text.lower().split("-")
+    if parts[0] == "engine" and set(parts[1:]) <= {"graph"}:  # a TensorRT engine: its precision is built in
+        return {"engine": True, "cuda_graphs": "graph" in parts}
     if parts[0] not in ("fp32", "fp16", "bf16") or not set(parts[1:]) <= {"cl", "graph", "compile"}:
         raise UsageError(f"setting {text!r}: a precision (fp32, fp16, bf16) optionally followed by -cl (channels-last), "
-                         "-graph (CUDA graphs) and/or -compile (torch.compile), e.g. fp16-cl-graph")
+                         "-graph (CUDA graphs) and/or -compile (torch.compile), e.g. fp16-cl-graph; for TensorRT "
+                         "engine artifacts: engine or engine-graph")
     return {"dtype": parts[0], "channels_last": "cl" in parts, "cuda_graphs": "graph" in parts,
             "compile": "compile" in parts}
 
@@ -104,18 +107,26 @@ def bench_gpu(models: list[str], settings: list[str], sizes: list[tuple[int, int
         sc = scale or int(art.scale)
         sets = {set_name(s): load_pairs(s, sc, "eval") for s in eval_sets} if trained and eval_sets else {}
         quality_by_dtype: dict = {}
+        if not any(bool(o.get("engine")) == (art.kind == "engine") for _, o in parsed):
+            rows.append({"variant": name, "model": name, "error": f"no setting applies to this {art.kind} artifact "
+                         "(engine[-graph] for engines, fp32/fp16/bf16[-cl][-graph][-compile] for models)"})
         for label, opts in parsed:
             t_open = time.perf_counter()
+            is_engine = art.kind == "engine"
+            if is_engine != bool(opts.get("engine")):
+                continue  # engine settings apply to engine artifacts, torch settings to models
+            pick = sc if len(art.manifest.get("scales", [sc])) > 1 else None
             try:
-                backend = open_backend(art, "torch", device="cuda", scale=sc if len(art.manifest.get("scales", [sc])) > 1 else None,
-                                       **opts)
+                backend = (open_backend(art, "tensorrt", scale=pick, cuda_graphs=opts["cuda_graphs"]) if is_engine else
+                           open_backend(art, "torch", device="cuda", scale=pick, **opts))
             except Exception as exc:  # noqa: BLE001 - a setting this model cannot run is a row with the reason
                 rows.append({"variant": f"{name} {label}", "model": name, "setting": label, "error": str(exc)})
                 log(f"{name} {label}: {exc}")
                 continue
             with backend:
-                if sets and opts["dtype"] not in quality_by_dtype:
-                    quality_by_dtype[opts["dtype"]] = _quality(backend, sets, sc)
+                precision = art.manifest.get("precision", "fp32") if is_engine else opts["dtype"]
+                if sets and precision not in quality_by_dtype:
+                    quality_by_dtype[precision] = _quality(backend, sets, sc)
                 for hw in sizes:
                     for b in ([batch] + ([throughput_batch] if throughput_batch and hw == sizes[0] else [])):
                         try:
@@ -127,11 +138,12 @@ def bench_gpu(models: list[str], settings: list[str], sizes: list[tuple[int, int
                             log(f"{name} {label} {hw} b{b}: {type(exc).__name__}: {str(exc)[:200]}")
                             continue
                         row = {"variant": f"{name} {label}", "model": name, "setting": label, "trained": trained,
-                               "backend": "torch-cuda", "precision": opts["dtype"], "options": opts,
-                               "scale": sc, "quality": quality_by_dtype.get(opts["dtype"], {}),
-                               "params": sum(p.numel() for p in backend._eager.parameters()),
+                               "backend": "tensorrt" if is_engine else "torch-cuda", "precision": precision,
+                               "options": opts, "scale": sc, "quality": quality_by_dtype.get(precision, {}),
+                               "params": None if is_engine else sum(p.numel() for p in backend._eager.parameters()),
                                "setup_s": round(time.perf_counter() - t_open, 2), **r,
-                               "settings": {**r["settings"], "cudnn_benchmark": True, "torch": torch.__version__},
+                               "settings": {**r["settings"], **({"engine": backend.describe()} if is_engine else
+                                                                {"cudnn_benchmark": True, "torch": torch.__version__})},
                                "gpu": {k: r[k] for k in ("compute", "h2d", "d2h", "host", "enqueue")}}
                         rows.append(row)
                         lat, comp = r["latency"], r["compute"]

@@ -85,6 +85,16 @@ def doctor() -> int:
     if ok:
         import onnxruntime as ort
         table.add_row("ORT providers", ", ".join(ort.get_available_providers()), "backend: onnxruntime")
+        from .runtime.onnxruntime_backend import plugin_ep_devices
+
+        devices, why = plugin_ep_devices("NvTensorRTRTXExecutionProvider")
+        table.add_row("ORT plugin EP: TensorRT for RTX", f"[green]{len(devices)} device(s)[/]" if devices else
+                      f"[yellow]unavailable: {escape(why)}[/]", "onnxruntime --providers rtx,cpu")
+    from .runtime.cuda import cuda_available
+
+    ok, info = cuda_available()
+    table.add_row("CUDA (cuda-python)", f"[green]{escape(info)}[/]" if ok else f"[yellow]unavailable: {escape(info)}[/]",
+                  "backend: tensorrt (buffers, streams, events)")
     ok, _, _ = _check("torch")
     if ok:
         import torch
@@ -702,9 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-gpu", help="time models on an NVIDIA GPU (torch backend: fp32/fp16/bf16, channels-last, "
                                           "CUDA graphs, torch.compile) with CUDA events, power and PSNR")
     p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="model artifact, pretrained name, or zoo:TYPE[:key=value,...] (random weights: timed only)")
-    p.add_argument("--settings", default="fp32,fp32-cl,fp16,fp16-cl,fp16-cl-graph",
-                   help="comma-separated: fp32|fp16|bf16 [-cl] [-graph] [-compile] (default %(default)s)")
+                   help="model or engine artifact, pretrained name, or zoo:TYPE[:key=value,...] (random weights: timed only)")
+    p.add_argument("--settings", default="fp32,fp32-cl,fp16,fp16-cl,fp16-cl-graph,engine,engine-graph",
+                   help="comma-separated: fp32|fp16|bf16 [-cl] [-graph] [-compile] for models, engine[-graph] for TensorRT "
+                        "engine artifacts (default %(default)s)")
     p.add_argument("--sizes", type=lambda t: [_input_size(v) for v in t.split(",")],
                    default=[(360, 640), (720, 1280), (1080, 1920)], help="LR HxW list (default 360x640,720x1280,1080x1920)")
     p.add_argument("--batch", type=_positive_int, default=1)

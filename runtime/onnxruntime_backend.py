@@ -17,14 +17,47 @@ __all__ = ["OnnxRuntimeBackend", "ort_session"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
              "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider", "coreml": "CoreMLExecutionProvider",
-             "xnnpack": "XnnpackExecutionProvider"}
+             "xnnpack": "XnnpackExecutionProvider", "rtx": "NvTensorRTRTXExecutionProvider"}
 """Short names accepted for ONNX Runtime execution providers (``--providers cuda,cpu``); full names pass as they are."""
 PROVIDER_FIX = {
     "CUDAExecutionProvider": "install onnxruntime-gpu (CUDA 12) instead of onnxruntime, on a machine with an NVIDIA GPU",
     "TensorrtExecutionProvider": "install onnxruntime-gpu and TensorRT 10 (its libraries on LD_LIBRARY_PATH)",
     "OpenVINOExecutionProvider": "install onnxruntime-openvino, or use edgesr's openvino backend",
     "DmlExecutionProvider": "install onnxruntime-directml (Windows)",
-    "CoreMLExecutionProvider": "ONNX Runtime's macOS wheels have it"}
+    "CoreMLExecutionProvider": "ONNX Runtime's macOS wheels have it",
+    "NvTensorRTRTXExecutionProvider": "pip install onnxruntime-ep-nv-tensorrt-rtx-cu12 (or -cu13; ONNX Runtime >= 1.24), "
+                                      "on a machine with an RTX GPU (Ampere or newer) and its driver"}
+PLUGIN_EPS = {"NvTensorRTRTXExecutionProvider": "onnxruntime_ep_nv_tensorrt_rtx"}
+"""Execution providers that ship as ONNX Runtime plugin libraries (a package of their own): registered with
+ONNX Runtime on first use, then attached to a session for the devices they report."""
+_REGISTERED: set[str] = set()
+
+
+def plugin_ep_devices(ep: str) -> tuple[list, str]:
+    """(the devices plugin EP ``ep`` runs on, "" ) or ([], why it cannot run here): not installed, its library does
+    not load (e.g. no CUDA runtime), or it found no supported GPU."""
+    import importlib
+    import importlib.util
+
+    import onnxruntime as ort
+
+    module = PLUGIN_EPS[ep]
+    if importlib.util.find_spec(module) is None:
+        return [], f"not installed ({PROVIDER_FIX[ep]})"
+    if not hasattr(ort, "register_execution_provider_library"):
+        return [], f"ONNX Runtime {ort.__version__} has no plugin EPs; upgrade to >= 1.24"
+    mod = importlib.import_module(module)
+    if ep not in _REGISTERED:
+        try:
+            ort.register_execution_provider_library(mod.get_ep_name(), mod.get_library_path())
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's Fail carries the loader's message
+            msg = str(exc).split("with error: ")[-1].splitlines()[0]
+            return [], f"installed, but its library does not load here ({msg})"
+        _REGISTERED.add(ep)
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == ep]
+    if not devices:
+        return [], "installed and registered, but it found no GPU it supports (RTX, Ampere or newer)"
+    return devices, ""
 
 
 def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
@@ -42,7 +75,14 @@ def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
     except ImportError as exc:
         raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from exc
     providers = tuple(PROVIDERS.get(p.lower(), p) for p in providers)
-    missing = [p for p in providers if p not in ort.get_available_providers()]
+    plugins = {}
+    for p in providers:
+        if p in PLUGIN_EPS:
+            devices, why = plugin_ep_devices(p)
+            if not devices:
+                raise BackendUnavailable(f"ONNX Runtime {ort.__version__}: the {p} plugin cannot run here: {why}")
+            plugins[p] = devices
+    missing = [p for p in providers if p not in ort.get_available_providers() and p not in plugins]
     if missing:
         why = "; ".join(f"{p}: {PROVIDER_FIX.get(p, 'not in this ONNX Runtime build')}" for p in missing)
         raise BackendUnavailable(f"ONNX Runtime {ort.__version__} here has no {', '.join(missing)} ({why}). "
@@ -59,6 +99,10 @@ def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
     source = model if isinstance(model, bytes) else str(model)
+    if plugins:  # plugin EPs attach through the session options (ONNX Runtime's plugin EP API); CPU takes the rest
+        for devices in plugins.values():
+            opts.add_provider_for_devices(devices, {})
+        return ort.InferenceSession(source, sess_options=opts)
     return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
 
 

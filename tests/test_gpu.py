@@ -113,7 +113,8 @@ def test_settings_parse_and_typos_are_refused():
     assert parse_setting("fp16-cl-graph") == {"dtype": "fp16", "channels_last": True, "cuda_graphs": True,
                                               "compile": False}
     assert parse_setting("bf16-compile")["compile"]
-    for bad in ("fp8", "fp16-cudagraph", "cl-fp16"):
+    assert parse_setting("engine-graph") == {"engine": True, "cuda_graphs": True}
+    for bad in ("fp8", "fp16-cudagraph", "cl-fp16", "engine-cl"):
         with pytest.raises(UsageError, match="a precision"):
             parse_setting(bad)
 
@@ -250,3 +251,27 @@ def test_tensorrt_backend_runs_an_engine_like_onnxruntime(tmp_path, tiny_student
     with open_backend(eng, "tensorrt") as b, pytest.raises(Exception, match="outside the engine's optimization profile"):
         b.run(np.zeros((1, 3, 200, 200), np.float32))
     json.dumps(eng.manifest)  # the engine record is plain JSON
+
+
+def _rtx_ep():
+    from edgesr.runtime.onnxruntime_backend import plugin_ep_devices
+
+    return plugin_ep_devices("NvTensorRTRTXExecutionProvider")
+
+
+def test_tensorrt_rtx_plugin_ep_says_why_it_cannot_run(tiny_student):
+    devices, why = _rtx_ep()
+    if devices:
+        pytest.skip("an RTX GPU is here: the plugin EP runs (next test)")
+    assert ("not installed" in why and "onnxruntime-ep-nv-tensorrt-rtx" in why) or "does not load" in why \
+        or "no GPU it supports" in why
+    with pytest.raises(BackendUnavailable, match="NvTensorRTRTXExecutionProvider plugin cannot run here"):
+        open_backend(tiny_student, "onnxruntime", providers=("rtx", "cpu"))
+
+
+@pytest.mark.skipif(not _rtx_ep()[0], reason="needs the TensorRT for RTX plugin EP and an RTX GPU")
+def test_tensorrt_rtx_plugin_ep_runs_like_the_cpu_provider(tiny_student):
+    x = np.random.default_rng(0).random((1, 3, 37, 53), dtype=np.float32)
+    ref = open_backend(tiny_student, "onnxruntime").run(x)
+    with open_backend(tiny_student, "onnxruntime", providers=("rtx", "cpu")) as b:
+        assert np.abs(b.run(x) - ref).max() < 1e-3
