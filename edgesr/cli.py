@@ -415,7 +415,7 @@ def cmd_bench_gpu(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .benchmarks.merge import merge_runs
 
-    res = merge_runs(args.runs, args.out, set_name=args.set)
+    res = merge_runs(args.runs, args.out, set_name=args.set, input_hw=args.input)
     print(f"{len(res['variants'])} rows from {len(res['devices'])} device(s) -> {Path(args.out) / 'report.md'}")
     return 0
 
@@ -736,6 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True)
     p.add_argument("--set", help="evaluation set on the plot (default: the first measured)")
+    p.add_argument("--input", type=_input_size, help="LR HxW the plot compares at, batch 1 (default: the most common)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("profile", help="where an ONNX artifact's time goes on ONNX Runtime: per-operator and per-node "
                                         "kernel time, achieved GOP/s")

@@ -181,3 +181,19 @@ def test_trtexec_run_through_a_stand_in_and_imported_into_one_report(tmp_path, m
     assert {r["device"] for r in merged["variants"]} == {"Jetson Orin Nano (MAXN)", "AMD EPYC x2 avx512_vnni"}
     assert (tmp_path / "merged/pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_report_merges_a_cpu_run_and_the_recorded_h100_run_plotting_one_input_size(tmp_path):
+    from edgesr.cli import main
+
+    root = Path(__file__).parents[1] / "benchmarks/results"
+    assert main(["report", str(root / "msrep_s_finetune_x2"), str(root / "gpu_h100/students"), "--out", str(tmp_path / "m"),
+                 "--set", "Set5"]) == 0
+    report = (tmp_path / "m/report.md").read_text()
+    assert "## NVIDIA H100 80GB HBM3 (SM90)" in report and "## AMD EPYC x2 avx512_vnni" in report
+    assert "| msrep-s-x2 fp16-cl-graph | fp16 | torch-cuda | 1080x1920 b1 | 36.78 |" in report
+    assert "| msrep_s_int8 | int8 | onnxruntime | 360x640 b1 | 36.70 |" in report
+    merged = json.loads((tmp_path / "m/results.json").read_text())
+    assert merged["plot_input"] == [360, 640]  # most rows of both runs were timed at 360x640
+    assert "against median latency at LR 360x640, batch 1" in report
+
