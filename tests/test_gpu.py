@@ -275,3 +275,188 @@ def test_tensorrt_rtx_plugin_ep_runs_like_the_cpu_provider(tiny_student):
     ref = open_backend(tiny_student, "onnxruntime").run(x)
     with open_backend(tiny_student, "onnxruntime", providers=("rtx", "cpu")) as b:
         assert np.abs(b.run(x) - ref).max() < 1e-3
+
+
+# ------------------------------------------------------------ the tensorrt backend's logic on a simulated GPU
+class SimGPU:
+    """Device memory as bytearrays keyed by address, a stream that runs work at once (or records it while a
+    graph is captured), and TensorRT's runtime API for an engine that upscales x2 by repetition: enough to run
+    the tensorrt backend's own code (binding, buffers, shapes, graphs) without a GPU."""
+
+    def __init__(self):
+        self.mem, self.next, self.capturing, self.launches = {}, 0x1000, None, 0
+
+    def alloc(self, n):
+        self.next += 1 << 20
+        self.mem[self.next] = bytearray(max(1, n))
+        return self.next
+
+    def run(self, op):
+        (self.capturing.append(op) if self.capturing is not None else op())
+
+
+class SimCuda:
+    def __init__(self, device=0):
+        self.gpu = SIM
+        self.name, self.compute_capability = "Sim GPU", "SM86"
+
+    def stream(self):
+        return type("S", (), {"handle": 7, "synchronize": lambda s: None, "close": lambda s: None})()
+
+    def event(self, stream):
+        return _Event(_Clock())
+
+    def device_buffer(self, n):
+        ptr = self.gpu.alloc(n)
+        return type("D", (), {"ptr": ptr, "nbytes": n, "close": lambda s: self.gpu.mem.pop(ptr, None)})()
+
+    def host_buffer(self, n):
+        arr = np.zeros(n, np.uint8)
+        buf = type("H", (), {"nbytes": n, "close": lambda s: None})()
+        buf.array = lambda shape, dtype: arr[: int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+        buf.raw = arr
+        return buf
+
+    def h2d(self, dst, src, n, stream):
+        self.gpu.run(lambda: self.gpu.mem[dst.ptr].__setitem__(slice(0, n), src.raw[:n].tobytes()))
+
+    def d2h(self, dst, src, n, stream):
+        self.gpu.run(lambda: dst.raw.__setitem__(slice(0, n), np.frombuffer(bytes(self.gpu.mem[src.ptr][:n]), np.uint8)))
+
+    def capture_begin(self, stream):
+        self.gpu.capturing = []
+
+    def capture_end(self, stream):
+        ops, self.gpu.capturing = self.gpu.capturing, None
+        return ops
+
+    def launch(self, ops, stream):
+        self.gpu.launches += 1
+        for op in ops:
+            op()
+
+    def destroy_graph(self, ops):
+        ops.clear()
+
+
+class SimTrt:
+    """The slice of TensorRT's Python API the backend uses."""
+
+    __version__ = "9.9.sim"
+
+    class Logger:
+        ERROR = 1
+
+        def __init__(self, level):
+            pass
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "in", "out"
+
+    @staticmethod
+    def nptype(dt):
+        return np.float32
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            return SimEngine() if blob == b"sim engine" else None
+
+
+class SimEngine:
+    num_io_tensors = 2
+    names = ["lr", "sr"]
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, n):
+        return "in" if n == "lr" else "out"
+
+    def get_tensor_dtype(self, n):
+        return "float"
+
+    def get_tensor_profile_shape(self, n, i):
+        return [(1, 3, 8, 8), (1, 3, 32, 32), (1, 3, 64, 64)]
+
+    def create_execution_context(self):
+        return SimContext()
+
+
+class SimContext:
+    def __init__(self):
+        self.shape, self.addr = None, {}
+
+    def set_input_shape(self, n, shape):
+        self.shape = shape
+        return True
+
+    def get_tensor_shape(self, n):
+        b, c, h, w = self.shape
+        return (b, c, 2 * h, 2 * w) if n == "sr" else self.shape
+
+    def set_tensor_address(self, n, ptr):
+        self.addr[n] = ptr
+
+    def execute_async_v3(self, stream):
+        shape, src, dst = self.shape, self.addr["lr"], self.addr["sr"]  # what a captured graph bakes in
+
+        def op():
+            x = np.frombuffer(bytes(SIM.mem[src][: int(np.prod(shape)) * 4]), np.float32).reshape(shape)
+            y = x.repeat(2, 2).repeat(2, 3).tobytes()
+            SIM.mem[dst][: len(y)] = y
+        SIM.run(op)
+        return True
+
+
+SIM = SimGPU()
+
+
+@pytest.fixture
+def sim_engine(tmp_path, monkeypatch):
+    import edgesr.runtime.cuda as cuda_mod
+    import edgesr.runtime.tensorrt_backend as trt_mod
+
+    monkeypatch.setattr(cuda_mod, "Cuda", SimCuda)
+    monkeypatch.setattr(trt_mod, "flavour_module", lambda flavour: SimTrt)
+    monkeypatch.setattr(trt_mod, "flavour_available", lambda flavour: (True, "9.9.sim"))
+    monkeypatch.setattr(trt_mod.TensorRtBackend, "available", classmethod(lambda cls: (True, "simulated")))
+    eng = {"flavour": "rtx", "version": "9.9.sim", "platform": trt_mod.engine_platform(),
+           "compute_capabilities": ["SM86"]}
+    manifest = {"kind": "engine", "name": "e", "scale": 2, "scales": [2], "precision": "fp32", "engine": eng,
+                "parent": {"path": "runs/x/onnx"}}
+    return write_artifact(tmp_path / "e", lambda p: p.write_bytes(b"sim engine"), "model.engine", manifest)
+
+
+def test_tensorrt_backend_binds_buffers_shapes_and_graphs_on_a_simulated_gpu(sim_engine):
+    rng = np.random.default_rng(0)
+    for graphs in (False, True):
+        with open_backend(sim_engine, "tensorrt", cuda_graphs=graphs) as b:
+            for shape in ((1, 3, 20, 24), (1, 3, 9, 30), (1, 3, 20, 24), (1, 3, 48, 64)):  # grows, shrinks, returns
+                x = rng.random(shape, dtype=np.float32)
+                out = b.run(x)
+                assert out.dtype == np.float32 and np.array_equal(out, x.repeat(2, 2).repeat(2, 3))
+            if graphs:
+                assert SIM.launches >= 4 and len(b._graphs) >= 1  # replayed; graphs dropped when buffers grew
+            r = measure_gpu(b, (16, 16), warmup=2, iterations=5, throughput_seconds=0.01, power=False)
+            assert r["output"] == [1, 3, 32, 32]
+            with pytest.raises(Exception, match=r"outside the engine's optimization profile \(1, 3, 8, 8\)"):
+                b.run(np.zeros((1, 3, 80, 16), np.float32))
+            assert b.describe()["gpu"] == "Sim GPU"
+
+
+def test_tensorrt_backend_refuses_an_engine_for_another_gpu_and_a_corrupt_one(sim_engine, tmp_path):
+    import json as _json
+
+    m = _json.loads((sim_engine.path / "manifest.json").read_text())
+    m["engine"]["compute_capabilities"] = ["SM120"]
+    other = write_artifact(tmp_path / "o", lambda p: p.write_bytes(b"sim engine"), "model.engine",
+                           {k: v for k, v in m.items() if k not in ("payload", "hash")})
+    with pytest.raises(EngineError, match=r"compiled for \['SM120'\], this GPU is SM86.*edgesr build-engine runs/x/onnx"):
+        open_backend(other, "tensorrt")
+    bad = write_artifact(tmp_path / "b", lambda p: p.write_bytes(b"garbage"), "model.engine",
+                         {k: v for k, v in m.items() if k not in ("payload", "hash")} | {"engine": {**m["engine"], "compute_capabilities": ["SM86"]}})
+    with pytest.raises(EngineError, match="could not deserialize this engine on Sim GPU"):
+        open_backend(bad, "tensorrt")
