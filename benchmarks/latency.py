@@ -37,18 +37,9 @@ def _version(dist: str) -> str | None:
 
 
 def machine_info() -> dict:
-    cpu, flags = platform.processor() or "", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and not cpu.strip(" x86_64"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")):
-                    flags |= set(line.split(":", 1)[1].split())
-                if cpu and flags:
-                    break
-    except OSError:
-        pass
+    from edgesr.hostinfo import cpu_model_and_flags
+
+    cpu, flags = cpu_model_and_flags()
     return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "logical_cores": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
             "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino"), "torch": _version("torch")}

@@ -32,9 +32,11 @@ from edgesr.artifacts import Artifact, derived_transforms
 from edgesr.data.patches import PatchSampler
 from edgesr.errors import EdgesrError
 from edgesr.fitting import config_fingerprint, fit, sampler_for, validate
+from edgesr.hostinfo import nchwc_block
 from edgesr.losses import LOSSES, distill_loss
 from edgesr.modelio import load_model, module_shapes, save_model
 from edgesr.models import count_macs, deploy_form, model_scales, pick_output
+from edgesr.progress import console
 from edgesr.stages import MODEL, StageContext, register_stage
 
 from .budget import check_budget
@@ -55,7 +57,16 @@ class PruneConfig:
     iterations: int = 1
     """Prune in this many steps, each followed by an equal share of the fine-tune (iterative pruning)."""
     importance: Literal["magnitude", "taylor"] = "magnitude"
-    round_to: int = 4
+    round_to: int | Literal["kernel"] = 4
+    """Channel counts are rounded to multiples of this. ``kernel``: the channel block of this CPU's convolution
+    kernels (ONNX Runtime's NCHWc: 16 with AVX-512, 8 with AVX2, else 4), since widths off the block fall back
+    to slower kernels (``benchmarks/results/widths``: 12 channels ran slower than 16)."""
+    min_speedup: float | None = None
+    """Speed guard: after pruning, the parent and the pruned model are timed in one interleaved run on the
+    benchmark backend at ``latency_input``; a speed-up (ratio of medians) below this is handled by
+    ``on_slower``. 1.0: never ship a pruned model slower than its parent. None: not measured."""
+    on_slower: Literal["fail", "warn", "fallback"] = "fail"
+    """fallback: write the parent unpruned (its manifest records the measured ratio and why)."""
     teacher: str | None = None
     """Fine-tune with this teacher as distillation target (None: against HR only)."""
     alpha: float = 0.5
@@ -78,6 +89,12 @@ class PruneError(EdgesrError, ValueError):
     """A pruning target that cannot be reached or measured; the message says which and why."""
 
 _PASS_THROUGH = {"add", "sub", "mul", "iadd", "clamp", "clip", "relu", "truediv"}
+
+
+def kernel_round_to(round_to: int | str) -> int:
+    """``round_to`` as a number: ``kernel`` is the channel block of this CPU's NCHWc convolution kernels (ONNX
+    Runtime's MLAS: 16 with AVX-512F, 8 with AVX2 or NEON, else 4)."""
+    return nchwc_block() if round_to == "kernel" else int(round_to)
 
 
 def protected_convs(model: nn.Module) -> list[str]:
@@ -125,7 +142,7 @@ def prune_model(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | None
     else:
         importance = tp.importance.TaylorImportance()
     pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
-                                  ignored_layers=ignored, round_to=cfg.round_to or None)
+                                  ignored_layers=ignored, round_to=kernel_round_to(cfg.round_to) or None)
     if cfg.importance == "taylor":
         if sampler is None:
             raise ValueError("Taylor importance needs training data for its gradients")
@@ -242,6 +259,29 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
              "psnr_before_finetune": steps_log[-1]["psnr_before_finetune"]}
     if cfg.target == "latency":
         final["latency_ms_after"] = round(latency(model), 2)
+    if cfg.min_speedup is not None:
+        if ctx.speedup_fn is None:
+            raise PruneError(f"prune {name}: min_speedup needs an interleaved latency measurement; run it through "
+                             "`edgesr run` (which measures on the benchmark backend)")
+        speed = ctx.speedup_fn(parent, model, cfg.latency_input)
+        final["speedup_vs_parent"] = speed
+        if speed["ratio"] < cfg.min_speedup:
+            msg = (f"prune {name}: the pruned model runs {speed['ratio']:.2f}x its parent's speed (medians "
+                   f"{speed['new_p50_ms']:.1f} vs {speed['ref_p50_ms']:.1f} ms, one interleaved run, LR "
+                   f"{cfg.latency_input[0]}x{cfg.latency_input[1]}), below min_speedup {cfg.min_speedup}; its widths "
+                   f"{sorted({v['out'] for k, v in final['shapes'].items() if 'out' in v and k not in final['protected']})} may be off the kernels' channel blocks "
+                   f"(round_to: kernel = {kernel_round_to('kernel')} here)")
+            if cfg.on_slower == "fail":
+                raise PruneError(msg + "; prune less, use round_to: kernel, or on_slower: fallback")
+            console.print(f"[yellow]{msg}[/]" + ("; shipping the parent unpruned (on_slower: fallback)"
+                                                  if cfg.on_slower == "fallback" else ""))
+            if cfg.on_slower == "fallback":
+                final = {"type": "prune", "fallback": "parent shipped unpruned: the pruned model was slower",
+                         "speedup_vs_parent": speed, "target": cfg.target}
+                return save_model(out, parent, name=name, arch=arch, parent=source,
+                                  transforms=derived_transforms(source, arch, final),
+                                  metrics={"val_psnr": round(parent_psnr, 4), "budget": "fallback: not pruned",
+                                           "finetune_seconds": round(seconds, 1)})
     budget = check_budget(f"prune {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
     return save_model(out, model, name=name, arch=arch, parent=source, transforms=derived_transforms(source, arch, final),
                       metrics={"val_psnr": round(psnr, 4), "budget": budget, "finetune_seconds": round(seconds, 1)})

@@ -80,6 +80,27 @@ def onnx_latency_ms(model: torch.nn.Module, hw: tuple[int, int], threads: int = 
         return measure_latency(_Run(), hw, warmup=2, runs=10, max_seconds=5.0)["p50_ms"]
 
 
+def onnx_speedup(ref: torch.nn.Module, new: torch.nn.Module, hw: tuple[int, int], threads: int = 0,
+                 rounds: int = 15) -> dict:
+    """How much faster ``new`` runs than ``ref`` deployed as the benchmark deploys them (ONNX, ONNX Runtime CPU),
+    from one interleaved run: the ratio of medians ref / new with its bootstrap interval, and both medians."""
+    from .benchmarks.latency import measure_interleaved, speedup
+    from .export.onnx import export_onnx
+    from .models import model_scales
+    from .runtime.onnxruntime_backend import ort_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {}
+        for key, model in (("ref", ref), ("new", new)):
+            path = Path(tmp) / f"{key}.onnx"
+            export_onnx(model.eval(), path, scales=list(model_scales(model)))
+            sess = ort_session(path, threads=threads, spin=False)
+            runners[key] = type("R", (), {"run": lambda self, x, s=sess: s.run(None, {"lr": x})[0]})()
+        res = measure_interleaved(runners, hw, warmup=2, rounds=rounds, max_seconds=20.0)
+    return {**speedup(res["times_ms"]["ref"], res["times_ms"]["new"]), "ref_p50_ms": res["latency"]["ref"]["p50_ms"],
+            "new_p50_ms": res["latency"]["new"]["p50_ms"], "rounds": res["rounds"], "input": list(hw)}
+
+
 def stages_needed(recipe: Recipe, only: list[str]) -> set[str]:
     """The named stages and every stage they depend on (their reference fields), transitively."""
     specs = {s.name: s for s in recipe.stages}
@@ -156,7 +177,8 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
             ctx = StageContext(name=spec.name, out=path, train_pairs=train, val_pairs=valid, scale=recipe.scale,
                                patch_size=recipe.data.patch_size, min_patch_std=recipe.data.min_patch_std,
                                seed=recipe.seed, threads=recipe.threads,
-                               latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads))
+                               latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads),
+                               speedup_fn=lambda a, b, hw: onnx_speedup(a, b, hw, recipe.threads))
             art = sdef.fn(spec.config, ctx, **{k: v for k, v in inputs.items() if v is not None})
             if rank == 0:
                 art = update_metrics(art, {}, recipe_fingerprint=fp,

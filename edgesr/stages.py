@@ -63,6 +63,9 @@ class StageContext:
     latency_fn: Callable[[Any, tuple[int, int]], float] | None = None
     """``latency_fn(model, (h, w)) -> p50 ms`` of a PyTorch model deployed on the benchmark backend (the
     runner provides it: export to ONNX, run in ONNX Runtime); the ``prune`` stage's latency target uses it."""
+    speedup_fn: Callable[[Any, Any, tuple[int, int]], dict] | None = None
+    """``speedup_fn(ref_model, new_model, (h, w)) -> {ratio, ci95, ...}``: how much faster ``new`` runs than ``ref``
+    on the benchmark backend, both timed in one interleaved run (the ``prune`` stage's speed guard uses it)."""
 
 
 @dataclass(frozen=True)

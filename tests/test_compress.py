@@ -271,6 +271,55 @@ def test_iterative_pruning_to_a_macs_target(spec, builtin_train, builtin_valid, 
         assert art.manifest["arch"]["deploy"] is True and art.manifest["scales"] == [2, 4]
 
 
+@pytest.mark.parametrize("on_slower", ["fail", "fallback", "warn"])
+def test_a_pruned_model_slower_than_its_parent_is_not_shipped(on_slower, builtin_train, builtin_valid, tmp_path):
+    """The speed guard compares parent and pruned model in one interleaved run (here a stand-in that reports a
+    0.85x ratio, the quickstart's measured one, so the test does not depend on this machine's timing)."""
+    from edgesr.compress.prune import PruneError, kernel_round_to, prune_stage
+    from edgesr.hostinfo import nchwc_block
+
+    spec = {"type": "abpn", "scale": 2, "channels": 32, "n_body": 2}
+    src = save_model(tmp_path / "src", build_model(spec), name="src", arch=spec)
+    seen = []
+
+    def speedup(ref, new, hw):
+        seen.append((count_macs(ref, (16, 16))[0], count_macs(new, (16, 16))[0], hw))
+        return {"ratio": 0.85, "ci95": [0.8, 0.9], "ref_p50_ms": 20.0, "new_p50_ms": 23.5}
+
+    cfg = PruneConfig(input="src", ratio=0.5, finetune_steps=0, round_to="kernel", min_speedup=1.0,
+                      on_slower=on_slower, latency_input=(64, 96))
+    kw = dict(name="p", out=tmp_path / "p", source=src, teacher=None, train_pairs=builtin_train, scale=2,
+              val_pairs=builtin_valid[:1], patch_size=16, min_patch_std=0.0, seed=0, speedup_fn=speedup)
+    if on_slower == "fail":
+        with pytest.raises(PruneError, match=r"runs 0.85x its parent's speed .* below min_speedup 1.0.*round_to: kernel"):
+            call_stage(prune_stage, cfg, **kw)
+        assert not (tmp_path / "p").exists()
+        return
+    art = call_stage(prune_stage, cfg, **kw)
+    (ref_macs, new_macs, hw), = seen
+    assert new_macs < ref_macs and hw == (64, 96)  # the guard compared the parent with the pruned model
+    rec = art.manifest["transforms"][-1]
+    assert rec["speedup_vs_parent"]["ratio"] == 0.85
+    if on_slower == "fallback":
+        assert "parent shipped unpruned" in rec["fallback"]
+        assert art.manifest["params"] == src.manifest["params"]
+    else:
+        widths = {v["out"] for k, v in rec["shapes"].items() if k not in rec["protected"]}
+        assert widths
+        assert art.manifest["params"] < src.manifest["params"]
+        assert all(w % nchwc_block() == 0 for w in widths) and kernel_round_to("kernel") == nchwc_block()
+
+
+def test_onnx_speedup_times_parent_and_candidate_in_one_interleaved_run():
+    from edgesr.pipeline import onnx_speedup
+
+    a = build_model({"type": "abpn", "scale": 2, "channels": 8, "n_body": 2}).eval()
+    b = build_model({"type": "abpn", "scale": 2, "channels": 4, "n_body": 1}).eval()
+    res = onnx_speedup(a, b, (16, 24), threads=1, rounds=6)
+    assert res["rounds"] == 6 and res["input"] == [16, 24]
+    assert res["ci95"][0] <= res["ratio"] <= res["ci95"][1] and res["ref_p50_ms"] > 0 and res["new_p50_ms"] > 0
+
+
 def test_pruning_to_a_latency_target_bisects_on_the_measurement(builtin_train, tmp_path):
     """The bisection is tested with a deterministic latency (proportional to MACs), so the outcome cannot
     depend on the machine's speed or load; the real ONNX Runtime measurement is exercised separately."""
