@@ -22,8 +22,9 @@ from .luma import LumaWrapper
 
 @MODELS.register("fsrcnn")
 class FSRCNN(LumaWrapper):
-    def __init__(self, *, scale: int = 2, d: int = 56, s: int = 12, m: int = 4, color: str = "y"):
-        super().__init__(scale, color)
+    def __init__(self, *, scale: int = 2, d: int = 56, s: int = 12, m: int = 4, color: str = "y",
+                 residual: bool = False):
+        super().__init__(scale, color, residual=residual)
         c = self.channels
         layers: list[nn.Module] = [nn.Conv2d(c, d, 5, padding=2), nn.PReLU(d), nn.Conv2d(d, s, 1), nn.PReLU(s)]
         for _ in range(m):
