@@ -59,8 +59,9 @@ class PruneConfig:
     importance: Literal["magnitude", "taylor"] = "magnitude"
     round_to: int | Literal["kernel"] = 4
     """Channel counts are rounded to multiples of this. ``kernel``: the channel block of this CPU's convolution
-    kernels (ONNX Runtime's NCHWc: 16 with AVX-512, 8 with AVX2, else 4), since widths off the block fall back
-    to slower kernels (``benchmarks/results/widths``: 12 channels ran slower than 16)."""
+    kernels (ONNX Runtime's NCHWc: 16 with AVX-512, 8 with AVX2, else 4): its time is a staircase in steps of
+    the block (``benchmarks/results/widths``, AVX-512: 12 channels 37 % slower than 16; 20 to 32 all alike).
+    OpenVINO blocks differently."""
     min_speedup: float | None = None
     """Speed guard: after pruning, the parent and the pruned model are timed in one interleaved run on the
     benchmark backend at ``latency_input``; a speed-up (ratio of medians) below this is handled by

@@ -10,6 +10,8 @@ LapSRN). ``color="y"`` (default) does the same inside the graph: Y (BT.601, as t
 goes through the network; the RGB image is upsampled bilinearly and shifted on all three channels so that
 its Y equals the network's — chroma from bilinear, luminance from the network.
 ``color="rgb"`` runs the network on the three channels instead (3x the first and last layers).
+``residual=True`` (edgesr's, not the paper's): the network predicts a correction to the bilinear image, which
+quantizes with a 3.6x smaller INT8 loss and trains to +2.1 dB in the same steps (see `luma.py`).
 """
 
 from __future__ import annotations
