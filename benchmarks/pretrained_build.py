@@ -1,11 +1,13 @@
 """Copy trained artifacts of a run into the package as pretrained models, measured.
 
     python -m edgesr.benchmarks.pretrained_build --run runs/pretrained_x2 --set ../shared/data/benchmark/Set5 \
-        --set ../shared/data/benchmark/Set14 NAME=STAGE [NAME=STAGE ...]
+        --set ../shared/data/benchmark/Set14 NAME=STAGE[@BACKEND] [NAME=STAGE[@BACKEND] ...]
 
 Each STAGE artifact of the run directory is copied (verified) into ``edgesr/pretrained/NAME/``, its parent
 record pointed at the pretrained name it came from, then evaluated through the protocol on the sets with
-the backend users get by default for its kind; ``index.json`` records the numbers, the parameters and MACs
+the backend users get by default for its kind (OpenVINO for a graph quantized with ``target: openvino``;
+``@BACKEND`` names it, e.g. one INT8 file shipped twice, as NAME-int8 and as NAME-int8-ov measured on
+OpenVINO); ``index.json`` records the numbers, the parameters and MACs
 (640x360 LR), the recipe, command and training steps. ``tests/test_pretrained.py`` re-evaluates every
 model and checks the recorded PSNR to 0.01 dB.
 """
@@ -33,8 +35,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
     ap.add_argument("--set", action="append", required=True)
-    ap.add_argument("pairs", nargs="+", metavar="NAME=STAGE")
+    ap.add_argument("pairs", nargs="+", metavar="NAME=STAGE[@BACKEND]")
     args = ap.parse_args(argv)
+    chosen = {}
+    for i, pair in enumerate(args.pairs):
+        if "@" in pair:
+            args.pairs[i], backend = pair.split("@", 1)
+            chosen[pair.split("=", 1)[0]] = backend
     run = Path(args.run)
     idx_path = ROOT / "index.json"
     idx = json.loads(idx_path.read_text()) if idx_path.is_file() else {"models": {}}
@@ -62,7 +69,7 @@ def main(argv=None) -> int:
         sets = {set_name(s): load_pairs(s, scale, split="eval") for s in args.set}
         last = (art.manifest.get("transforms") or [{}])[-1]
         # Measured on the runtime the artifact is made for: OpenVINO for target openvino, else the default.
-        backend = "openvino" if last.get("target") == "openvino" else default_backend(art)
+        backend = chosen.get(name) or ("openvino" if last.get("target") == "openvino" else default_backend(art))
         with open_backend(art, backend, threads=0) as b:
             quality = measure_quality(b, sets, scale, art.manifest.get("size_multiple", 1))
         model_art = art

@@ -17,7 +17,10 @@ from edgesr.metrics import evaluate_pairs
 from edgesr.onnxutil import op_counts
 from edgesr.runtime import Upscaler, open_backend
 
-__all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq", "require_tensorrt_form"]
+__all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq", "require_tensorrt_form",
+           "u8s8_pair_sum_max"]
+
+INT16_MAX = 32767
 
 
 class QuantizeError(EdgesrError, RuntimeError):
@@ -40,6 +43,31 @@ def calibration_batches(pairs: list[ImagePair], n: int, patch: int, seed: int = 
     return out
 
 
+def u8s8_pair_sum_max(proto: onnx.ModelProto) -> int:
+    """The largest |a1*w1 + a2*w2| a uint8-activation x int8-weight convolution of the graph can form from two
+    products (raw integers: a in [0, 255], w its weight's quantized value): x86 CPUs without VNNI add such pairs
+    in a saturating int16 (``vpmaddubsw``), so a graph whose bound exceeds 32,767 can compute wrongly there.
+    2 x 255 x 127 = 64,770 with 8-bit weights, 2 x 255 x 64 = 32,640 with 7-bit ones. 0: no such convolution."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    worst = 0
+    for n in proto.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 2:
+            continue
+        w_dq, x_dq = producer.get(n.input[1]), producer.get(n.input[0])
+        if not (w_dq and x_dq and w_dq.op_type == x_dq.op_type == "DequantizeLinear" and w_dq.input[0] in inits):
+            continue
+        x_q = producer.get(x_dq.input[0])
+        zp_name = x_dq.input[2] if len(x_dq.input) > 2 else ""
+        act_dtype = numpy_helper.to_array(inits[zp_name]).dtype if zp_name in inits else np.dtype(np.uint8)
+        if x_q is None or act_dtype != np.uint8:
+            continue
+        w = numpy_helper.to_array(inits[w_dq.input[0]])
+        if w.dtype == np.int8:
+            worst = max(worst, 2 * 255 * int(np.abs(w.astype(np.int32)).max()))
+    return worst
+
+
 def check_qdq(path: Path) -> dict:
     """Inspect a QDQ graph: operator inventory, non-standard operators, and whether TensorRT can build it
     (INT8 Q/DQ with zero point 0 everywhere, no INT32 bias Q/DQ)."""
@@ -54,7 +82,9 @@ def check_qdq(path: Path) -> dict:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
             zero_points.append(numpy_helper.to_array(inits[n.input[2]]))
     trt_ok = bool(zero_points) and all(z.dtype == np.int8 and not np.any(z) for z in zero_points)
+    pair_max = u8s8_pair_sum_max(proto)
     return {"ops": ops, "nonstandard_ops": nonstandard, "qdq_pairs": ops.get("QuantizeLinear", 0),
+            "u8s8_pair_sum_max": pair_max, "exact_without_vnni": pair_max <= INT16_MAX,
             "tensorrt_explicit_int8": trt_ok,
             "tensorrt_note": "INT8 symmetric Q/DQ (zero point 0)" if trt_ok else
             "UINT8/asymmetric activations: ONNX Runtime CPU only; use target: tensorrt for TensorRT"}

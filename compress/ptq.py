@@ -29,7 +29,7 @@ from .budget import check_budget
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
                      require_tensorrt_form)
 
-__all__ = ["QuantizeConfig", "quantize_onnx", "quantize_onnx_nncf", "quantize_graph", "quantizable_nodes",
+__all__ = ["QuantizeConfig", "weight_bits_for", "quantize_onnx", "quantize_onnx_nncf", "quantize_graph", "quantizable_nodes",
            "quantize_stage", "quality_backend"]
 
 
@@ -41,6 +41,15 @@ class QuantizeConfig:
     """onnxruntime: quantize_static (method below); nncf: NNCF's post-training quantization (ONNX backend)."""
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
+    weight_bits: Literal[7, 8] | None = None
+    """Weight range: 7 bits ([-64, 64]) or 8 ([-127, 127]). None: 7 for the CPU targets (onnxruntime, openvino),
+    8 for tensorrt. x86 CPUs without VNNI/AMX (AVX2 and plain AVX-512 hosts) add pairs of uint8 x int8 products
+    in a saturating int16 (:func:`edgesr.hostinfo.u8s8_saturates`); with 8-bit weights those sums overflow and
+    the same INT8 file scores lower there, on ONNX Runtime and OpenVINO alike (measured on an AVX2 host,
+    benchmarks/results/int8_host: -0.24 to -1.48 dB more than on a VNNI host). 7-bit weights cannot overflow,
+    so the file computes the same on every CPU, for 0.01-0.06 dB (measured) that ``qat_onnx`` wins back.
+    8 bits is for graphs that only run on VNNI/AMX CPUs or GPUs. (ONNX Runtime's reduce_range; NNCF's
+    overflow_fix.)"""
     target: Literal["onnxruntime", "tensorrt", "openvino"] = "onnxruntime"
     """onnxruntime: UINT8 asymmetric activations (fast on x86); tensorrt: INT8 symmetric (explicit Q/DQ);
     openvino: the onnxruntime form, with the quality budget (and the mixed-precision fallback's layer
@@ -61,9 +70,16 @@ class QuantizeConfig:
     the drop fits max_psnr_drop_db."""
 
 
+def weight_bits_for(target: str, weight_bits: int | None) -> int:
+    """The weight range a quantize config asks for: given, or 7 for CPU targets and 8 for TensorRT."""
+    return int(weight_bits) if weight_bits is not None else (8 if target == "tensorrt" else 7)
+
+
 def quantize_onnx(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, method: str = "minmax",
-                  per_channel: bool = True, target: str = "onnxruntime", exclude: tuple[str, ...] = ()) -> None:
-    """Static INT8 QDQ quantisation of ``src`` into ``dst`` with ONNX Runtime's quantiser."""
+                  per_channel: bool = True, target: str = "onnxruntime", exclude: tuple[str, ...] = (),
+                  weight_bits: int | None = None) -> None:
+    """Static INT8 QDQ quantisation of ``src`` into ``dst`` with ONNX Runtime's quantiser (``weight_bits``: see
+    :class:`QuantizeConfig`)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -88,6 +104,7 @@ def quantize_onnx(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, me
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        reduce_range=weight_bits_for(target, weight_bits) == 7,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
                         nodes_to_exclude=list(exclude) or None,
@@ -98,7 +115,7 @@ def quantize_onnx(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, me
 
 
 def quantize_onnx_nncf(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, target: str = "onnxruntime",
-                       exclude: tuple[str, ...] = ()) -> None:
+                       exclude: tuple[str, ...] = (), weight_bits: int | None = None) -> None:
     """Static INT8 quantisation of ``src`` with NNCF's ONNX backend (MinMax statistics + fast bias correction).
 
     NNCF quantizes the ONNX graph directly and writes standard QuantizeLinear/DequantizeLinear; quantizing
@@ -108,13 +125,16 @@ def quantize_onnx_nncf(src: Path, dst: Path, calibration: Iterable[np.ndarray], 
     import logging
 
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     batches = [{"lr": b} for b in calibration]
+    overflow = nncf.OverflowFix.ENABLE if weight_bits_for(target, weight_bits) == 7 else nncf.OverflowFix.DISABLE
     options = nncf_options(target)
     model = onnx.load(str(src))
     quantized = nncf.quantize(model, nncf.Dataset(batches), **options, subset_size=len(batches),
                               fast_bias_correction=True,
+                              advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow),
                               ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None)
     onnx.save_model(quantized, str(dst))
 
@@ -128,10 +148,10 @@ def quantize_graph(src: Path, dst: Path, batches: list[np.ndarray], cfg: Quantiz
 
     keep = tuple(cfg.exclude) + tuple(exclude) + tuple(shuffle_nodes(onnx.load(str(src))))
     if cfg.tool == "nncf":
-        quantize_onnx_nncf(src, dst, batches, target=cfg.target, exclude=keep)
+        quantize_onnx_nncf(src, dst, batches, target=cfg.target, exclude=keep, weight_bits=cfg.weight_bits)
     else:
         quantize_onnx(src, dst, batches, method=cfg.method, per_channel=cfg.per_channel, target=cfg.target,
-                      exclude=keep)
+                      exclude=keep, weight_bits=cfg.weight_bits)
 
 
 _SHAPE_OPS = {"Shape", "Constant", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Cast", "Concat",
@@ -201,6 +221,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
             "method": cfg.method if cfg.tool == "onnxruntime" else "nncf minmax + fast bias correction",
             "per_channel": cfg.per_channel, "target": cfg.target,
             "weights": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
+            "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits),
             "activations": "int8 symmetric" if cfg.target == "tensorrt" else "uint8/int8 asymmetric",
             "calibration_images": cfg.calibration_images, "calibration_patch": cfg.calibration_patch,
             "excluded_nodes": list(cfg.exclude), "mixed_precision": mixed, "quality_measured_on": runtime,

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Literal
 
 from edgesr.artifacts import Artifact, derived_manifest, write_artifact
-from edgesr.stages import MODEL, ONNX, StageContext, register_stage
+from edgesr.stages import MODEL, ONNX, ONNX_FP32, StageContext, register_stage
 
 from .budget import check_budget
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
-                     require_tensorrt_form)
+                     require_tensorrt_form, u8s8_pair_sum_max)
 
-__all__ = ["QatConfig", "qat_stage"]
+__all__ = ["QatConfig", "qat_stage", "QatOnnxConfig", "qat_onnx_stage"]
 
 
 @dataclass(frozen=True)
@@ -121,5 +121,142 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
         manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget, "fp32_val_psnr": round(parent_psnr, 4),
                                "ptq_val_psnr": round(ptq_psnr, 4), "qat_torch_val_psnr": round(result.best_psnr, 4),
                                "train_seconds": round(result.seconds, 1), "history": result.history}
+
+    return write_artifact(out, writer, "model.onnx", manifest)
+
+
+@dataclass(frozen=True)
+class QatOnnxConfig:
+    """Quantization-aware training of the deployed Q/DQ graph itself (:class:`edgesr.compress.qdq_graph.QdqGraph`):
+    the INT8 graph a ``quantize`` stage wrote is run in PyTorch exactly as ONNX Runtime computes it, its weights,
+    biases and quantizer scales are fine-tuned through the fake quantizers, and the trained numbers are written
+    back into the same graph. Same nodes and Q/DQ placement as the post-training graph it starts from, so the
+    same speed on every runtime, and no second export path (the ``qat`` stage's NNCF export skips the export
+    stage's rewrites and places its quantizers differently)."""
+
+    input: str
+    """An INT8 Q/DQ ONNX artifact (a quantize stage's output)."""
+    reference: str | None = None
+    """The FP32 ONNX graph it was quantized from: the quality budget's parent, and the distillation target
+    when ``alpha`` > 0 (run in PyTorch: the network's own FP32 outputs)."""
+    teacher: str | None = None
+    """A PyTorch model to distil from instead of ``reference`` (alpha > 0)."""
+    alpha: float = 0.0
+    """Weight of the distillation target against HR (0: HR only)."""
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-5
+    train_scales: bool = True
+    """Train the quantizers' scales too (LSQ); False: the weights and biases only."""
+    val_every: int = 250
+    max_psnr_drop_db: float | None = None
+    """Against ``reference`` (required with it)."""
+    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+    min_parity_db: float = 50.0
+    """The lowest PSNR (peak 1.0) allowed between the trained graph's output in ONNX Runtime and in the
+    PyTorch simulation that trained it, on the parity image: below it, what trained is not what runs."""
+
+
+@register_stage("qat_onnx", QatOnnxConfig, makes=ONNX, takes={"input": ONNX, "reference": ONNX_FP32, "teacher": MODEL},
+                lossy=True)
+def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, reference: Artifact | None = None,
+                   teacher: Artifact | None = None) -> Artifact:
+    """The ``qat_onnx`` stage: INT8 Q/DQ ONNX artifact -> the same graph with trained weights and scales.
+
+    Quality is measured in ONNX Runtime (the protocol) before and after; if training did not beat the input
+    graph on the validation images, the input graph is written unchanged (recorded), so the stage never ships
+    a graph worse than the post-training one it was given."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from edgesr.data.datasets import parity_image
+    from edgesr.fitting import config_fingerprint, fit, sampler_for
+    from edgesr.imaging import image_to_tensor
+    from edgesr.losses import LOSSES, distill_loss
+    from edgesr.modelio import load_model
+    from edgesr.runtime.onnxruntime_backend import ort_session
+    from edgesr.runtime.base import saturation_risk
+
+    from .qdq_graph import QdqGraph
+
+    name, out, scale, seed, val_pairs, threads = ctx.name, ctx.out, ctx.scale, ctx.seed, ctx.val_pairs, ctx.threads
+    if input.kind != "onnx" or "int8" not in input.manifest["precision"]:
+        raise QuantizeError(f"{input.path}: qat_onnx trains an INT8 Q/DQ graph (a quantize stage's output), got "
+                            f"{input.kind} {input.manifest.get('precision')}")
+    if cfg.max_psnr_drop_db is not None and reference is None:
+        raise QuantizeError(f"qat_onnx {name}: max_psnr_drop_db is measured against the FP32 graph; name it as "
+                            "reference")
+    if cfg.alpha > 0 and reference is None and teacher is None:
+        raise QuantizeError(f"qat_onnx {name}: alpha > 0 distils from reference or teacher; name one")
+    from .ptq import quality_backend
+
+    scales = tuple(int(s) for s in input.manifest["scales"])
+    quantized_by = next((t for t in reversed(input.manifest.get("transforms", []))
+                         if t.get("type") in ("quantize", "qat", "qat_onnx")), {})
+    target = quantized_by.get("target", "onnxruntime")
+    runtime = quality_backend(target, f"qat_onnx {name}")  # OpenVINO for target openvino, as the quantize stage
+    proto = onnx.load(str(input.payload))
+    graph = QdqGraph(proto, scales, train_scales=cfg.train_scales)
+    ptq_psnr = onnx_quality(input, val_pairs, scale, threads, runtime)
+    parent_psnr = onnx_quality(reference, val_pairs, scale, threads, runtime) if reference is not None else None
+    target = None
+    if cfg.alpha > 0:
+        if teacher is not None:
+            target = load_model(teacher)
+        else:
+            target = QdqGraph(onnx.load(str(reference.payload)), scales)
+            for p in target.parameters():
+                p.requires_grad_(False)
+    sampler = sampler_for(graph, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 5, ctx.min_patch_std)
+    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), target, cfg.alpha, scales)
+    result = fit(graph, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
+                 val_every=cfg.val_every, checkpoint_dir=out.with_name(f"{out.name}.ckpt"), checkpoint_every=250,
+                 fingerprint=config_fingerprint(input.hash, cfg, seed), desc=f"qat_onnx {name}")
+    trained = graph.to_onnx()
+    manifest = derived_manifest(input, kind="onnx", name=name, precision=input.manifest["precision"])
+
+    def writer(path: Path) -> None:
+        onnx.save_model(trained, str(path))
+        draft = Artifact(path.parent, {**manifest, "payload": path.name})
+        psnr = onnx_quality(draft, val_pairs, scale, threads, runtime)
+        # What trained must be what runs: ONNX Runtime's output of the written graph against the simulation's.
+        x = image_to_tensor(parity_image())
+        with torch.no_grad():
+            sim = graph(x)
+        sim = (sim if isinstance(sim, tuple) else (sim,))[0].numpy()
+        sess = ort_session(str(path), threads=threads, exact_u8s8=saturation_risk(manifest))
+        run = sess.run(None, {"lr": x.numpy()})[0]
+        parity = round(float(10 * np.log10(1.0 / max(float(np.mean((run - sim) ** 2)), 1e-20))), 2)
+        if parity < cfg.min_parity_db:
+            raise QuantizeError(f"{path}: ONNX Runtime runs the trained graph differently from the PyTorch simulation "
+                                f"that trained it ({parity} dB < min_parity_db {cfg.min_parity_db}); report the graph "
+                                "(its operators) so that the simulation can be fixed")
+        kept_input = psnr <= ptq_psnr
+        if kept_input:  # training did not help on the validation images: ship the post-training graph
+            onnx.save_model(proto, str(path))
+            psnr = ptq_psnr
+        report = check_qdq(path)
+        if report["u8s8_pair_sum_max"] > u8s8_pair_sum_max(proto):
+            raise QuantizeError(f"{path}: training widened the weights' integer range ({report['u8s8_pair_sum_max']} > "
+                                f"{u8s8_pair_sum_max(proto)} for a pair of uint8 x int8 products); report it")
+        manifest["ops"] = report.pop("ops")
+        weight_bits = quantized_by.get("weight_bits", 8)
+        manifest["transforms"] = manifest["transforms"] + [{
+            "type": "qat_onnx", "tool": "edgesr QdqGraph (PyTorch simulation of the Q/DQ graph, STE + LSQ scales)",
+            "format": "QDQ", "target": target, "quality_measured_on": runtime, "steps": result.steps, "lr": cfg.lr, "train_scales": cfg.train_scales,
+            "alpha": cfg.alpha, "distilled_from": (teacher.manifest.get("name") if teacher is not None else
+                                                   reference.manifest.get("name") if cfg.alpha > 0 else None),
+            "weight_bits": weight_bits, "simulation_parity_db": parity,
+            "kept_input": "training did not beat the input graph on the validation images" if kept_input else None,
+            **report}]
+        metrics = {"val_psnr": round(psnr, 4), "ptq_val_psnr": round(ptq_psnr, 4),
+                   "qat_gain_db": round(psnr - ptq_psnr, 4), "qat_torch_val_psnr": round(result.best_psnr, 4),
+                   "train_seconds": round(result.seconds, 1), "history": result.history}
+        if parent_psnr is not None:
+            metrics["fp32_val_psnr"] = round(parent_psnr, 4)
+            metrics["budget"] = check_budget(f"qat_onnx {name}", parent_psnr, psnr, cfg.max_psnr_drop_db,
+                                             cfg.on_budget_exceeded)
+        manifest["metrics"] = metrics
 
     return write_artifact(out, writer, "model.onnx", manifest)

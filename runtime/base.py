@@ -20,7 +20,7 @@ from edgesr.errors import EdgesrError
 from edgesr.registry import Registry
 
 __all__ = ["Backend", "BackendUnavailable", "InputError", "BACKENDS", "check_input", "open_backend",
-           "default_backend", "resolve_threads"]
+           "default_backend", "resolve_threads", "int8_weight_bits", "saturation_risk"]
 
 
 class BackendUnavailable(EdgesrError, RuntimeError):
@@ -57,6 +57,28 @@ def check_input(lr: np.ndarray) -> np.ndarray:
         raise InputError(f"input values span [{lo:.4g}, {hi:.4g}], outside [0, 1]; the models take RGB scaled "
                          "to [0, 1] (divide 8-bit images by 255, clip after colour conversions)")
     return np.ascontiguousarray(lr, dtype=np.float32)
+
+
+_INT8_STEPS = ("quantize", "qat", "qat_onnx")
+
+
+def int8_weight_bits(manifest: dict) -> int | None:
+    """The weight range of an INT8 artifact, from the manifest's last quantizing step: 7 or 8 bits; None when
+    the artifact is not INT8. Artifacts quantized before the quantizer recorded it had 8-bit weights."""
+    if "int8" not in str(manifest.get("precision", "")):
+        return None
+    for t in reversed(manifest.get("transforms", [])):
+        if t.get("type") in _INT8_STEPS:
+            return int(t.get("weight_bits", 8))
+    return 8
+
+
+def saturation_risk(manifest: dict) -> bool:
+    """Whether this CPU would run this INT8 artifact's convolutions with saturating int16 pair sums: 8-bit
+    weights on an x86 CPU without VNNI/AMX (:func:`edgesr.hostinfo.u8s8_saturates`)."""
+    from edgesr.hostinfo import u8s8_saturates
+
+    return int8_weight_bits(manifest) == 8 and u8s8_saturates()
 
 
 class Backend:

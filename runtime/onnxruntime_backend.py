@@ -62,14 +62,16 @@ def plugin_ep_devices(ep: str) -> tuple[list, str]:
 
 def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
                 providers: tuple[str, ...] = ("CPUExecutionProvider",), optimize: bool = True, spin: bool = True,
-                profile_prefix: str | None = None):
+                profile_prefix: str | None = None, exact_u8s8: bool = False):
     """An ``InferenceSession`` on a file or serialized graph: ``threads`` intra-op threads (0: ONNX Runtime's
     default, all cores), one inter-op thread, full graph optimisation (``optimize=False`` keeps every
     tensor observable), warnings off. ``spin=False`` stops idle worker threads from spin-waiting after a run:
     ONNX Runtime's default keeps them busy for a while, which is faster alone but steals the cores from
     whatever runs next (measured in an interleaved benchmark: OpenVINO's median 24 -> 41 ms beside spinning
     ONNX Runtime sessions, ONNX Runtime's own median 1 % slower without spinning). ``profile_prefix`` turns
-    on ONNX Runtime's per-node profiler (its JSON trace is written at ``end_profiling()``)."""
+    on ONNX Runtime's per-node profiler (its JSON trace is written at ``end_profiling()``). ``exact_u8s8`` sets
+    ``session.x64quantprecision``: on x86 CPUs without VNNI, INT8 convolutions run as uint8 x uint8, which
+    cannot saturate, instead of the faster uint8 x int8 whose int16 pair sums can (no effect elsewhere)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -95,6 +97,8 @@ def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
     opts.log_severity_level = 3
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if exact_u8s8:
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
@@ -116,12 +120,19 @@ class OnnxRuntimeBackend(Backend):
     interleave_options = {"spin": False}
 
     def __init__(self, threads: int = 0, providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool = True,
-                 fast_shuffle: bool = True):
+                 fast_shuffle: bool = True, exact_int8: bool | None = None):
         """``fast_shuffle``: on the CPU provider alone, run each DepthToSpace (pixel shuffle) as the
         bit-exact ConvTranspose of :func:`edgesr.onnxutil.shuffle_as_conv_transpose`, in memory (the artifact
-        is not changed): ONNX Runtime's CPU DepthToSpace is a slow generic transpose."""
+        is not changed): ONNX Runtime's CPU DepthToSpace is a slow generic transpose.
+
+        ``exact_int8``: run INT8 convolutions as uint8 x uint8 (``session.x64quantprecision``), which cannot
+        saturate on x86 CPUs without VNNI. None (default): only for an INT8 artifact with 8-bit weights on such
+        a CPU (:func:`edgesr.runtime.base.saturation_risk`), where the fast uint8 x int8 kernels clip int16 pair
+        sums (measured on an AVX2 host: -0.24 to -1.48 dB on the 8-bit students, and 2x slower with this on);
+        7-bit-weight artifacts (the quantizer's default) are exact with the fast kernels."""
         super().__init__(threads)
-        self.providers, self.spin = tuple(providers), spin
+        self.providers, self.spin, self.exact_int8 = tuple(providers), spin, exact_int8
+        self.exact_u8s8 = False
         self.fast_shuffle = fast_shuffle and tuple(PROVIDERS.get(p.lower(), p) for p in providers) == ("CPUExecutionProvider",)
         self.rewritten = 0
         self.session = None
@@ -145,8 +156,12 @@ class OnnxRuntimeBackend(Backend):
                     source = proto.SerializeToString()
             except Exception:  # noqa: BLE001 - a graph the rewrite cannot read is loaded as it is (and checked there)
                 self.rewritten = 0
+        from .base import saturation_risk
+
+        self.exact_u8s8 = saturation_risk(artifact.manifest) if self.exact_int8 is None else bool(self.exact_int8)
         try:
-            self.session = ort_session(source, threads=self.threads, providers=self.providers, spin=self.spin)
+            self.session = ort_session(source, threads=self.threads, providers=self.providers, spin=self.spin,
+                                       exact_u8s8=self.exact_u8s8)
         except BackendUnavailable:
             raise
         except Exception as exc:
@@ -166,4 +181,4 @@ class OnnxRuntimeBackend(Backend):
 
         return {"backend": "onnxruntime", "version": ort.__version__, "providers": list(self.providers),
                 "threads": self.threads, "precision": self.precision, "thread_spinning": self.spin,
-                "shuffle_as_conv_transpose": self.rewritten}
+                "shuffle_as_conv_transpose": self.rewritten, "exact_u8s8": self.exact_u8s8}

@@ -1,0 +1,384 @@
+"""An ONNX graph run by PyTorch, its weights and quantization scales trainable: quantization-aware training
+of the very Q/DQ graph that is deployed.
+
+:class:`QdqGraph` reads an ONNX graph (FP32, or INT8 Q/DQ as the ``quantize`` stage writes it) and runs it
+node by node with PyTorch operators, so that the fit loop can train it:
+
+* every ``QuantizeLinear -> DequantizeLinear`` pair on an activation is a fake quantizer that computes what
+  the pair computes (``(clamp(round_half_even(x / s) + z, qmin, qmax) - z) * s``), with the straight-through
+  estimator for the rounding and its scale ``s`` trainable (LSQ's gradient, Esser et al. ICLR 2020; learnt as
+  ``s0 * exp(r)`` from the graph's ``s0``, so that it stays positive and is exactly ``s0`` until it trains). Zero points stay fixed: ONNX Runtime drops a ReLU whose quantizer
+  range starts at zero, and a trained zero point would break that;
+* every quantized weight (INT8 initializer + ``DequantizeLinear``, per channel) becomes a float parameter
+  fake-quantized with its own trainable per-channel scale; an INT32 bias is a float parameter quantized with
+  the scale ONNX Runtime requires (input scale x weight scale, recomputed from the trained scales);
+* float convolutions (layers a mixed-precision graph keeps in float) and PReLU slopes train as floats;
+  pixel shuffles written as ConvTranspose (0/1 weights) and every other constant stay fixed.
+
+:meth:`QdqGraph.to_onnx` writes the trained numbers back into a copy of the original graph: the same nodes,
+the same Q/DQ placement, so the same kernels and speed in every runtime as the post-training quantized graph
+it started from. Only the operators SR students export to are implemented; any other is refused by name.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import helper, numpy_helper
+from torch import nn
+
+from .common import QuantizeError
+
+__all__ = ["QdqGraph", "fake_quantize", "SUPPORTED_OPS"]
+
+_QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127), np.dtype(np.int32): (-2 ** 31, 2 ** 31 - 1)}
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """QuantizeLinear then DequantizeLinear, differentiable: round half to even (as ONNX), the rounding passed
+    straight through, saturation stopping the gradient of ``x`` (and giving ``scale`` LSQ's gradient)."""
+    v = x / scale
+    q = torch.clamp(v + (torch.round(v) - v).detach() + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def _t(a) -> torch.Tensor:
+    """A float32 tensor of a numpy array or scalar (0-d included)."""
+    return torch.tensor(np.asarray(a, np.float32))
+
+
+def _channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """A per-channel (1-D) tensor shaped to broadcast along ``axis`` of an ``ndim``-D tensor."""
+    if t.ndim == 0:
+        return t
+    shape = [1] * ndim
+    shape[axis] = -1
+    return t.view(shape)
+
+
+class _ActQuant(nn.Module):
+    """An activation's QuantizeLinear -> DequantizeLinear pair (per tensor, or per axis)."""
+
+    def __init__(self, scale: np.ndarray, zero_point: np.ndarray, axis: int, train_scale: bool):
+        super().__init__()
+        dtype = np.asarray(zero_point).dtype
+        if np.size(scale) == 1:  # a one-element scale is per tensor
+            scale, zero_point = np.reshape(scale, ()), np.reshape(zero_point, ())
+        self.register_buffer("scale0", _t(scale))
+        self.log_ratio = nn.Parameter(torch.zeros_like(self.scale0), requires_grad=train_scale)
+        self.register_buffer("zero_point", _t(zero_point))
+        self.qmin, self.qmax = _QRANGE[dtype]
+        self.axis = axis
+
+    def scale(self) -> torch.Tensor:
+        return self.scale0 * self.log_ratio.exp()  # exactly the graph's scale until it trains
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = _channel_view(self.scale(), self.axis, x.ndim)
+        z = _channel_view(self.zero_point, self.axis, x.ndim)
+        return fake_quantize(x, s, z, self.qmin, self.qmax)
+
+
+class _QuantWeight(nn.Module):
+    """A quantized initializer (weight or bias): the dequantized values as a float parameter, fake-quantized
+    with its scale at every forward."""
+
+    def __init__(self, q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int, *, train: bool,
+                 train_scale: bool, symmetric_range: bool):
+        super().__init__()
+        if np.size(scale) == 1:  # a one-element scale is per tensor
+            scale, zero_point = np.reshape(scale, ()), np.reshape(zero_point, ())
+        self.axis = axis if np.ndim(scale) else 0
+        s = _channel_view(_t(scale), self.axis, q.ndim)
+        z = _channel_view(_t(zero_point), self.axis, q.ndim)
+        self.value = nn.Parameter((torch.from_numpy(q.astype(np.float64)).float() - z) * s, requires_grad=train)
+        self.register_buffer("scale0", _t(scale))
+        self.log_ratio = nn.Parameter(torch.zeros_like(self.scale0), requires_grad=train_scale)
+        self.register_buffer("zero_point", _t(zero_point))
+        self.dtype = q.dtype
+        self.qmin, self.qmax = _QRANGE[q.dtype]
+        if symmetric_range and q.dtype == np.int8 and not np.any(zero_point) and q.size and q.min() > -128:
+            # ONNX Runtime's symmetric INT8 weights use [-127, 127], its 7-bit ones (reduce_range) [-64, 64]: the
+            # range the graph came with is kept, so that training cannot turn 7-bit weights into 8-bit ones
+            # (which overflow int16 pair sums on x86 CPUs without VNNI).
+            bound = 64 if int(np.abs(q.astype(np.int32)).max()) <= 64 else 127
+            self.qmin, self.qmax = -bound, bound
+        self.derived_scale = None  # for an INT32 bias: a function giving input scale x weight scale
+
+    def scale(self) -> torch.Tensor:
+        return self.derived_scale() if self.derived_scale is not None else self.scale0 * self.log_ratio.exp()
+
+    def forward(self) -> torch.Tensor:
+        ndim = self.value.ndim
+        s = _channel_view(self.scale(), self.axis, ndim)
+        z = _channel_view(self.zero_point, self.axis, ndim)
+        return fake_quantize(self.value, s, z, self.qmin, self.qmax)
+
+    def quantized(self) -> tuple[np.ndarray, np.ndarray]:
+        """The integer tensor and the scale to write back."""
+        with torch.no_grad():
+            ndim = self.value.ndim
+            s = self.scale()
+            v = self.value / _channel_view(s, self.axis, ndim) + _channel_view(self.zero_point, self.axis, ndim)
+            q = torch.clamp(torch.round(v.double()), self.qmin, self.qmax).numpy().astype(self.dtype)
+            return q, s.numpy().astype(np.float32)
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv_padding(x: torch.Tensor, a: dict, kernel: tuple[int, ...]) -> tuple[torch.Tensor, int | tuple]:
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto not in ("NOTSET", "VALID"):
+        raise QuantizeError(f"Conv auto_pad {auto} is not supported by the Q/DQ trainer; export with explicit pads")
+    pads = list(a.get("pads", [0] * (2 * len(kernel))))
+    n = len(pads) // 2
+    begin, end = pads[:n], pads[n:]
+    if begin == end:
+        return x, tuple(begin)
+    pad = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        pad += [b, e]
+    return F.pad(x, pad), 0
+
+
+def _resize(x: torch.Tensor, node, a: dict, consts: dict) -> torch.Tensor:
+    mode = a.get("mode", b"nearest").decode()
+    ctm = a.get("coordinate_transformation_mode", b"half_pixel").decode()
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    scales = consts.get(inputs[2]) if inputs[2] else None
+    sizes = consts.get(inputs[3]) if inputs[3] else None
+    if scales is None and sizes is None:
+        raise QuantizeError(f"Resize {node.name}: only constant scales or sizes are supported by the Q/DQ trainer")
+    if scales is not None and len(scales) and (scales[0] != 1 or scales[1] != 1):
+        raise QuantizeError(f"Resize {node.name}: resizing batch or channels is not supported")
+    kw = {"scale_factor": tuple(float(s) for s in scales[2:])} if scales is not None and len(scales) else \
+        {"size": tuple(int(s) for s in sizes[2:])}
+    if mode == "nearest":
+        if ctm != "asymmetric" and "scale_factor" in kw and all(float(s).is_integer() for s in kw["scale_factor"]):
+            return F.interpolate(x, **kw, mode="nearest")  # integer factor: every convention picks the same pixel
+        if ctm == "asymmetric" and a.get("nearest_mode", b"round_prefer_floor").decode() == "floor":
+            return F.interpolate(x, **kw, mode="nearest")
+        raise QuantizeError(f"Resize {node.name}: nearest with {ctm} is not supported by the Q/DQ trainer")
+    if ctm not in ("half_pixel", "pytorch_half_pixel") or a.get("exclude_outside", 0):
+        raise QuantizeError(f"Resize {node.name}: {mode} with {ctm} is not supported by the Q/DQ trainer")
+    if mode == "linear":
+        return F.interpolate(x, **kw, mode="bilinear", align_corners=False)
+    if mode == "cubic" and abs(a.get("cubic_coeff_a", -0.75) + 0.75) < 1e-9:
+        return F.interpolate(x, **kw, mode="bicubic", align_corners=False)
+    raise QuantizeError(f"Resize {node.name}: mode {mode} is not supported by the Q/DQ trainer")
+
+
+SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div",
+                 "Clip", "Concat", "DepthToSpace", "Resize", "ReduceSum", "Identity", "Constant",
+                 "QuantizeLinear", "DequantizeLinear")
+
+
+class QdqGraph(nn.Module):
+    """``proto`` run by PyTorch (input ``lr``, outputs in graph order: one tensor, or a tuple for several).
+
+    ``train_scales``: the quantizers' scales are trained too (else only the weights). ``frozen``: node names
+    whose weights stay fixed (besides pixel-shuffle ConvTransposes, which always do)."""
+
+    def __init__(self, proto: onnx.ModelProto, scales: tuple[int, ...], *, train_scales: bool = True,
+                 frozen: tuple[str, ...] = ()):
+        super().__init__()
+        from edgesr.onnxutil import shuffle_nodes
+
+        self.proto = copy.deepcopy(proto)
+        self.scales, self.scale = tuple(scales), scales[0]
+        graph = self.proto.graph
+        unsupported = sorted({n.op_type for n in graph.node if n.op_type not in SUPPORTED_OPS})
+        if unsupported:
+            raise QuantizeError(f"the Q/DQ trainer does not implement {unsupported}; it runs {list(SUPPORTED_OPS)}")
+        if len(graph.input) != 1:
+            raise QuantizeError(f"the Q/DQ trainer takes graphs with one input (lr), got {[i.name for i in graph.input]}")
+        self.input_name = graph.input[0].name
+        self.output_names = [o.name for o in graph.output]
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        for n in graph.node:
+            if n.op_type == "Constant":
+                inits[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"])
+        self._consts = inits
+        consumers: dict[str, list] = {}
+        for n in graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        keep_fixed = set(shuffle_nodes(self.proto)) | set(frozen)
+        self.params = nn.ModuleDict()    # name of the tensor it produces -> _QuantWeight
+        self.acts = nn.ModuleDict()      # name of the Q node -> _ActQuant
+        self.floats = nn.ParameterDict()  # float initializers that train (float conv weights, PReLU slopes)
+        self._keys: dict[str, str] = {}  # tensor / node name -> module key (ModuleDict keys cannot hold dots)
+        self._plan: list = []
+        producers = {o: n for n in graph.node for o in n.output}
+
+        def key(name: str) -> str:
+            return self._keys.setdefault(name, f"t{len(self._keys)}")
+
+        quant_inputs = {}  # DQ output tensor -> the Q node whose pair it ends
+        for n in graph.node:
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+                users = consumers.get(n.output[0], [])
+                a = _attrs(n)
+                q = inits[n.input[0]]
+                scale = inits[n.input[1]]
+                zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros_like(scale, dtype=q.dtype)
+                trainable = any(u.op_type in ("Conv", "ConvTranspose") and u.name not in keep_fixed for u in users)
+                self.params[key(n.output[0])] = _QuantWeight(q, scale, zp, a.get("axis", 1), train=trainable,
+                                                             train_scale=trainable and train_scales and q.dtype != np.int32,
+                                                             symmetric_range=True)
+                self._plan.append(("param", n, None))
+            elif n.op_type == "QuantizeLinear":
+                users = consumers.get(n.output[0], [])
+                if not users or any(u.op_type != "DequantizeLinear" for u in users):
+                    raise QuantizeError(f"QuantizeLinear {n.name}: its output feeds {[u.op_type for u in users]}; the "
+                                        "Q/DQ trainer takes Q/DQ pairs (QuantizeLinear -> DequantizeLinear) only")
+                scale = inits[n.input[1]]
+                zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
+                self.acts[key(n.name)] = _ActQuant(scale, zp, _attrs(n).get("axis", 1), train_scales)
+                for u in users:
+                    quant_inputs[u.output[0]] = n
+                self._plan.append(("act", n, None))
+            elif n.op_type == "DequantizeLinear":
+                if n.input[0] not in producers or producers[n.input[0]].op_type != "QuantizeLinear":
+                    raise QuantizeError(f"DequantizeLinear {n.name}: its input is neither an initializer nor a "
+                                        "QuantizeLinear output")
+                self._plan.append(("dq", n, None))
+            elif n.op_type == "Constant":
+                continue
+            else:
+                self._plan.append(("op", n, None))
+                if n.op_type in ("Conv", "ConvTranspose", "PRelu") and n.name not in keep_fixed:
+                    for idx in ((1, 2) if n.op_type != "PRelu" else (1,)):
+                        if len(n.input) > idx and n.input[idx] in inits and inits[n.input[idx]].dtype == np.float32 \
+                                and key(n.input[idx]) not in self.floats:
+                            self.floats[key(n.input[idx])] = nn.Parameter(torch.from_numpy(inits[n.input[idx]].copy()))
+        # An INT32 bias is quantized with input scale x weight scale (what ONNX Runtime's integer conv needs).
+        for n in graph.node:
+            if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 3 or self._keys.get(n.input[2]) not in self.params:
+                continue
+            bias = self.params[self._keys[n.input[2]]]
+            w_key, q = self._keys.get(n.input[1]), quant_inputs.get(n.input[0])
+            if bias.dtype == np.int32 and w_key in self.params and q is not None:
+                act, weight = self.acts[self._keys[q.name]], self.params[w_key]
+                bias.derived_scale = lambda act=act, weight=weight: act.scale() * weight.scale()
+
+    # ------------------------------------------------------------------------------------------ forward
+    def _tensor(self, env: dict, name: str) -> torch.Tensor | None:
+        if not name:
+            return None
+        if name in env:
+            return env[name]
+        k = self._keys.get(name)
+        if k is not None and k in self.floats:
+            return self.floats[k]
+        if name in self._consts:
+            t = torch.from_numpy(np.asarray(self._consts[name]).copy())
+            env[name] = t
+            return t
+        raise QuantizeError(f"tensor {name!r} is used before it is computed (the graph is not in topological order)")
+
+    def forward(self, lr: torch.Tensor):
+        env: dict[str, torch.Tensor] = {self.input_name: lr}
+        for kind, n, _ in self._plan:
+            if kind == "param":
+                env[n.output[0]] = self.params[self._keys[n.output[0]]]()
+            elif kind == "act":
+                env[n.output[0]] = self.acts[self._keys[n.name]](env[n.input[0]])
+            elif kind == "dq":
+                env[n.output[0]] = env[n.input[0]]  # the pair's fake quantizer already dequantized
+            else:
+                env[n.output[0]] = self._op(n, [self._tensor(env, i) for i in n.input])
+        outs = tuple(env[o] for o in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _op(self, n, x: list) -> torch.Tensor:
+        op, a = n.op_type, _attrs(n)
+        if op == "Conv":
+            kernel = tuple(x[1].shape[2:])
+            inp, padding = _conv_padding(x[0], a, kernel)
+            conv = F.conv2d if len(kernel) == 2 else F.conv1d
+            return conv(inp, x[1], x[2] if len(x) > 2 else None, stride=tuple(a.get("strides", [1] * len(kernel))),
+                        padding=padding, dilation=tuple(a.get("dilations", [1] * len(kernel))), groups=a.get("group", 1))
+        if op == "ConvTranspose":
+            if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in a:
+                raise QuantizeError(f"ConvTranspose {n.name}: auto_pad/output_shape are not supported by the Q/DQ trainer")
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            if pads[:2] != pads[2:]:
+                raise QuantizeError(f"ConvTranspose {n.name}: asymmetric pads are not supported by the Q/DQ trainer")
+            return F.conv_transpose2d(x[0], x[1], x[2] if len(x) > 2 else None, stride=tuple(a.get("strides", [1, 1])),
+                                      padding=tuple(pads[:2]), output_padding=tuple(a.get("output_padding", [0, 0])),
+                                      groups=a.get("group", 1), dilation=tuple(a.get("dilations", [1, 1])))
+        if op == "Relu":
+            return F.relu(x[0])
+        if op == "PRelu":
+            return torch.where(x[0] >= 0, x[0], x[0] * x[1])
+        if op == "LeakyRelu":
+            return F.leaky_relu(x[0], a.get("alpha", 0.01))
+        if op == "Sigmoid":
+            return torch.sigmoid(x[0])
+        if op == "Tanh":
+            return torch.tanh(x[0])
+        if op in ("Add", "Sub", "Mul", "Div"):
+            return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](x[0], x[1])
+        if op == "Clip":
+            lo = x[1] if len(x) > 1 and x[1] is not None else None
+            hi = x[2] if len(x) > 2 and x[2] is not None else None
+            return torch.clamp(x[0], lo, hi)
+        if op == "Concat":
+            return torch.cat(x, dim=a["axis"])
+        if op == "DepthToSpace":
+            if a.get("mode", b"DCR").decode() == "CRD":
+                return F.pixel_shuffle(x[0], a["blocksize"])
+            b = a["blocksize"]
+            nb, c, h, w = x[0].shape
+            return x[0].reshape(nb, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2).reshape(nb, c // (b * b), h * b, w * b)
+        if op == "Resize":
+            return _resize(x[0], n, a, self._consts)
+        if op == "ReduceSum":
+            axes = [int(v) for v in (x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("axes", []))]
+            if not axes:
+                if a.get("noop_with_empty_axes", 0):
+                    return x[0]
+                axes = list(range(x[0].ndim))
+            return torch.sum(x[0], dim=axes, keepdim=bool(a.get("keepdims", 1)))
+        if op == "Identity":
+            return x[0]
+        raise QuantizeError(f"{op} ({n.name}) is not supported by the Q/DQ trainer")
+
+    # ------------------------------------------------------------------------------------------ write back
+    def to_onnx(self) -> onnx.ModelProto:
+        """A copy of the graph with the trained weights, biases and scales written in (same nodes)."""
+        proto = copy.deepcopy(self.proto)
+        graph = proto.graph
+        values: dict[str, np.ndarray] = {}
+        for n in graph.node:
+            if n.op_type == "DequantizeLinear" and self._keys.get(n.output[0]) in self.params:
+                q, s = self.params[self._keys[n.output[0]]].quantized()
+                values[n.input[0]] = q
+                values[n.input[1]] = s.reshape(np.shape(self._consts[n.input[1]]))
+        for n in graph.node:
+            if n.op_type == "QuantizeLinear" and self._keys.get(n.name) in self.acts:
+                with torch.no_grad():
+                    s = self.acts[self._keys[n.name]].scale().numpy().astype(np.float32)
+                for u in graph.node:  # the pair's DequantizeLinear has its own scale input (often the same)
+                    if u.op_type == "DequantizeLinear" and u.input[0] == n.output[0]:
+                        values[u.input[1]] = s.reshape(np.shape(self._consts[u.input[1]]))
+                values[n.input[1]] = s.reshape(np.shape(self._consts[n.input[1]]))
+        for k, name in ((k, name) for name, k in self._keys.items() if k in self.floats):
+            values[name] = self.floats[k].detach().numpy().astype(np.float32)
+        for init in graph.initializer:
+            if init.name in values:
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values[init.name]), init.name))
+        for n in graph.node:
+            if n.op_type == "Constant" and n.output[0] in values:
+                for attr in n.attribute:
+                    if attr.name == "value":
+                        attr.t.CopyFrom(numpy_helper.from_array(values[n.output[0]], n.output[0]))
+        return proto

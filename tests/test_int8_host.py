@@ -1,0 +1,249 @@
+"""INT8 that computes the same on every CPU, and QAT of the deployed Q/DQ graph.
+
+x86 CPUs without VNNI add pairs of uint8 x int8 products in a saturating int16: with 8-bit weights the same
+INT8 file computes differently there (measured: -0.24 to -1.48 dB on the shipped students). The model below is
+made to have that property (positive weights at the top of their range, bright activations); the quantizer's
+7-bit weights make its INT8 graph compute as written on every host, and the ONNX Runtime backend runs 8-bit
+files exactly where they would overflow."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import call_stage
+from edgesr.artifacts import read_artifact
+from edgesr.compress.common import QuantizeError, check_qdq, u8s8_pair_sum_max
+from edgesr.compress.ptq import QuantizeConfig, quantize_stage
+from edgesr.compress.qdq_graph import QdqGraph
+from edgesr.data.datasets import load_pairs
+from edgesr.export.onnx import ExportConfig, export_stage
+from edgesr.hostinfo import u8s8_saturates
+from edgesr.imaging import read_image, to_float
+from edgesr.modelio import save_model
+from edgesr.models import build_model
+from edgesr.runtime import open_backend
+from edgesr.runtime.base import int8_weight_bits, saturation_risk
+
+
+def _agreement_db(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(float(np.mean((a.astype(np.float64) - b) ** 2)), 1e-20)))
+
+
+def _simulated(art, x: np.ndarray) -> np.ndarray:
+    """The Q/DQ graph as written (every Q, DQ and float op computed as ONNX defines it), in PyTorch."""
+    graph = QdqGraph(onnx.load(str(art.payload)), tuple(art.manifest["scales"]))
+    with torch.no_grad():
+        return graph(torch.from_numpy(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def butterfly(benchmark_root) -> np.ndarray:
+    img = read_image(benchmark_root / "Set5" / "LR_bicubic" / "X2" / "butterflyx2.png")[:96, :112]
+    return np.ascontiguousarray(to_float(img).transpose(2, 0, 1)[None])
+
+
+@pytest.fixture(scope="module")
+def overflowing(tmp_path_factory, builtin_train, builtin_valid):
+    """A deployed MSRep whose convolutions all have positive weights (their per-channel maxima at the top of the
+    integer range once quantized) and ReLU activations that stay bright: pairs of large products, the property
+    that overflows int16 on x86 without VNNI. Quantized with 8-bit and with 7-bit weights."""
+    root = tmp_path_factory.mktemp("overflow")
+    spec = {"type": "msrep", "scale": 2, "channels": 16, "n_blocks": 2, "deploy": True}
+    torch.manual_seed(0)
+    model = build_model(spec)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.uniform_(0.2, 1.0).div_(m.weight[0].numel() * 0.6)
+                m.bias.zero_()
+    src = save_model(root / "m", model, name="m", arch=spec)
+    fp32 = call_stage(export_stage, ExportConfig(input="m"), name="o", out=root / "o", source=src)
+    kw = dict(source=fp32, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    q8 = call_stage(quantize_stage, QuantizeConfig(input="o", calibration_images=8, calibration_patch=48, weight_bits=8),
+                    name="q8", out=root / "q8", **kw)
+    q7 = call_stage(quantize_stage, QuantizeConfig(input="o", calibration_images=8, calibration_patch=48),
+                    name="q7", out=root / "q7", **kw)
+    return fp32, q8, q7
+
+
+def test_the_isa_decides_whether_int8_pairs_overflow():
+    assert u8s8_saturates(frozenset({"sse2", "avx2", "fma"}))              # AVX2 only (the EPYC host measured)
+    assert u8s8_saturates(frozenset({"sse2", "avx2", "avx512f"}))          # AVX-512 without VNNI
+    assert not u8s8_saturates(frozenset({"sse2", "avx2", "avx512f", "avx512_vnni"}))
+    assert not u8s8_saturates(frozenset({"sse2", "avx2", "avx_vnni"}))     # AVX-VNNI (Alder Lake and later)
+    assert not u8s8_saturates(frozenset({"asimd", "asimddp"}))             # Arm
+    assert not u8s8_saturates(frozenset())                                 # nothing known: no claim
+
+
+def test_cpu_int8_has_7_bit_weights_and_says_so(overflowing):
+    fp32, q8, q7 = overflowing
+    rec7, rec8 = q7.manifest["transforms"][-1], q8.manifest["transforms"][-1]
+    assert rec7["weight_bits"] == 7 and rec8["weight_bits"] == 8
+    assert int8_weight_bits(q7.manifest) == 7 and int8_weight_bits(q8.manifest) == 8
+    assert int8_weight_bits(fp32.manifest) is None
+    # The bound on a pair of raw products: 2 x 255 x 64 fits int16, 2 x 255 x 127 does not.
+    assert rec7["u8s8_pair_sum_max"] == 32640 and rec7["exact_without_vnni"]
+    assert rec8["u8s8_pair_sum_max"] == 64770 and not rec8["exact_without_vnni"]
+    weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(q7.payload)).graph.initializer]
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8) == 64
+
+
+def test_tensorrt_int8_keeps_8_bit_weights(tiny_student, builtin_train, builtin_valid, tmp_path):
+    art = call_stage(quantize_stage, QuantizeConfig(input="m_onnx", calibration_images=2, calibration_patch=32,
+                                                    target="tensorrt"), name="t", out=tmp_path / "t",
+                     source=tiny_student, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    assert art.manifest["transforms"][-1]["weight_bits"] == 8  # GPUs accumulate INT8 in 32 bits
+
+
+def test_7_bit_int8_computes_as_written_on_this_cpu(overflowing, butterfly):
+    """Whatever this host is, the 7-bit graph's fast kernels give the graph's own arithmetic."""
+    _, _, q7 = overflowing
+    expected = _simulated(q7, butterfly)
+    with open_backend(q7, "onnxruntime", threads=1, exact_int8=False) as b:
+        assert _agreement_db(b.run(butterfly), expected) > 50
+        assert b.describe()["exact_u8s8"] is False
+
+
+def test_8_bit_int8_runs_exactly_by_default_where_it_would_overflow(overflowing, butterfly):
+    _, q8, _ = overflowing
+    expected = _simulated(q8, butterfly)
+    with open_backend(q8, "onnxruntime", threads=1) as b:
+        assert b.describe()["exact_u8s8"] is u8s8_saturates()
+        assert _agreement_db(b.run(butterfly), expected) > 50
+
+
+@pytest.mark.skipif(not u8s8_saturates(), reason="this CPU has VNNI/AMX (or is not x86): int16 pairs cannot overflow")
+def test_8_bit_int8_overflows_on_this_cpu_without_the_fix(overflowing, butterfly):
+    """The property shown: on this host the fast uint8 x int8 kernels compute the 8-bit graph wrongly."""
+    _, q8, q7 = overflowing
+    with open_backend(q8, "onnxruntime", threads=1, exact_int8=False) as b:
+        wrong = _agreement_db(b.run(butterfly), _simulated(q8, butterfly))
+    with open_backend(q7, "onnxruntime", threads=1, exact_int8=False) as b:
+        right = _agreement_db(b.run(butterfly), _simulated(q7, butterfly))
+    assert wrong < 40 < 50 < right, (wrong, right)
+
+
+def test_openvino_warns_on_8_bit_int8_where_it_overflows(overflowing, butterfly, monkeypatch):
+    pytest.importorskip("openvino")
+    import edgesr.hostinfo as hostinfo
+
+    _, q8, q7 = overflowing
+    monkeypatch.setattr(hostinfo, "u8s8_saturates", lambda flags=None: True)
+    assert saturation_risk(q8.manifest) and not saturation_risk(q7.manifest)
+    with pytest.warns(UserWarning, match="weight_bits: 7"):
+        with open_backend(q8, "openvino", threads=1) as b:
+            assert b.describe()["int8_saturation_risk"]
+    monkeypatch.undo()
+    with open_backend(q7, "openvino", threads=1) as b:  # 7-bit: OpenVINO's INT8 kernels agree with the graph
+        assert _agreement_db(b.run(butterfly), _simulated(q7, butterfly)) > 45
+
+
+# ------------------------------------------------------------------------------------------------ QdqGraph
+
+@pytest.mark.parametrize("name", ["msrep-s-x2-int8", "abpn-x2-int8", "msrep-s-x2-fp32"])
+def test_the_pytorch_graph_computes_what_the_onnx_graph_says(name, butterfly):
+    """Shipped graphs (trained weights) against ONNX Runtime with its fusions off (each node as ONNX defines it)."""
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    art = read_artifact(name)
+    ref = ort_session(art.payload, threads=1, optimize=False).run(None, {"lr": butterfly})[0]
+    assert _agreement_db(_simulated(art, butterfly), ref) > (60 if "int8" in name else 100)
+
+
+def test_write_back_without_training_keeps_every_integer(butterfly):
+    art = read_artifact("msrep-s-x2-int8")
+    proto = onnx.load(str(art.payload))
+    back = QdqGraph(proto, (2,)).to_onnx()
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in back.graph.initializer}
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        if v.dtype.kind in "iu":
+            assert np.array_equal(v, after[k]), k
+        else:
+            np.testing.assert_allclose(after[k], v, rtol=1e-6, err_msg=k)
+    assert [n.op_type for n in back.graph.node] == [n.op_type for n in proto.graph.node]
+
+
+def test_the_luma_classics_run_in_the_pytorch_graph(butterfly, builtin_train, builtin_valid, tmp_path):
+    """FSRCNN (trained, Y channel: colour conversion, bilinear Resize, PReLU, a 9x9 deconvolution) quantized:
+    the PyTorch graph matches ONNX Runtime's node-by-node execution."""
+    from pathlib import Path
+
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    src = read_artifact(Path(__file__).parent / "data" / "int8_property" / "fsrcnn")
+    fp32 = call_stage(export_stage, ExportConfig(input="f"), name="f_onnx", out=tmp_path / "f_onnx", source=src)
+    q = call_stage(quantize_stage, QuantizeConfig(input="f_onnx", calibration_images=4, calibration_patch=48),
+                   name="fq", out=tmp_path / "fq", source=fp32, calib_pairs=builtin_train, val_pairs=builtin_valid[:1],
+                   scale=2, seed=0)
+    # 25 quantizers in a chain that carries the image itself: a value on a rounding boundary may flip by one step
+    # (float summation order); measured 53.6 dB, against 79.7 dB for the residual student.
+    for art, floor in ((fp32, 100), (q, 50)):
+        ref = ort_session(art.payload, threads=1, optimize=False).run(None, {"lr": butterfly})[0]
+        assert _agreement_db(_simulated(art, butterfly), ref) > floor
+
+
+def test_an_operator_it_cannot_run_is_named():
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Softmax", ["lr"], ["sr"], name="sm")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1, 3, 4, 4])])
+    with pytest.raises(QuantizeError, match=r"does not implement \['Softmax'\]"):
+        QdqGraph(helper.make_model(graph), (1,))
+
+
+# ------------------------------------------------------------------------------------------------ qat_onnx
+
+@pytest.fixture(scope="module")
+def shipped_ptq(tmp_path_factory, builtin_train, builtin_valid):
+    """The shipped real-time student's FP32 graph, quantized (7-bit weights) on the built-in photos."""
+    root = tmp_path_factory.mktemp("qat_onnx")
+    fp32 = read_artifact("msrep-s-x2-fp32")
+    ptq = call_stage(quantize_stage, QuantizeConfig(input="f", calibration_images=16, calibration_patch=64),
+                     name="ptq", out=root / "ptq", source=fp32, calib_pairs=builtin_train, val_pairs=builtin_valid,
+                     scale=2, seed=0)
+    return root, fp32, ptq
+
+
+def test_qat_of_the_deployed_graph_beats_its_ptq_and_keeps_the_graph(shipped_ptq, builtin_train, builtin_valid):
+    from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
+
+    root, fp32, ptq = shipped_ptq
+    cfg = QatOnnxConfig(input="ptq", reference="f", steps=60, batch_size=8, lr=2e-5, val_every=20, max_psnr_drop_db=0.5)
+    art = call_stage(qat_onnx_stage, cfg, name="qat", out=root / "qat", source=ptq, reference=fp32, teacher=None,
+                     train_pairs=builtin_train, val_pairs=builtin_valid, scale=2, patch_size=32, min_patch_std=0.04,
+                     seed=0)
+    m, rec = art.manifest["metrics"], art.manifest["transforms"][-1]
+    assert rec["kept_input"] is None and m["val_psnr"] > m["ptq_val_psnr"], m   # measured in ONNX Runtime
+    assert m["fp32_val_psnr"] - m["val_psnr"] == pytest.approx(m["budget"]["psnr_drop_db"], abs=1e-3)
+    assert rec["simulation_parity_db"] > 50 and rec["weight_bits"] == 7
+    a, b = onnx.load(str(ptq.payload)), onnx.load(str(art.payload))
+    assert [(n.op_type, n.name) for n in a.graph.node] == [(n.op_type, n.name) for n in b.graph.node]
+    assert u8s8_pair_sum_max(b) == 32640 and check_qdq(art.payload)["exact_without_vnni"]
+    changed = [i.name for i, j in zip(a.graph.initializer, b.graph.initializer)
+               if not np.array_equal(onnx.numpy_helper.to_array(i), onnx.numpy_helper.to_array(j))]
+    assert any(n.endswith("_quantized") for n in changed) and any(n.endswith("_scale") for n in changed)
+
+
+def test_qat_that_does_not_help_ships_the_ptq_graph(shipped_ptq, builtin_train, builtin_valid):
+    from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
+
+    root, fp32, ptq = shipped_ptq
+    cfg = QatOnnxConfig(input="ptq", steps=2, batch_size=2, lr=0.0, val_every=1)
+    art = call_stage(qat_onnx_stage, cfg, name="qat0", out=root / "qat0", source=ptq, reference=None, teacher=None,
+                     train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=16, min_patch_std=0.0,
+                     seed=0)
+    assert art.manifest["transforms"][-1]["kept_input"]
+    assert art.payload.read_bytes() == ptq.payload.read_bytes()
+
+
+def test_qat_onnx_refuses_what_it_cannot_train(shipped_ptq, builtin_valid):
+    from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
+
+    root, fp32, _ = shipped_ptq
+    with pytest.raises(QuantizeError, match="trains an INT8 Q/DQ graph"):
+        call_stage(qat_onnx_stage, QatOnnxConfig(input="f"), name="x", out=root / "x", source=fp32,
+                   reference=None, teacher=None, val_pairs=builtin_valid[:1])
