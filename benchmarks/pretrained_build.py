@@ -25,6 +25,21 @@ from edgesr.files import atomic_write_text
 from edgesr.pretrained import ROOT
 
 
+def _ancestor(up: str | None, copied: dict, run: Path):
+    """The parent an artifact's record names: a file copied by this build, a stage of the run (an intermediate
+    one not shipped, e.g. the post-training graph a QAT graph was trained from), or a pretrained name."""
+    if not up:
+        return None
+    if up in copied.values():
+        return read_artifact(ROOT / up)
+    if (run / Path(up).name).is_dir():
+        return read_artifact(run / Path(up).name)
+    try:
+        return read_artifact(up)
+    except Exception:  # noqa: BLE001 - a parent recorded on another machine: no model to count
+        return None
+
+
 def main(argv=None) -> int:
     from edgesr.benchmarks.quality import measure_quality
     from edgesr.data.datasets import load_pairs, set_name
@@ -75,7 +90,7 @@ def main(argv=None) -> int:
         model_art = art
         while model_art is not None and model_art.kind != "model":
             up = (model_art.manifest.get("parent") or {}).get("path")
-            model_art = read_artifact(ROOT / up) if up in copied.values() else None
+            model_art = _ancestor(up, copied, run)
         macs = params = None
         if model_art is not None:
             deployed, _ = deploy_form(load_model(model_art), model_art.manifest["arch"])

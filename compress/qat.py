@@ -51,7 +51,11 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
     The ONNX Runtime PSNR of the result is held to the budget against the FP32 parent.
     """
     import logging
+    import os
 
+    # NNCF compiles its CPU extension on first use and gives up after 60 s by default, which a loaded 2-core
+    # machine can exceed (seen in this project's test run); a stale lock is still caught, after 10 minutes.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
     import nncf
     import torch
 

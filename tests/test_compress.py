@@ -171,13 +171,14 @@ def test_nncf_ptq_writes_standard_qdq(student_onnx, builtin_train, builtin_valid
 def test_mixed_precision_keeps_the_most_sensitive_layers_until_the_budget_holds(student_onnx, builtin_train,
                                                                                builtin_valid, tmp_path):
     kw = dict(source=student_onnx, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
-    full = call_stage(quantize_stage, QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False),
-                          name="full", out=tmp_path / "full", **kw)
+    # 8-bit per-tensor weights: a graph that loses something to fall back from (7-bit happened to gain here)
+    full = call_stage(quantize_stage, QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False,
+                                                     weight_bits=8), name="full", out=tmp_path / "full", **kw)
     drop = full.manifest["metrics"]["budget"]["psnr_drop_db"]
     assert drop > 0.002
     budget = drop / 3  # force the fallback: all-INT8 misses this budget
     art = call_stage(quantize_stage, QuantizeConfig(input="s", calibration_images=4, calibration_patch=48, per_channel=False,
-                                        max_psnr_drop_db=budget, on_budget_exceeded="fallback"),
+                                        weight_bits=8, max_psnr_drop_db=budget, on_budget_exceeded="fallback"),
                          name="mixed", out=tmp_path / "mixed", **kw)
     mixed = art.manifest["transforms"][-1]["mixed_precision"]
     assert mixed["fp_layers"] and set(mixed["sensitivity_db"]) >= set(mixed["fp_layers"])
