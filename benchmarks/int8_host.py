@@ -1,22 +1,24 @@
 """Does an INT8 file compute the same on this CPU as it is written? 8-bit against 7-bit weights, per runtime.
 
 x86 CPUs without VNNI/AMX add pairs of uint8 x int8 products in a saturating int16 (``vpmaddubsw``); with 8-bit
-weights a pair can reach 2 x 255 x 127 = 64,770 and is clipped at 32,767. For each FP32 graph given, this
-quantizes it twice with the quantize stage's own function and calibration (ONNX Runtime MinMax, per-channel
-weights, 64 crops of 96 px from the training photos): 8-bit weights (``weight_bits: 8``, the default before) and
-7-bit weights (the default now). Each file is scored on the evaluation sets through the protocol
+weights a pair can reach 2 x 255 x 127 = 64,770 and is clipped at 32,767. For each model of a run directory
+(``NAME=FP32,INT8,INT8...``: the stage names of an FP32 graph and of INT8 graphs made from it; the recipe
+``benchmarks/recipes/int8_host_x2.yaml`` quantizes the shipped students with 8-bit and with 7-bit weights),
+each INT8 file is scored on the evaluation sets through the protocol
 
-* as written: the Q/DQ graph computed node by node in PyTorch (:class:`edgesr.compress.qdq_graph.QdqGraph`),
-  which is what a VNNI CPU (and ONNX Runtime with its fusions off) computes;
+* as written: the Q/DQ graph computed node by node in PyTorch (:class:`edgesr.qdq_graph.QdqGraph`), which is
+  what a VNNI CPU (and ONNX Runtime with its fusions off) computes;
 * ONNX Runtime with the fast uint8 x int8 kernels (``exact_int8=False``), and with the uint8 x uint8 kernels
-  (``session.x64quantprecision``, what the backend now picks for 8-bit files on such CPUs);
+  (``session.x64quantprecision``, what the backend picks for 8-bit files on such CPUs);
 * OpenVINO (CPU plugin, its default precision);
 
 and every (file, runtime) pair is timed in one interleaved run (640x360 LR, shuffled order per round), FP32
 beside them. The CPU model and ISA are recorded: the overflow exists only where ``u8s8_saturates`` says so.
 
-    python -m edgesr.benchmarks.int8_host --out benchmarks/results/int8_host --threads 1 \\
-        --set ../shared/data/benchmark/Set5 --set ../shared/data/benchmark/Set14 msrep-s-x2-fp32 msrep-m-x2-fp32 ...
+    edgesr run benchmarks/recipes/int8_host_x2.yaml --out runs/int8_host_x2
+    python -m edgesr.benchmarks.int8_host --run runs/int8_host_x2 --out benchmarks/results/int8_host --threads 1 \
+        --set ../shared/data/benchmark/Set5 --set ../shared/data/benchmark/Set14 \
+        msrep-s=msrep_s,msrep_s_w8,msrep_s_w7 msrep-m=msrep_m,msrep_m_w8,msrep_m_w7 abpn=abpn,abpn_w8,abpn_w7
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ class _Simulated:
         import onnx
         import torch
 
-        from edgesr.compress.qdq_graph import QdqGraph
+        from edgesr.qdq_graph import QdqGraph
 
         self.graph = QdqGraph(onnx.load(str(art.payload)), tuple(art.manifest["scales"]))
         self.scale = int(art.manifest["scales"][0])
@@ -57,19 +58,20 @@ class _Simulated:
 def main(argv=None) -> int:
     import onnx
 
-    from edgesr.artifacts import Artifact, read_artifact
-    from edgesr.compress.common import calibration_batches, u8s8_pair_sum_max
-    from edgesr.compress.ptq import QuantizeConfig, quantize_graph
+    from edgesr.artifacts import read_artifact
     from edgesr.data.datasets import load_pairs, set_name
     from edgesr.hostinfo import u8s8_saturates
     from edgesr.metrics import evaluate_pairs
+    from edgesr.onnxutil import u8s8_pair_sum_max
     from edgesr.runtime import Upscaler, open_backend
+    from edgesr.runtime.base import int8_weight_bits
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="FP32 ONNX artifacts (paths or pretrained names)")
+    ap.add_argument("models", nargs="+", metavar="NAME=FP32,INT8[,INT8...]",
+                    help="stage names in the run directory: an FP32 graph, then INT8 graphs quantized from it")
+    ap.add_argument("--run", required=True, help="the run directory holding those stages")
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", action="append", required=True)
-    ap.add_argument("--train", default="../shared/data/train/photos")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--input", default="360x640")
@@ -82,25 +84,18 @@ def main(argv=None) -> int:
     machine["u8s8_saturates"] = u8s8_saturates()
     results = {"command": "python -m edgesr.benchmarks.int8_host " + " ".join(argv), "machine": machine,
                "threads": args.threads, "input_hw": list(hw), "models": {}}
-    tmp = Path(tempfile.mkdtemp(prefix="int8_host"))
-    for name in args.models:
-        fp32 = read_artifact(name)
+    for spec in args.models:
+        name, stages = spec.split("=", 1)
+        fp32_stage, *int8_stages = stages.split(",")
+        fp32 = read_artifact(Path(args.run) / fp32_stage)
         scale = fp32.scale
-        train = load_pairs(args.train, scale)
         sets = {set_name(s): load_pairs(s, scale, split="eval") for s in args.set}
-        batches = calibration_batches(train, 64, 96, 0)
         files = {"fp32": fp32}
-        for bits in (8, 7):
-            dst = tmp / f"{Path(str(name)).name}_w{bits}" / "model.onnx"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            quantize_graph(fp32.payload, dst, batches, QuantizeConfig(input="x", calibration_images=64,
-                                                                      calibration_patch=96, weight_bits=bits))
-            manifest = {**fp32.manifest, "precision": "int8", "payload": "model.onnx",
-                        "transforms": fp32.manifest.get("transforms", []) + [{"type": "quantize", "weight_bits": bits}]}
-            files[f"int8_w{bits}"] = Artifact(dst.parent, manifest)
+        for st in int8_stages:
+            art = read_artifact(Path(args.run) / st)
+            files[f"int8_w{int8_weight_bits(art.manifest)}"] = art
         runs = {"fp32/onnxruntime": ("fp32", "onnxruntime", {}), "fp32/openvino": ("fp32", "openvino", {})}
-        for bits in (8, 7):
-            k = f"int8_w{bits}"
+        for k in (k for k in files if k != "fp32"):
             runs[f"{k}/as written"] = (k, "simulated", {})
             runs[f"{k}/onnxruntime fast"] = (k, "onnxruntime", {"exact_int8": False})
             runs[f"{k}/onnxruntime exact"] = (k, "onnxruntime", {"exact_int8": True})
@@ -128,7 +123,7 @@ def main(argv=None) -> int:
                                              for k, t in timed["times_ms"].items() if k.endswith("openvino")}
         for b in backends.values():
             b.close()
-        results["models"][str(name)] = entry
+        results["models"][name] = entry
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     lines = ["# INT8 on this CPU: 8-bit against 7-bit weights", "",
              f"Command: `{results['command']}`", "",

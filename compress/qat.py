@@ -182,7 +182,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     from edgesr.runtime.onnxruntime_backend import ort_session
     from edgesr.runtime.base import saturation_risk
 
-    from .qdq_graph import QdqGraph
+    from edgesr.qdq_graph import QdqGraph
 
     name, out, scale, seed, val_pairs, threads = ctx.name, ctx.out, ctx.scale, ctx.seed, ctx.val_pairs, ctx.threads
     if input.kind != "onnx" or "int8" not in input.manifest["precision"]:

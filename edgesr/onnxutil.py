@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 __all__ = ["STANDARD_DOMAINS", "output_names", "op_counts", "strip_source_locations", "shuffle_as_conv_transpose",
-           "pad_image_tail", "shuffle_nodes"]
+           "pad_image_tail", "shuffle_nodes", "u8s8_pair_sum_max", "INT16_MAX"]
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 """Operators from these domains run in ONNX Runtime, TensorRT and OpenVINO; anything else is vendor-specific."""
@@ -248,3 +248,34 @@ def shuffle_nodes(proto) -> list[str]:
         if np.isin(w, (0.0, 1.0)).all() and (w.reshape(w.shape[0], -1).sum(axis=1) <= 1).all():
             names.append(n.name)
     return names
+
+
+INT16_MAX = 32767
+
+
+def u8s8_pair_sum_max(proto) -> int:
+    """The largest |a1*w1 + a2*w2| a uint8-activation x int8-weight convolution of the graph can form from two
+    products (raw integers: a in [0, 255], w its weight's quantized value): x86 CPUs without VNNI add such pairs
+    in a saturating int16 (``vpmaddubsw``), so a graph whose bound exceeds 32,767 can compute wrongly there.
+    2 x 255 x 127 = 64,770 with 8-bit weights, 2 x 255 x 64 = 32,640 with 7-bit ones. 0: no such convolution."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    worst = 0
+    for n in proto.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 2:
+            continue
+        w_dq, x_dq = producer.get(n.input[1]), producer.get(n.input[0])
+        if not (w_dq and x_dq and w_dq.op_type == x_dq.op_type == "DequantizeLinear" and w_dq.input[0] in inits):
+            continue
+        x_q = producer.get(x_dq.input[0])
+        zp_name = x_dq.input[2] if len(x_dq.input) > 2 else ""
+        act_dtype = numpy_helper.to_array(inits[zp_name]).dtype if zp_name in inits else np.dtype(np.uint8)
+        if x_q is None or act_dtype != np.uint8:
+            continue
+        w = numpy_helper.to_array(inits[w_dq.input[0]])
+        if w.dtype == np.int8:
+            worst = max(worst, 2 * 255 * int(np.abs(w.astype(np.int32)).max()))
+    return worst

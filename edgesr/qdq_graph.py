@@ -1,5 +1,6 @@
 """An ONNX graph run by PyTorch, its weights and quantization scales trainable: quantization-aware training
-of the very Q/DQ graph that is deployed.
+of the very Q/DQ graph that is deployed (the ``qat_onnx`` stage), and the graph's arithmetic as written (the
+reference the INT8 host benchmark and tests compare runtimes with).
 
 :class:`QdqGraph` reads an ONNX graph (FP32, or INT8 Q/DQ as the ``quantize`` stage writes it) and runs it
 node by node with PyTorch operators, so that the fit loop can train it:
@@ -31,9 +32,13 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
-from .common import QuantizeError
+from .errors import EdgesrError
 
-__all__ = ["QdqGraph", "fake_quantize", "SUPPORTED_OPS"]
+__all__ = ["QdqGraph", "QdqGraphError", "fake_quantize", "SUPPORTED_OPS"]
+
+
+class QdqGraphError(EdgesrError, ValueError):
+    """A graph the PyTorch simulation cannot run as ONNX defines it; the message names the node and why."""
 
 _QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127), np.dtype(np.int32): (-2 ** 31, 2 ** 31 - 1)}
 
@@ -136,7 +141,7 @@ def _conv_padding(x: torch.Tensor, a: dict, kernel: tuple[int, ...]) -> tuple[to
     auto = a.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto not in ("NOTSET", "VALID"):
-        raise QuantizeError(f"Conv auto_pad {auto} is not supported by the Q/DQ trainer; export with explicit pads")
+        raise QdqGraphError(f"Conv auto_pad {auto} is not supported by the Q/DQ trainer; export with explicit pads")
     pads = list(a.get("pads", [0] * (2 * len(kernel))))
     n = len(pads) // 2
     begin, end = pads[:n], pads[n:]
@@ -155,9 +160,9 @@ def _resize(x: torch.Tensor, node, a: dict, consts: dict) -> torch.Tensor:
     scales = consts.get(inputs[2]) if inputs[2] else None
     sizes = consts.get(inputs[3]) if inputs[3] else None
     if scales is None and sizes is None:
-        raise QuantizeError(f"Resize {node.name}: only constant scales or sizes are supported by the Q/DQ trainer")
+        raise QdqGraphError(f"Resize {node.name}: only constant scales or sizes are supported by the Q/DQ trainer")
     if scales is not None and len(scales) and (scales[0] != 1 or scales[1] != 1):
-        raise QuantizeError(f"Resize {node.name}: resizing batch or channels is not supported")
+        raise QdqGraphError(f"Resize {node.name}: resizing batch or channels is not supported")
     kw = {"scale_factor": tuple(float(s) for s in scales[2:])} if scales is not None and len(scales) else \
         {"size": tuple(int(s) for s in sizes[2:])}
     if mode == "nearest":
@@ -165,14 +170,14 @@ def _resize(x: torch.Tensor, node, a: dict, consts: dict) -> torch.Tensor:
             return F.interpolate(x, **kw, mode="nearest")  # integer factor: every convention picks the same pixel
         if ctm == "asymmetric" and a.get("nearest_mode", b"round_prefer_floor").decode() == "floor":
             return F.interpolate(x, **kw, mode="nearest")
-        raise QuantizeError(f"Resize {node.name}: nearest with {ctm} is not supported by the Q/DQ trainer")
+        raise QdqGraphError(f"Resize {node.name}: nearest with {ctm} is not supported by the Q/DQ trainer")
     if ctm not in ("half_pixel", "pytorch_half_pixel") or a.get("exclude_outside", 0):
-        raise QuantizeError(f"Resize {node.name}: {mode} with {ctm} is not supported by the Q/DQ trainer")
+        raise QdqGraphError(f"Resize {node.name}: {mode} with {ctm} is not supported by the Q/DQ trainer")
     if mode == "linear":
         return F.interpolate(x, **kw, mode="bilinear", align_corners=False)
     if mode == "cubic" and abs(a.get("cubic_coeff_a", -0.75) + 0.75) < 1e-9:
         return F.interpolate(x, **kw, mode="bicubic", align_corners=False)
-    raise QuantizeError(f"Resize {node.name}: mode {mode} is not supported by the Q/DQ trainer")
+    raise QdqGraphError(f"Resize {node.name}: mode {mode} is not supported by the Q/DQ trainer")
 
 
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div",
@@ -196,9 +201,9 @@ class QdqGraph(nn.Module):
         graph = self.proto.graph
         unsupported = sorted({n.op_type for n in graph.node if n.op_type not in SUPPORTED_OPS})
         if unsupported:
-            raise QuantizeError(f"the Q/DQ trainer does not implement {unsupported}; it runs {list(SUPPORTED_OPS)}")
+            raise QdqGraphError(f"the Q/DQ trainer does not implement {unsupported}; it runs {list(SUPPORTED_OPS)}")
         if len(graph.input) != 1:
-            raise QuantizeError(f"the Q/DQ trainer takes graphs with one input (lr), got {[i.name for i in graph.input]}")
+            raise QdqGraphError(f"the Q/DQ trainer takes graphs with one input (lr), got {[i.name for i in graph.input]}")
         self.input_name = graph.input[0].name
         self.output_names = [o.name for o in graph.output]
         inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -237,7 +242,7 @@ class QdqGraph(nn.Module):
             elif n.op_type == "QuantizeLinear":
                 users = consumers.get(n.output[0], [])
                 if not users or any(u.op_type != "DequantizeLinear" for u in users):
-                    raise QuantizeError(f"QuantizeLinear {n.name}: its output feeds {[u.op_type for u in users]}; the "
+                    raise QdqGraphError(f"QuantizeLinear {n.name}: its output feeds {[u.op_type for u in users]}; the "
                                         "Q/DQ trainer takes Q/DQ pairs (QuantizeLinear -> DequantizeLinear) only")
                 scale = inits[n.input[1]]
                 zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
@@ -247,7 +252,7 @@ class QdqGraph(nn.Module):
                 self._plan.append(("act", n, None))
             elif n.op_type == "DequantizeLinear":
                 if n.input[0] not in producers or producers[n.input[0]].op_type != "QuantizeLinear":
-                    raise QuantizeError(f"DequantizeLinear {n.name}: its input is neither an initializer nor a "
+                    raise QdqGraphError(f"DequantizeLinear {n.name}: its input is neither an initializer nor a "
                                         "QuantizeLinear output")
                 self._plan.append(("dq", n, None))
             elif n.op_type == "Constant":
@@ -282,7 +287,7 @@ class QdqGraph(nn.Module):
             t = torch.from_numpy(np.asarray(self._consts[name]).copy())
             env[name] = t
             return t
-        raise QuantizeError(f"tensor {name!r} is used before it is computed (the graph is not in topological order)")
+        raise QdqGraphError(f"tensor {name!r} is used before it is computed (the graph is not in topological order)")
 
     def forward(self, lr: torch.Tensor):
         env: dict[str, torch.Tensor] = {self.input_name: lr}
@@ -308,10 +313,10 @@ class QdqGraph(nn.Module):
                         padding=padding, dilation=tuple(a.get("dilations", [1] * len(kernel))), groups=a.get("group", 1))
         if op == "ConvTranspose":
             if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in a:
-                raise QuantizeError(f"ConvTranspose {n.name}: auto_pad/output_shape are not supported by the Q/DQ trainer")
+                raise QdqGraphError(f"ConvTranspose {n.name}: auto_pad/output_shape are not supported by the Q/DQ trainer")
             pads = list(a.get("pads", [0, 0, 0, 0]))
             if pads[:2] != pads[2:]:
-                raise QuantizeError(f"ConvTranspose {n.name}: asymmetric pads are not supported by the Q/DQ trainer")
+                raise QdqGraphError(f"ConvTranspose {n.name}: asymmetric pads are not supported by the Q/DQ trainer")
             return F.conv_transpose2d(x[0], x[1], x[2] if len(x) > 2 else None, stride=tuple(a.get("strides", [1, 1])),
                                       padding=tuple(pads[:2]), output_padding=tuple(a.get("output_padding", [0, 0])),
                                       groups=a.get("group", 1), dilation=tuple(a.get("dilations", [1, 1])))
@@ -350,7 +355,7 @@ class QdqGraph(nn.Module):
             return torch.sum(x[0], dim=axes, keepdim=bool(a.get("keepdims", 1)))
         if op == "Identity":
             return x[0]
-        raise QuantizeError(f"{op} ({n.name}) is not supported by the Q/DQ trainer")
+        raise QdqGraphError(f"{op} ({n.name}) is not supported by the Q/DQ trainer")
 
     # ------------------------------------------------------------------------------------------ write back
     def to_onnx(self) -> onnx.ModelProto:
