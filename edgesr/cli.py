@@ -90,6 +90,15 @@ def doctor() -> int:
         devices, why = plugin_ep_devices("NvTensorRTRTXExecutionProvider")
         table.add_row("ORT plugin EP: TensorRT for RTX", f"[green]{len(devices)} device(s)[/]" if devices else
                       f"[yellow]unavailable: {escape(why)}[/]", "onnxruntime --providers rtx,cpu")
+    from .hostinfo import INT8_DOT_FLAGS, cpu_model_and_flags, u8s8_saturates
+
+    cpu, flags = cpu_model_and_flags()
+    dot = sorted(flags & INT8_DOT_FLAGS)
+    table.add_row("CPU INT8", f"[yellow]{escape(cpu)}: no VNNI/AMX; uint8 x int8 pairs saturate in int16: 7-bit-weight "
+                  "INT8 (the quantize default) is exact; 8-bit files run in ONNX Runtime's exact mode (slower) and "
+                  "lose quality on OpenVINO[/]" if u8s8_saturates() else
+                  f"[green]{escape(cpu)}: {', '.join(dot) or 'not x86'}; INT8 accumulates in 32 bits[/]",
+                  "INT8 on ONNX Runtime / OpenVINO")
     from .runtime.cuda import cuda_available
 
     ok, info = cuda_available()

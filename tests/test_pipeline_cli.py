@@ -197,6 +197,9 @@ def test_doctor_reports_what_this_machine_has_and_prints_no_import_noise(capfd):
     row = out[out.index("│ tensorrt "):].split("│ pycuda")[0]
     assert ("unavailable" in row) == (importlib.util.find_spec("tensorrt") is None)
     assert "onnxruntime" in out and "CPUExecutionProvider" in out
+    from edgesr.hostinfo import u8s8_saturates
+
+    assert ("no VNNI/AMX" in out) == u8s8_saturates() and "CPU INT8" in out
     # torchao's CUDA-only kernels fail to load on CPU machines: explained in its row, not printed as errors
     assert "Failed to load" not in captured.err and "Failed to load" not in captured.out
     assert "register_constant" not in captured.err
