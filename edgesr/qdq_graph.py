@@ -220,6 +220,7 @@ class QdqGraph(nn.Module):
         self.acts = nn.ModuleDict()      # name of the Q node -> _ActQuant
         self.floats = nn.ParameterDict()  # float initializers that train (float conv weights, PReLU slopes)
         self._keys: dict[str, str] = {}  # tensor / node name -> module key (ModuleDict keys cannot hold dots)
+        self._act_of: dict[str, str] = {}  # QuantizeLinear node name -> key of its quantizer in self.acts
         self._plan: list = []
         producers = {o: n for n in graph.node for o in n.output}
 
@@ -246,7 +247,13 @@ class QdqGraph(nn.Module):
                                         "Q/DQ trainer takes Q/DQ pairs (QuantizeLinear -> DequantizeLinear) only")
                 scale = inits[n.input[1]]
                 zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
-                self.acts[key(n.name)] = _ActQuant(scale, zp, _attrs(n).get("axis", 1), train_scales)
+                # Quantizers that share a scale initializer share one trained scale: ONNX Runtime's quantizer
+                # ties a Resize's output to its input that way (FSRCNN's chroma path), and the written graph can
+                # hold only one value for it.
+                akey = key(f"scale:{n.input[1]}")
+                if akey not in self.acts:
+                    self.acts[akey] = _ActQuant(scale, zp, _attrs(n).get("axis", 1), train_scales)
+                self._act_of[n.name] = akey
                 for u in users:
                     quant_inputs[u.output[0]] = n
                 self._plan.append(("act", n, None))
@@ -271,7 +278,7 @@ class QdqGraph(nn.Module):
             bias = self.params[self._keys[n.input[2]]]
             w_key, q = self._keys.get(n.input[1]), quant_inputs.get(n.input[0])
             if bias.dtype == np.int32 and w_key in self.params and q is not None:
-                act, weight = self.acts[self._keys[q.name]], self.params[w_key]
+                act, weight = self.acts[self._act_of[q.name]], self.params[w_key]
                 bias.derived_scale = lambda act=act, weight=weight: act.scale() * weight.scale()
 
     # ------------------------------------------------------------------------------------------ forward
@@ -295,7 +302,7 @@ class QdqGraph(nn.Module):
             if kind == "param":
                 env[n.output[0]] = self.params[self._keys[n.output[0]]]()
             elif kind == "act":
-                env[n.output[0]] = self.acts[self._keys[n.name]](env[n.input[0]])
+                env[n.output[0]] = self.acts[self._act_of[n.name]](env[n.input[0]])
             elif kind == "dq":
                 env[n.output[0]] = env[n.input[0]]  # the pair's fake quantizer already dequantized
             else:
@@ -369,9 +376,9 @@ class QdqGraph(nn.Module):
                 values[n.input[0]] = q
                 values[n.input[1]] = s.reshape(np.shape(self._consts[n.input[1]]))
         for n in graph.node:
-            if n.op_type == "QuantizeLinear" and self._keys.get(n.name) in self.acts:
+            if n.op_type == "QuantizeLinear" and n.name in self._act_of:
                 with torch.no_grad():
-                    s = self.acts[self._keys[n.name]].scale().numpy().astype(np.float32)
+                    s = self.acts[self._act_of[n.name]].scale().numpy().astype(np.float32)
                 for u in graph.node:  # the pair's DequantizeLinear has its own scale input (often the same)
                     if u.op_type == "DequantizeLinear" and u.input[0] == n.output[0]:
                         values[u.input[1]] = s.reshape(np.shape(self._consts[u.input[1]]))

@@ -182,7 +182,7 @@ def test_recipe_validation():
 
 def test_builtin_quickstart_recipe_parses():
     recipe = load_recipe(Path(str(importlib.resources.files("edgesr.benchmarks") / "recipes" / "quickstart.yaml")))
-    assert recipe.benchmark.variants == ("bicubic", "bicubic_pillow", "teacher", "student", "pruned", "int8", "int8_ov")
+    assert recipe.benchmark.variants == ("bicubic", "bicubic_pillow", "teacher", "student", "pruned", "int8", "int8_qat")
     assert recipe.benchmark.backends == ("onnxruntime", "openvino")
     assert recipe.benchmark.input_size == (360, 640)
     assert recipe.data.train == "builtin" and recipe.data.eval == ("builtin",)
