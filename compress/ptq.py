@@ -46,7 +46,7 @@ class QuantizeConfig:
     8 for tensorrt. x86 CPUs without VNNI/AMX (AVX2 and plain AVX-512 hosts) add pairs of uint8 x int8 products
     in a saturating int16 (:func:`edgesr.hostinfo.u8s8_saturates`); with 8-bit weights those sums overflow and
     the same INT8 file scores lower there, on ONNX Runtime and OpenVINO alike (measured on an AVX2 host,
-    benchmarks/results/int8_host: -0.24 to -1.48 dB more than on a VNNI host). 7-bit weights cannot overflow,
+    benchmarks/results/int8_host: -0.19 to -1.48 dB more than on a VNNI host). 7-bit weights cannot overflow,
     so the file computes the same on every CPU, for 0.01-0.06 dB (measured) that ``qat_onnx`` wins back.
     8 bits is for graphs that only run on VNNI/AMX CPUs or GPUs. (ONNX Runtime's reduce_range; NNCF's
     overflow_fix.)"""

@@ -43,7 +43,7 @@ def u8s8_saturates(flags: frozenset[str] | None = None) -> bool:
     activations by int8 weights with ``vpmaddubsw``, which adds two products into a saturating int16: an x86 CPU
     with SSSE3/AVX2/AVX-512 but no VNNI/AMX. There ``a1*w1 + a2*w2`` above 32,767 is clipped (255 x 127 x 2 =
     64,770 is reachable with 8-bit weights; 255 x 64 x 2 = 32,640 is not with 7-bit ones). Measured on such a
-    host (AMD EPYC, AVX2 only; ``benchmarks/results/int8_host``): the shipped 8-bit INT8 students lost 0.24 to
+    host (AMD EPYC, AVX2 only; ``benchmarks/results/int8_host``): the shipped 8-bit INT8 students lost 0.19 to
     1.48 dB there against the same files on a VNNI host. Not x86 (Arm and others): False."""
     if flags is None:
         flags = cpu_model_and_flags()[1]

@@ -64,7 +64,7 @@ class OpenVinoBackend(Backend):
 
             warnings.warn(f"{artifact.payload}: INT8 with 8-bit weights on a CPU without VNNI: OpenVINO's INT8 "
                           "convolutions add uint8 x int8 products in saturating int16 here and lose quality (measured "
-                          "-0.4 to -1.5 dB on the 8-bit students). Re-quantize with weight_bits: 7 (the quantize "
+                          "-0.2 to -1.5 dB on the 8-bit students). Re-quantize with weight_bits: 7 (the quantize "
                           "stage's default for CPU targets), or run it with the onnxruntime backend, which computes "
                           "it exactly here.", stacklevel=2)
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
