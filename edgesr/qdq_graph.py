@@ -386,8 +386,10 @@ class QdqGraph(nn.Module):
         for k, name in ((k, name) for name, k in self._keys.items() if k in self.floats):
             values[name] = self.floats[k].detach().numpy().astype(np.float32)
         for init in graph.initializer:
-            if init.name in values:
-                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values[init.name]), init.name))
+            if init.name in values:  # same shape as before: a 0-d scale must stay 0-d (ONNX Runtime fuses
+                # DQ -> Add -> Q into QLinearAdd only for scalar scales; np.ascontiguousarray would make it 1-d)
+                value = np.array(values[init.name], order="C").reshape(tuple(init.dims))
+                init.CopyFrom(numpy_helper.from_array(value, init.name))
         for n in graph.node:
             if n.op_type == "Constant" and n.output[0] in values:
                 for attr in n.attribute:

@@ -165,6 +165,8 @@ def test_write_back_without_training_keeps_every_integer(butterfly):
         else:
             np.testing.assert_allclose(after[k], v, rtol=1e-6, err_msg=k)
     assert [n.op_type for n in back.graph.node] == [n.op_type for n in proto.graph.node]
+    dims = {i.name: list(i.dims) for i in proto.graph.initializer}
+    assert {i.name: list(i.dims) for i in back.graph.initializer} == dims  # 0-d scales stay 0-d
 
 
 def test_the_luma_classics_run_in_the_pytorch_graph(butterfly, builtin_train, builtin_valid, tmp_path):
@@ -211,6 +213,21 @@ def test_an_operator_it_cannot_run_is_named():
 
 # ------------------------------------------------------------------------------------------------ qat_onnx
 
+def _fused_ops(path) -> dict:
+    """Operator counts of the graph ONNX Runtime actually runs (after its fusions)."""
+    import collections
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = f"{tmp}/optimized.onnx"
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return dict(collections.Counter(n.op_type for n in onnx.load(f"{tmp}/optimized.onnx").graph.node))
+
+
 @pytest.fixture(scope="module")
 def shipped_ptq(tmp_path_factory, builtin_train, builtin_valid):
     """The shipped real-time student's FP32 graph, quantized (7-bit weights) on the built-in photos."""
@@ -237,6 +254,9 @@ def test_qat_of_the_deployed_graph_beats_its_ptq_and_keeps_the_graph(shipped_ptq
     a, b = onnx.load(str(ptq.payload)), onnx.load(str(art.payload))
     assert [(n.op_type, n.name) for n in a.graph.node] == [(n.op_type, n.name) for n in b.graph.node]
     assert u8s8_pair_sum_max(b) == 32640 and check_qdq(art.payload)["exact_without_vnni"]
+    assert [list(i.dims) for i in a.graph.initializer] == [list(i.dims) for i in b.graph.initializer]
+    # ONNX Runtime fuses the trained graph as it fuses the post-training one (same kernels, same speed)
+    assert _fused_ops(ptq.payload) == _fused_ops(art.payload)
     changed = [i.name for i, j in zip(a.graph.initializer, b.graph.initializer)
                if not np.array_equal(onnx.numpy_helper.to_array(i), onnx.numpy_helper.to_array(j))]
     assert any(n.endswith("_quantized") for n in changed) and any(n.endswith("_scale") for n in changed)
