@@ -128,7 +128,7 @@ class OnnxRuntimeBackend(Backend):
         ``exact_int8``: run INT8 convolutions as uint8 x uint8 (``session.x64quantprecision``), which cannot
         saturate on x86 CPUs without VNNI. None (default): only for an INT8 artifact with 8-bit weights on such
         a CPU (:func:`edgesr.runtime.base.saturation_risk`), where the fast uint8 x int8 kernels clip int16 pair
-        sums (measured on an AVX2 host: -0.19 to -1.48 dB on the 8-bit students, and 1.7-1.9x slower with this on);
+        sums (measured on an AVX2 host: -0.19 to -1.48 dB on the 8-bit students, and 1.8-2.0x slower with this on);
         7-bit-weight artifacts (the quantizer's default) are exact with the fast kernels."""
         super().__init__(threads)
         self.providers, self.spin, self.exact_int8 = tuple(providers), spin, exact_int8
