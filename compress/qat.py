@@ -204,16 +204,16 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     graph = QdqGraph(proto, scales, train_scales=cfg.train_scales)
     ptq_psnr = onnx_quality(input, val_pairs, scale, threads, runtime)
     parent_psnr = onnx_quality(reference, val_pairs, scale, threads, runtime) if reference is not None else None
-    target = None
+    distil_from = None  # the network whose outputs are the distillation target (alpha > 0)
     if cfg.alpha > 0:
         if teacher is not None:
-            target = load_model(teacher)
+            distil_from = load_model(teacher)
         else:
-            target = QdqGraph(onnx.load(str(reference.payload)), scales)
-            for p in target.parameters():
+            distil_from = QdqGraph(onnx.load(str(reference.payload)), scales)
+            for p in distil_from.parameters():
                 p.requires_grad_(False)
     sampler = sampler_for(graph, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 5, ctx.min_patch_std)
-    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), target, cfg.alpha, scales)
+    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), distil_from, cfg.alpha, scales)
     result = fit(graph, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
                  val_every=cfg.val_every, checkpoint_dir=out.with_name(f"{out.name}.ckpt"), checkpoint_every=250,
                  fingerprint=config_fingerprint(input.hash, cfg, seed), desc=f"qat_onnx {name}")

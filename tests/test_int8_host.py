@@ -20,7 +20,7 @@ from edgesr.qdq_graph import QdqGraph, QdqGraphError
 from edgesr.data.datasets import load_pairs
 from edgesr.export.onnx import ExportConfig, export_stage
 from edgesr.hostinfo import u8s8_saturates
-from edgesr.imaging import read_image, to_float
+from edgesr.imaging import image_to_tensor, read_image, to_float
 from edgesr.modelio import save_model
 from edgesr.models import build_model
 from edgesr.runtime import open_backend
@@ -260,6 +260,31 @@ def test_qat_of_the_deployed_graph_beats_its_ptq_and_keeps_the_graph(shipped_ptq
     changed = [i.name for i, j in zip(a.graph.initializer, b.graph.initializer)
                if not np.array_equal(onnx.numpy_helper.to_array(i), onnx.numpy_helper.to_array(j))]
     assert any(n.endswith("_quantized") for n in changed) and any(n.endswith("_scale") for n in changed)
+
+
+def test_qat_onnx_distilled_from_its_fp32_graph_moves_toward_it(shipped_ptq, builtin_train, builtin_valid):
+    """alpha 1: the target is the FP32 graph's own output (run in PyTorch). The trained INT8 graph's output in
+    ONNX Runtime is closer to the FP32 graph's than the post-training one's, and the manifest records both the
+    runtime target and what it was distilled from (the distillation network once overwrote the target there)."""
+    import onnxruntime as ort
+
+    from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
+
+    root, fp32, ptq = shipped_ptq
+    cfg = QatOnnxConfig(input="ptq", reference="f", alpha=1.0, steps=40, batch_size=8, lr=5e-5, val_every=20)
+    art = call_stage(qat_onnx_stage, cfg, name="qat_kd", out=root / "qat_kd", source=ptq, reference=fp32,
+                     teacher=None, train_pairs=builtin_train, val_pairs=builtin_valid, scale=2, patch_size=32,
+                     min_patch_std=0.04, seed=0)
+    rec = art.manifest["transforms"][-1]
+    assert rec["target"] == "onnxruntime" and rec["alpha"] == 1.0 and rec["distilled_from"] == fp32.manifest["name"]
+    assert rec["kept_input"] is None, art.manifest["metrics"]
+    x = image_to_tensor(builtin_valid[0].lr[:96, :96]).numpy()
+
+    def run(a):
+        return ort.InferenceSession(str(a.payload), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+
+    ref = run(fp32)
+    assert np.mean((run(art) - ref) ** 2) < np.mean((run(ptq) - ref) ** 2)
 
 
 def test_qat_that_does_not_help_ships_the_ptq_graph(shipped_ptq, builtin_train, builtin_valid):
