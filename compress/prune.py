@@ -64,8 +64,9 @@ class PruneConfig:
     OpenVINO blocks differently."""
     min_speedup: float | None = None
     """Speed guard: after pruning, the parent and the pruned model are timed in one interleaved run on the
-    benchmark backend at ``latency_input``; a speed-up (ratio of medians) below this is handled by
-    ``on_slower``. 1.0: never ship a pruned model slower than its parent. None: not measured."""
+    benchmark backend at ``latency_input``; the speed-up (ratio of medians) must reach this with 95 %
+    confidence (the lower end of its bootstrap interval over rounds), else ``on_slower`` decides. 1.0: ship a
+    pruned model, which costs quality, only when it measurably runs faster than its parent. None: not measured."""
     on_slower: Literal["fail", "warn", "fallback"] = "fail"
     """fallback: write the parent unpruned (its manifest records the measured ratio and why)."""
     teacher: str | None = None
@@ -266,10 +267,12 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
                              "`edgesr run` (which measures on the benchmark backend)")
         speed = ctx.speedup_fn(parent, model, cfg.latency_input)
         final["speedup_vs_parent"] = speed
-        if speed["ratio"] < cfg.min_speedup:
-            msg = (f"prune {name}: the pruned model runs {speed['ratio']:.2f}x its parent's speed (medians "
+        low = speed["ci95"][0] if speed.get("ci95") else speed["ratio"]
+        if low < cfg.min_speedup:
+            msg = (f"prune {name}: the pruned model runs {speed['ratio']:.2f}x its parent's speed (95 % interval "
+                   f"{low:.2f}-{speed['ci95'][1] if speed.get('ci95') else speed['ratio']:.2f}x; medians "
                    f"{speed['new_p50_ms']:.1f} vs {speed['ref_p50_ms']:.1f} ms, one interleaved run, LR "
-                   f"{cfg.latency_input[0]}x{cfg.latency_input[1]}), below min_speedup {cfg.min_speedup}; its widths "
+                   f"{cfg.latency_input[0]}x{cfg.latency_input[1]}): not measurably at min_speedup {cfg.min_speedup}; its widths "
                    f"{sorted({v['out'] for k, v in final['shapes'].items() if 'out' in v and k not in final['protected']})} may be off the kernels' channel blocks "
                    f"(round_to: kernel = {kernel_round_to('kernel')} here)")
             if cfg.on_slower == "fail":
@@ -277,7 +280,8 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
             console.print(f"[yellow]{msg}[/]" + ("; shipping the parent unpruned (on_slower: fallback)"
                                                   if cfg.on_slower == "fallback" else ""))
             if cfg.on_slower == "fallback":
-                final = {"type": "prune", "fallback": "parent shipped unpruned: the pruned model was slower",
+                final = {"type": "prune", "fallback": "parent shipped unpruned: the pruned model was not measurably "
+                                                      f"{cfg.min_speedup}x faster",
                          "speedup_vs_parent": speed, "target": cfg.target}
                 return save_model(out, parent, name=name, arch=arch, parent=source,
                                   transforms=derived_transforms(source, arch, final),

@@ -81,7 +81,7 @@ def onnx_latency_ms(model: torch.nn.Module, hw: tuple[int, int], threads: int = 
 
 
 def onnx_speedup(ref: torch.nn.Module, new: torch.nn.Module, hw: tuple[int, int], threads: int = 0,
-                 rounds: int = 15) -> dict:
+                 rounds: int = 30) -> dict:
     """How much faster ``new`` runs than ``ref`` deployed as the benchmark deploys them (ONNX, ONNX Runtime CPU),
     from one interleaved run: the ratio of medians ref / new with its bootstrap interval, and both medians."""
     from .benchmarks.latency import measure_interleaved, speedup

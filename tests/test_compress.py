@@ -272,27 +272,33 @@ def test_iterative_pruning_to_a_macs_target(spec, builtin_train, builtin_valid, 
         assert art.manifest["arch"]["deploy"] is True and art.manifest["scales"] == [2, 4]
 
 
-@pytest.mark.parametrize("on_slower", ["fail", "fallback", "warn"])
-def test_a_pruned_model_slower_than_its_parent_is_not_shipped(on_slower, builtin_train, builtin_valid, tmp_path):
-    """The speed guard compares parent and pruned model in one interleaved run (here a stand-in that reports a
-    0.85x ratio, the quickstart's measured one, so the test does not depend on this machine's timing)."""
+@pytest.mark.parametrize("on_slower,measured", [("fail", "slower"), ("fallback", "slower"), ("warn", "slower"),
+                                                 ("fallback", "noise"), ("fallback", "faster")])
+def test_a_pruned_model_not_measurably_faster_than_its_parent_is_not_shipped(on_slower, measured, builtin_train,
+                                                                           builtin_valid, tmp_path):
+    """The speed guard compares parent and pruned model in one interleaved run (here a stand-in that reports the
+    ratios measured for the quickstart: 0.85x on an AVX-512 host; 1.06x [0.97-1.12] on an AVX2 host, which the
+    final benchmark then measured at 0.99x; so the test does not depend on this machine's timing). A pruned
+    model costs quality: it ships only when the lower end of its speed-up's 95 % interval reaches min_speedup."""
     from edgesr.compress.prune import PruneError, kernel_round_to, prune_stage
     from edgesr.hostinfo import nchwc_block
 
     spec = {"type": "abpn", "scale": 2, "channels": 32, "n_body": 2}
     src = save_model(tmp_path / "src", build_model(spec), name="src", arch=spec)
     seen = []
+    ratio, ci = {"slower": (0.85, [0.8, 0.9]), "noise": (1.06, [0.97, 1.12]), "faster": (1.3, [1.1, 1.5])}[measured]
 
     def speedup(ref, new, hw):
         seen.append((count_macs(ref, (16, 16))[0], count_macs(new, (16, 16))[0], hw))
-        return {"ratio": 0.85, "ci95": [0.8, 0.9], "ref_p50_ms": 20.0, "new_p50_ms": 23.5}
+        return {"ratio": ratio, "ci95": ci, "ref_p50_ms": 20.0, "new_p50_ms": 20.0 / ratio}
 
     cfg = PruneConfig(input="src", ratio=0.5, finetune_steps=0, round_to="kernel", min_speedup=1.0,
                       on_slower=on_slower, latency_input=(64, 96))
     kw = dict(name="p", out=tmp_path / "p", source=src, teacher=None, train_pairs=builtin_train, scale=2,
               val_pairs=builtin_valid[:1], patch_size=16, min_patch_std=0.0, seed=0, speedup_fn=speedup)
     if on_slower == "fail":
-        with pytest.raises(PruneError, match=r"runs 0.85x its parent's speed .* below min_speedup 1.0.*round_to: kernel"):
+        with pytest.raises(PruneError, match=r"runs 0.85x its parent's speed \(95 % interval 0.80-0.90x.*not "
+                                             r"measurably at min_speedup 1.0.*round_to: kernel"):
             call_stage(prune_stage, cfg, **kw)
         assert not (tmp_path / "p").exists()
         return
@@ -300,13 +306,13 @@ def test_a_pruned_model_slower_than_its_parent_is_not_shipped(on_slower, builtin
     (ref_macs, new_macs, hw), = seen
     assert new_macs < ref_macs and hw == (64, 96)  # the guard compared the parent with the pruned model
     rec = art.manifest["transforms"][-1]
-    assert rec["speedup_vs_parent"]["ratio"] == 0.85
-    if on_slower == "fallback":
-        assert "parent shipped unpruned" in rec["fallback"]
+    assert rec["speedup_vs_parent"]["ratio"] == ratio
+    if on_slower == "fallback" and measured != "faster":
+        assert "parent shipped unpruned" in rec["fallback"] and "not measurably 1.0x faster" in rec["fallback"]
         assert art.manifest["params"] == src.manifest["params"]
     else:
         widths = {v["out"] for k, v in rec["shapes"].items() if k not in rec["protected"]}
-        assert widths
+        assert widths and "fallback" not in rec
         assert art.manifest["params"] < src.manifest["params"]
         assert all(w % nchwc_block() == 0 for w in widths) and kernel_round_to("kernel") == nchwc_block()
 
