@@ -58,7 +58,7 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Modu
 def build_from_manifest(manifest: dict[str, Any]) -> nn.Module:
     model = build_model(manifest["arch"])
     for t in manifest.get("transforms", []):
-        if t.get("type") == "prune":
+        if t.get("type") == "prune" and "fallback" not in t:  # a speed-guard fallback shipped the parent unpruned
             apply_shapes(model, t["shapes"])
     return model
 

@@ -310,6 +310,10 @@ def test_a_pruned_model_not_measurably_faster_than_its_parent_is_not_shipped(on_
     if on_slower == "fallback" and measured != "faster":
         assert "parent shipped unpruned" in rec["fallback"] and "not measurably 1.0x faster" in rec["fallback"]
         assert art.manifest["params"] == src.manifest["params"]
+        # what ships loads (the export stage after it reads it) and is the parent, weight for weight
+        x = torch.rand(1, 3, 12, 14)
+        with torch.no_grad():
+            assert torch.equal(load_model(art).eval()(x), load_model(src).eval()(x))
     else:
         widths = {v["out"] for k, v in rec["shapes"].items() if k not in rec["protected"]}
         assert widths and "fallback" not in rec
