@@ -106,6 +106,52 @@ def test_fsrcnn_has_the_papers_12464_weights():
     assert weights == 12_464  # FSRCNN(56, 12, 4), Y channel: the paper's count (conv weights only)
 
 
+@pytest.mark.parametrize("scale,color", [(2, "y"), (3, "rgb"), (4, "y")])
+def test_fsrcnn_deploy_form_is_its_transposed_conv_as_a_subpixel_conv(scale, color, tmp_path):
+    """Each output phase of a stride-r transposed conv is an ordinary conv of the input: the deploy form computes
+    the same image with a conv on the LR grid and a pixel shuffle (no ConvTranspose), and rebuilds from its
+    manifest."""
+    from edgesr.models.fsrcnn import subpixel_geometry
+
+    spec = {"type": "fsrcnn", "scale": scale, "d": 8, "s": 4, "m": 1, "color": color}
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    torch.nn.init.normal_(model.network[-1].weight, std=0.1)  # the paper's init is near zero: make it count
+    torch.nn.init.normal_(model.network[-1].bias, std=0.1)
+    plain, arch = deploy_form(model, spec)
+    assert arch == {**spec, "deploy": True}
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in plain.modules())
+    conv, shuffle = plain.network[-1]
+    assert isinstance(shuffle, torch.nn.PixelShuffle) and conv.kernel_size[0] == subpixel_geometry(9, scale, 4)[0]
+    x = torch.rand(1, 3, 11, 14)
+    with torch.no_grad():
+        ref = model(x)
+        assert (plain(x) - ref).abs().max() < 1e-5
+        save_model(tmp_path / "d", plain, name="d", arch=arch)
+        assert (load_model(tmp_path / "d")(x) - ref).abs().max() < 1e-5
+
+
+def test_subpixel_geometry_of_the_papers_deconvolution():
+    from edgesr.models.fsrcnn import subpixel_geometry
+
+    # 9x9 taps, padding 4: x2 phases read offsets -2..2 (5 and 4 taps), x3 -1..2 (padded to 5), x4 -1..1
+    assert [subpixel_geometry(9, r, 4) for r in (2, 3, 4)] == [(5, 2), (5, 2), (3, 1)]
+
+
+def test_fsrcnn_relu_exports_no_prelu(tmp_path):
+    import onnx
+
+    from edgesr.export.onnx import export_onnx
+
+    spec = {"type": "fsrcnn", "scale": 2, "d": 8, "s": 4, "m": 1, "act": "relu", "residual": True}
+    plain, _ = deploy_form(build_model(spec).eval(), spec)
+    export_onnx(plain, tmp_path / "m.onnx", scales=[2])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert "PRelu" not in ops and "ConvTranspose" not in ops and {"Relu", "DepthToSpace"} <= ops
+    with pytest.raises(ValueError, match="act must be 'prelu' or 'relu'"):
+        build_model({**spec, "act": "gelu"})
+
+
 @pytest.mark.parametrize("size,low,high", [("s", 8_000, 12_000), ("m", 40_000, 60_000), ("l", 170_000, 230_000)])
 def test_student_family_sizes(size, low, high):
     plain, _ = deploy_form(build_model({"type": "msrep", "scale": 2, "size": size}), {})
