@@ -190,8 +190,13 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
     batches = calibration_batches(ctx.train_pairs, cfg.calibration_images, cfg.calibration_patch, ctx.seed)
     manifest = derived_manifest(source, kind="onnx", name=name, precision="int8")
 
+    # Drafts (graphs measured before the artifact is written) carry their weight range, so that the runtimes
+    # judge them as they will judge the written artifact (no 8-bit overflow warning for a 7-bit draft).
+    draft = {**manifest, "transforms": manifest.get("transforms", []) + [
+        {"type": "quantize", "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits)}]}
+
     def quality(path: Path) -> float:
-        return onnx_quality(Artifact(path.parent, {**manifest, "payload": path.name}), val_pairs, scale, threads,
+        return onnx_quality(Artifact(path.parent, {**draft, "payload": path.name}), val_pairs, scale, threads,
                             runtime)
 
     def writer(path: Path) -> None:
@@ -199,7 +204,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
         psnr = quality(path)
         mixed = agreement = None
         if cfg.target == "openvino":
-            agreement = _runtime_agreement(source.payload, path, batches, cfg, manifest, val_pairs, threads)
+            agreement = _runtime_agreement(source.payload, path, batches, cfg, draft, val_pairs, threads)
             psnr = quality(path)
         if cfg.on_budget_exceeded == "fallback" and parent_psnr - psnr > cfg.max_psnr_drop_db:
             mixed = _mixed_precision(source.payload, path, batches,

@@ -140,6 +140,31 @@ def test_openvino_warns_on_8_bit_int8_where_it_overflows(overflowing, butterfly,
         assert _agreement_db(b.run(butterfly), _simulated(q7, butterfly)) > 45
 
 
+def test_quantizing_for_openvino_judges_its_draft_as_7_bit(overflowing, builtin_train, builtin_valid, tmp_path,
+                                                           monkeypatch):
+    """The quantize stage measures its draft graph on OpenVINO (target openvino): the draft carries its weight
+    range, so a CPU without VNNI does not get the 8-bit overflow warning for a 7-bit file (it printed in every
+    quickstart run on such a CPU)."""
+    pytest.importorskip("openvino")
+    import warnings
+
+    import edgesr.hostinfo as hostinfo
+
+    fp32, _, _ = overflowing
+    monkeypatch.setattr(hostinfo, "u8s8_saturates", lambda flags=None: True)
+    cfg = QuantizeConfig(input="o", target="openvino", calibration_images=4, calibration_patch=48)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*saturating int16.*")
+        art = call_stage(quantize_stage, cfg, name="ov", out=tmp_path / "ov", source=fp32, calib_pairs=builtin_train,
+                         val_pairs=builtin_valid[:1], scale=2, seed=0)
+    assert art.manifest["transforms"][-1]["weight_bits"] == 7 and not saturation_risk(art.manifest)
+    with pytest.warns(UserWarning, match="saturating int16"):  # an 8-bit one still warns
+        call_stage(quantize_stage, QuantizeConfig(input="o", target="openvino", weight_bits=8, calibration_images=4,
+                                                  calibration_patch=48),
+                   name="ov8", out=tmp_path / "ov8", source=fp32, calib_pairs=builtin_train,
+                   val_pairs=builtin_valid[:1], scale=2, seed=0)
+
+
 # ------------------------------------------------------------------------------------------------ QdqGraph
 
 @pytest.mark.parametrize("name", ["msrep-s-x2-int8", "abpn-x2-int8", "msrep-s-x2-fp32"])
