@@ -28,6 +28,7 @@ from .files import atomic_write_text, fix_mode, make_temp_dir
 __all__ = [
     "Artifact", "ArtifactError", "read_artifact", "write_artifact", "content_hash", "update_metrics",
     "atomic_write_text", "verify_payload", "parent_record", "derived_manifest", "derived_transforms",
+    "check_destination", "artifact_files",
 ]
 
 SCHEMA_VERSION = 1
@@ -138,12 +139,69 @@ def read_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
     return verify_payload(art) if verify else art
 
 
-def write_artifact(path: str | os.PathLike, payload_writer, payload_name: str, manifest: dict[str, Any]) -> Artifact:
+SIDECARS = ("trtexec.txt",)
+"""Files an artifact writer puts beside the payload (listed in new manifests' ``files``; this list covers
+artifacts written before manifests listed their files)."""
+
+
+def artifact_files(manifest: dict[str, Any]) -> set[str]:
+    """The file names that belong to an artifact: its manifest, payload and sidecars."""
+    files = manifest.get("files")
+    own = set(files) if isinstance(files, list) else set(SIDECARS)
+    return own | {MANIFEST, str(manifest.get("payload"))}
+
+
+def check_destination(path: str | os.PathLike, *, kind: str | None, overwrite: bool,
+                      inputs: tuple = ()) -> None:
+    """Refuse to write an artifact where it would destroy something: an artifact is written only into a new or
+    empty directory, or over an artifact of the same kind (``kind``; None: any) when ``overwrite`` is given,
+    never over one of its ``inputs`` and never over files that are not an artifact's own."""
+    path = Path(path)
+    for src in inputs:
+        if src is not None and path.exists() and path.resolve() == Path(src).resolve():
+            raise ArtifactError(f"{path}: is the input artifact; refusing to write over it. Choose another output "
+                                "directory (--out).")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: exists and is a file; an artifact is a directory. Choose another output "
+                            "directory (--out).")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    try:
+        old = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or "kind" not in old:
+        raise ArtifactError(f"{path}: holds {len(entries)} file(s) ({', '.join(entries[:4])}"
+                            f"{', ...' if len(entries) > 4 else ''}) and is not an edgesr artifact; writing an "
+                            "artifact there would replace them. Choose a new or empty directory (--out).")
+    foreign = [e for e in entries if e not in artifact_files(old)]
+    if foreign:
+        raise ArtifactError(f"{path}: holds an artifact and other files ({', '.join(foreign[:4])}"
+                            f"{', ...' if len(foreign) > 4 else ''}); replacing the artifact would delete them. Move "
+                            "them out, or choose another directory (--out).")
+    if kind is not None and old.get("kind") != kind:
+        raise ArtifactError(f"{path}: holds a {old.get('kind')!r} artifact ({old.get('name')}); refusing to replace it "
+                            f"with a {kind!r} one. Choose another directory (--out).")
+    if not overwrite:
+        raise ArtifactError(f"{path}: holds a {old.get('kind')!r} artifact ({old.get('name')}) already; pass "
+                            "--overwrite to replace it, or choose another directory (--out).")
+
+
+def write_artifact(path: str | os.PathLike, payload_writer, payload_name: str, manifest: dict[str, Any], *,
+                   overwrite: bool = False) -> Artifact:
     """Write ``payload_name`` with ``payload_writer(tmp_file)`` and the manifest, then move into place.
 
-    ``manifest`` is read after the payload is written, so the writer may add what it measured to it.
+    ``manifest`` is read after the payload is written, so the writer may add what it measured to it. The
+    destination is checked first (:func:`check_destination`): a new or empty directory, or (``overwrite``) an
+    artifact of the same kind; never the parent artifact, never a directory with other files.
     """
     path = Path(path)
+    parent = manifest.get("parent") or {}
+    check_destination(path, kind=manifest.get("kind"), overwrite=overwrite,
+                      inputs=(parent.get("path"),) if isinstance(parent, dict) else ())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(path.parent, prefix=f".{path.name}.tmp")
     try:
@@ -159,6 +217,7 @@ def write_artifact(path: str | os.PathLike, payload_writer, payload_name: str, m
             "metrics": {},
             "parent": None,
             **manifest,
+            "files": sorted(f.name for f in tmp.iterdir() if f.name != MANIFEST),
             "payload": payload_name,
             "hash": content_hash(tmp / payload_name),
         }

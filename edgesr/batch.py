@@ -65,15 +65,35 @@ def plan_jobs(source: str, out_dir: str | Path, *, recursive: bool = False, fmt:
         walk = root.rglob("*") if recursive else root.iterdir()
         files = sorted(p for p in walk if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         what = f"{root}" + ("" if recursive else " (add --recursive to include its subfolders)")
+    out_real = out_dir.resolve()
+    seen: set[Path] = set()
+    kept = []
+    for f in files:
+        real = f.resolve()
+        if real in seen or out_real in real.parents:  # a file reached twice (symlinks), or an earlier output
+            continue
+        seen.add(real)
+        kept.append(f)
+    files = kept
     if not files:
-        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what}")
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what}" +
+                         (f" outside the output folder {out_dir}" if out_real.is_dir() else ""))
     jobs = []
+    by_dst: dict[Path, list[Path]] = {}
     for f in files:
         rel = f.relative_to(root)
         dst = out_dir / (rel.with_suffix(f".{fmt.lower().lstrip('.')}") if fmt else rel)
         if dst.resolve() == f.resolve():
             raise UsageError(f"{dst}: would overwrite its own input; choose an output folder outside the inputs")
+        by_dst.setdefault(dst, []).append(f)
         jobs.append(Job(f, dst))
+    clashes = {d: srcs for d, srcs in by_dst.items() if len(srcs) > 1}
+    if clashes:
+        d, srcs = next(iter(clashes.items()))
+        raise UsageError(f"{d}: would be written by {len(srcs)} inputs ({', '.join(str(x) for x in srcs)})"
+                         + (f"; {len(clashes)} output names clash in all" if len(clashes) > 1 else "")
+                         + ". Nothing was written. Leave out --format to keep each input's own suffix, or rename "
+                         "the inputs so their names differ.")
     return jobs
 
 

@@ -461,11 +461,40 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
                        opt_level=args.opt_level, compute_capabilities=tuple(args.compute_capability or ()),
                        timing_cache=args.timing_cache)
     out = Path(args.out) if args.out else art.path.with_name(f"{art.path.name}-{args.flavour}-engine")
-    eng = build_engine(art, cfg, out, name=out.name, cache_dir=out.parent / ".tensorrt_cache")
+    eng = build_engine(art, cfg, out, name=out.name, cache_dir=out.parent / ".tensorrt_cache", overwrite=args.overwrite)
     e = eng.manifest["engine"]
     print(f"{art.path} -> {eng.path} ({e['flavour']} {e['version']}, {eng.manifest['precision']}, "
           f"{eng.payload.stat().st_size / 1e6:.2f} MB, targets {e['compute_capabilities']}, "
           f"built in {e['build_seconds']:.2f} s, cache key {e['cache_key']})")
+    return 0
+
+
+def _keyword(text: str) -> tuple[str, object]:
+    """An architecture keyword ``KEY=VALUE``; the value is read as YAML (64 -> int, true -> bool, x -> str)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: give architecture keywords as KEY=VALUE, e.g. channels=64")
+    try:
+        return key, yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        return key, value
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    _needs_training_extra("import")
+    from .importing import import_checkpoint
+
+    src = Path(args.file)
+    out = Path(args.out) if args.out else src.with_name(src.stem)
+    art = import_checkpoint(src, out, arch=args.arch, keywords=dict(args.keywords or []), scale=args.scale,
+                            name=args.name, overwrite=args.overwrite)
+    m = art.manifest
+    spec = ", ".join(f"{k}={v}" for k, v in m["arch"].items() if k != "type")
+    print(f"{src} -> {art.path}: {m['arch']['type']} ({spec}), x{'/x'.join(map(str, m['scales']))}, "
+          f"{m['params']:,} parameters from {m['source']['tensors']} tensors"
+          + (f" ({'; '.join(m['source']['read'])})" if m["source"]["read"] else ""))
     return 0
 
 
@@ -696,7 +725,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rtx: a GPU generation to compile for (repeatable; default SM75, SM86, SM89, SM120)")
     p.add_argument("--timing-cache", metavar="FILE", help="timing cache shared across builds")
     p.add_argument("--out", help="engine artifact directory (default: beside the ONNX artifact)")
+    p.add_argument("--overwrite", action="store_true", help="replace an engine artifact that exists at --out")
     p.set_defaults(fn=cmd_build_engine)
+    p = sub.add_parser("import", help="make an edgesr model artifact from an authors' published checkpoint "
+                                       "(.pth/.pt/.safetensors): strict key mapping, every tensor checked")
+    p.add_argument("file", help="checkpoint file")
+    p.add_argument("keywords", nargs="*", type=_keyword, metavar="KEY=VALUE",
+                   help="architecture keywords to set (the rest are read from the file's shapes)")
+    p.add_argument("--arch", default="auto", help="architecture (default auto: detected from the file's keys)")
+    p.add_argument("--scale", type=_positive_int, help="the scale the network must have (checked)")
+    p.add_argument("--name", help="the artifact's name (default: the output directory's)")
+    p.add_argument("--out", help="artifact directory (default: beside the file, named after it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model artifact that exists at --out")
+    p.set_defaults(fn=cmd_import)
     p = sub.add_parser("check", help="TensorRT readiness of an ONNX artifact: rules, then the real RTX parser and "
                                       "builder where installed; exit 1 when it would not build")
     p.add_argument("artifact")

@@ -9,6 +9,8 @@ stage's config class lives with its stage and is found through the stage table (
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import difflib
 import inspect
 import os
@@ -261,6 +263,36 @@ def check_model_spec(spec: dict, where: str, scale: int | None = None) -> None:
         raise RecipeError(f"{where}: {arch} does not accept {spec}: {exc}") from None
 
 
+POSITIVE_COUNTS = ("steps", "batch_size", "calibration_images")
+"""Stage fields that count something that must happen at least once (0 steps would ship an untrained model)."""
+LEARNING_RATES = ("lr", "disc_lr")
+
+
+def _check_numbers(cfg: Any, where: str) -> None:
+    """Numbers of a stage's config that no run can use, refused at load rather than when the stage starts."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in POSITIVE_COUNTS and isinstance(value, int) and value < 1:
+            raise RecipeError(f"{where}.{f.name}: {value}; it must be at least 1 (e.g. {f.name}: "
+                              f"{f.default if isinstance(f.default, int) and f.default > 0 else 1000})")
+        if f.name == "finetune_steps" and isinstance(value, int) and value < 0:
+            raise RecipeError(f"{where}.{f.name}: {value} is negative; give 0 (no fine-tuning) or a step count")
+        if f.name in LEARNING_RATES and isinstance(value, float) and not (math.isfinite(value) and value > 0):
+            raise RecipeError(f"{where}.{f.name}: {value}; a learning rate must be a finite number above 0 "
+                              f"(e.g. {f.default})")
+
+
+def _check_plain_name(name: Any, where: str) -> str:
+    """A recipe's or a stage's name becomes a directory name under the run directory: a name, not a path."""
+    _check_type(name, str, where)
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in '/\\\0') \
+            or any(ord(c) < 32 for c in name):
+        raise RecipeError(f"{where}: {name!r} is not a plain name (it becomes a folder name in the run directory: "
+                          "no '/', '\\', leading '.', or control characters); e.g. "
+                          f"{re.sub(r'[^A-Za-z0-9_-]+', '_', name).strip('_') or 'my_run'!r}")
+    return name
+
+
 def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with name, scale and stages")
@@ -286,6 +318,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         if not isinstance(st, dict) or "name" not in st or "stage" not in st:
             raise RecipeError(f"{where}: each stage needs 'name' and 'stage'")
         name, kind = st["name"], st["stage"]
+        _check_plain_name(name, f"{where}.name")
         if kind not in table:
             raise RecipeError(f"{where}: unknown stage {kind!r}{_did_you_mean(kind, table.names())}; known: "
                               f"{table.names()}")
@@ -305,6 +338,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
                 what = f"{KIND_NAMES[wants]} (made by a stage of kind {', '.join(producers)})"
                 raise RecipeError(f"{where} ({name}).{ref}: {ref_name!r} is a {kinds[ref_name]} stage; a {kind} "
                                   f"stage's {ref} must be {what}")
+        _check_numbers(cfg, f"{where} ({name})")
         if hasattr(cfg, "model"):
             check_model_spec(cfg.model, f"{where} ({name}).model", scale)
         seen.add(name)
@@ -322,7 +356,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         if v not in BASELINES and v not in seen:
             raise RecipeError(f"{source}: benchmark variant {v!r} is not a stage or a baseline "
                               f"({', '.join(BASELINES)}); stages: {sorted(seen)}")
-    return Recipe(name=_check_type(raw["name"], str, f"{source}: name"), scale=scale, stages=tuple(stages),
+    return Recipe(name=_check_plain_name(raw["name"], f"{source}: name"), scale=scale, stages=tuple(stages),
                   data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
                   threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)
 

@@ -42,6 +42,10 @@ __all__ = ["FitResult", "Schedule", "fit", "validate", "torch_upscaler", "scale_
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class TrainingDiverged(EdgesrError, RuntimeError):
+    """The loss became NaN or Inf: the stage stops instead of shipping unusable weights."""
+
+
 class CheckpointMismatch(EdgesrError, RuntimeError):
     """A resumable checkpoint left by a run whose configuration differs from this one (a recipe edited after
     an interrupted or finished training): refused, so that two trainings are never mixed."""
@@ -222,6 +226,13 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
                 sr = net(lr_b)
             sr = tuple(t.float() for t in sr) if isinstance(sr, tuple) else sr.float()
             loss = loss_fn(sr, lr_b, hr_b)
+            value = loss.item()
+            if not math.isfinite(value):
+                saved = (f"the checkpoint of step {start if not history else history[-1]['step']} and earlier "
+                         f"are kept in {checkpoint_dir}" if checkpoint_dir is not None else "nothing was written")
+                raise TrainingDiverged(f"{desc}: the loss became {value} at step {step + 1} (learning rate "
+                                       f"{opt.param_groups[0]['lr']:.3g}): the training diverged and its weights are "
+                                       f"no longer usable; {saved}. Lower lr (or set grad_clip), then run again.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip > 0:
@@ -229,7 +240,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
             opt.step()
             if ema is not None:
                 ema.update_parameters(model)
-            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            running = value if running is None else 0.95 * running + 0.05 * value
             done = step + 1
             info = f"loss {running:.4f}"
             if rank == 0 and (done % val_every == 0 or done == steps):

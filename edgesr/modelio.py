@@ -7,6 +7,7 @@ its layers, then the weights are loaded and checked against it. Nothing is pickl
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
@@ -15,7 +16,7 @@ from torch import nn
 from .artifacts import MANIFEST, Artifact, ArtifactError, parent_record, read_artifact, write_artifact
 from .models import build_model
 
-__all__ = ["save_model", "load_model", "module_shapes", "apply_shapes", "build_from_manifest"]
+__all__ = ["save_model", "load_model", "module_shapes", "apply_shapes", "build_from_manifest", "check_finite"]
 
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -65,8 +66,10 @@ def build_from_manifest(manifest: dict[str, Any]) -> nn.Module:
 
 def save_model(path: str | os.PathLike, model: nn.Module, *, name: str, arch: dict, precision: str = "fp32",
                transforms: list | None = None, parent: Artifact | None = None,
-               metrics: dict | None = None, extra: dict | None = None) -> Artifact:
-    """Save a PyTorch model as an artifact: ``model.safetensors`` + manifest."""
+               metrics: dict | None = None, extra: dict | None = None, overwrite: bool = False) -> Artifact:
+    """Save a PyTorch model as an artifact: ``model.safetensors`` + manifest (where :func:`write_artifact`
+    allows: a new or empty directory, or over a model artifact with ``overwrite``)."""
+    check_finite(model, Path(path))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     n_params = sum(p.numel() for p in model.parameters())
     manifest = {
@@ -77,7 +80,18 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, name: str, arch: di
         **(extra or {}),
     }
     return write_artifact(path, lambda p: save_file(state, str(p), metadata={"format": "pt"}), "model.safetensors",
-                          manifest)
+                          manifest, overwrite=overwrite)
+
+
+def check_finite(model: nn.Module, where: Path) -> None:
+    """Refuse weights holding NaN or Inf (a diverged training), naming the tensors."""
+    import torch
+
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"{where}: weights hold NaN or Inf in {len(bad)} tensor(s) ({', '.join(bad[:4])}): the "
+                            "training that made them diverged. Re-train with a lower learning rate, or use an "
+                            "earlier checkpoint.")
 
 
 def load_model(src: str | os.PathLike | Artifact) -> nn.Module:
@@ -105,4 +119,5 @@ def load_model(src: str | os.PathLike | Artifact) -> nn.Module:
                             f"({art.manifest['arch']}): {detail}. The weights and manifest come from different "
                             "models; copy both from the same artifact directory.")
     model.load_state_dict(state)
+    check_finite(model, art.payload)
     return model.eval()

@@ -13,6 +13,8 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import Artifact, ArtifactError, read_artifact, update_metrics
+from .artifacts import Artifact, ArtifactError, check_destination, content_hash, read_artifact, update_metrics
 from .config import Recipe, RecipeError, StageSpec
 from .data.datasets import ImagePair, load_pairs, set_name
 from .files import RunLock, remove_stale_temps
@@ -28,7 +30,7 @@ from .fitting import distributed
 from .progress import console
 from .stages import StageContext, stage_table
 
-__all__ = ["run_recipe", "load_data", "stages_needed", "onnx_latency_ms"]
+__all__ = ["run_recipe", "load_data", "stages_needed", "onnx_latency_ms", "replacing"]
 
 
 def _now() -> str:
@@ -48,9 +50,36 @@ def _refs(spec: StageSpec) -> dict[str, str | None]:
     return {ref: getattr(spec.config, ref, None) for ref in stage_table().get(spec.stage).takes}
 
 
+@contextlib.contextmanager
+def replacing(path: Path, rank: int = 0):
+    """The run's own artifact of a stage that runs again is moved aside while the stage writes the new one
+    (artifacts are written only into new directories), restored if the stage fails and removed once it
+    succeeds. A directory there that is not this stage's artifact (files a user put there) is refused."""
+    if rank != 0 or not path.exists():
+        yield
+        return
+    check_destination(path, kind=None, overwrite=True)
+    aside = path.with_name(f".{path.name}.old-run")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(path, aside)
+    try:
+        yield
+    except BaseException:
+        if not path.exists():
+            os.replace(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _source_hash(source: str) -> str:
+    """The identity of an external input: an artifact's content hash, or a plain file's (a checkpoint)."""
+    p = Path(source)
+    return content_hash(p) if p.is_file() else read_artifact(source).hash
+
+
 def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> str:
     sdef = stage_table().get(spec.stage)
-    source = read_artifact(getattr(spec.config, sdef.external)).hash if sdef.external else None
+    source = _source_hash(getattr(spec.config, sdef.external)) if sdef.external else None
     fields = {"stage": spec.stage, "config": asdict(spec.config), "parents": [p.hash for p in parents],
               "source": source, "data": asdict(recipe.data) | {"eval": None}, "scale": recipe.scale, "seed": recipe.seed}
     if sdef.environment is not None:  # only stages that declare one: the others' fingerprints stay as they were
@@ -179,7 +208,8 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
                                seed=recipe.seed, threads=recipe.threads,
                                latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads),
                                speedup_fn=lambda a, b, hw: onnx_speedup(a, b, hw, recipe.threads))
-            art = sdef.fn(spec.config, ctx, **{k: v for k, v in inputs.items() if v is not None})
+            with replacing(path, rank):
+                art = sdef.fn(spec.config, ctx, **{k: v for k, v in inputs.items() if v is not None})
             if rank == 0:
                 art = update_metrics(art, {}, recipe_fingerprint=fp,
                                      stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1),

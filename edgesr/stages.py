@@ -13,12 +13,13 @@ Adding a stage is one file that calls :func:`register_stage`, plus its module na
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .artifacts import Artifact, read_artifact
+from .artifacts import Artifact, check_destination, read_artifact
 from .registry import Registry
 
 __all__ = ["StageContext", "StageDef", "STAGES", "register_stage", "stage_table", "LoadConfig", "MODEL", "ONNX",
@@ -39,7 +40,7 @@ def satisfies(made: str, wanted: str) -> bool:
 STAGE_MODULES = (
     "edgesr.train.train", "edgesr.train.gan", "edgesr.compress.distill", "edgesr.compress.prune",
     "edgesr.compress.ptq", "edgesr.compress.fp16", "edgesr.compress.qat", "edgesr.export.onnx",
-    "edgesr.export.tensorrt",
+    "edgesr.export.tensorrt", "edgesr.importing",
 )
 """The files that register stages, imported by :func:`stage_table` (the one place stages are imported)."""
 
@@ -124,9 +125,9 @@ def load_stage(cfg: LoadConfig, ctx: StageContext) -> Artifact:
     """Copy a verified artifact into the run directory (atomically: a temp copy renamed into place)."""
     art = read_artifact(cfg.path)  # verifies the payload against the manifest's content hash
     dst = ctx.out
+    check_destination(dst, kind=art.kind, overwrite=False, inputs=(art.path,))
     tmp = dst.with_name(f".{dst.name}.load")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(art.path, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    os.replace(tmp, dst)  # dst is absent or an empty directory
     return read_artifact(dst)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgesr.artifacts import Artifact, derived_manifest, read_artifact, write_artifact
+from edgesr.artifacts import Artifact, check_destination, derived_manifest, read_artifact, write_artifact
 from edgesr.errors import EdgesrError
 from edgesr.files import atomic_write_bytes
 from edgesr.runtime.tensorrt_backend import (FLAVOURS, EngineError, check_engine, engine_platform, flavour_available,
@@ -177,9 +177,10 @@ def _build_gpu() -> tuple[list[str] | str, str | None]:
     return [cuda.compute_capability], cuda.name
 
 
-def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str, cache_dir: Path) -> Artifact:
+def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str, cache_dir: Path,
+                 overwrite: bool = False) -> Artifact:
     """Parse and build ``onnx_art`` into an engine artifact at ``out`` (skipped when ``out`` already holds an
-    engine with the same cache key)."""
+    engine with the same cache key; ``out`` must be new or empty, or an engine artifact with ``overwrite``)."""
     if onnx_art.kind != "onnx":
         raise EngineError(f"{onnx_art.path}: an engine is built from an ONNX artifact (an export, fp16 or quantize "
                           f"stage's output); this is {onnx_art.kind!r}")
@@ -195,12 +196,14 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
     targets = _targets(cfg)
     workspace = _workspace_mb(cfg)
     key = engine_key(onnx_art.hash, cfg, version, profile, targets, workspace)
+    check_destination(out, kind="engine", overwrite=True, inputs=(onnx_art.path,))  # never the input or others' files
     try:
         prev = read_artifact(out)
         if prev.kind == "engine" and prev.manifest.get("engine", {}).get("cache_key") == key:
             return prev
     except EdgesrError:
         pass
+    check_destination(out, kind="engine", overwrite=overwrite, inputs=(onnx_art.path,))
     cache_path = Path(cfg.timing_cache) if cfg.timing_cache else cache_dir / f"{cfg.flavour}-{version}.timing-cache"
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     logger = _logger(trt)
@@ -239,7 +242,7 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
             f"# The same engine from the command line ({cfg.flavour} {version}), next to a copy of the ONNX:\n"
             f"{engine['trtexec']}\n")
 
-    return write_artifact(out, writer, "model.engine", manifest)
+    return write_artifact(out, writer, "model.engine", manifest, overwrite=overwrite)
 
 
 @register_stage("engine", EngineConfig, makes=ENGINE, takes={"input": ONNX},

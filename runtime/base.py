@@ -19,7 +19,7 @@ from edgesr.artifacts import Artifact, ArtifactError, read_artifact
 from edgesr.errors import EdgesrError
 from edgesr.registry import Registry
 
-__all__ = ["Backend", "BackendUnavailable", "InputError", "BACKENDS", "check_input", "open_backend",
+__all__ = ["Backend", "BackendUnavailable", "InputError", "OutputError", "BACKENDS", "check_input", "open_backend",
            "default_backend", "resolve_threads", "int8_weight_bits", "saturation_risk"]
 
 
@@ -29,6 +29,10 @@ class BackendUnavailable(EdgesrError, RuntimeError):
 
 class InputError(EdgesrError, ValueError):
     """An input array that breaks the model I/O convention (N x 3 x H x W float in [0, 1], finite)."""
+
+
+class OutputError(EdgesrError, RuntimeError):
+    """A model output that is not an image (NaN or Inf): refused instead of written."""
 
 
 BACKENDS: Registry = Registry("backend")

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgesr.imaging import Picture, to_float, to_uint8, to_uint16
 
-from .base import Backend
+from .base import Backend, OutputError
 
 __all__ = ["Upscaler", "DEFAULT_OVERLAP", "AUTO_TILE", "AUTO_MAX_PIXELS"]
 
@@ -83,8 +83,19 @@ class Upscaler:
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m
         x = np.pad(lr, ((0, 0), (0, ph), (0, pw)), mode="reflect") if (ph or pw) else lr
-        sr = self.backend.run(x[None])[0]
+        sr = self._finite(self.backend.run(x[None]))[0]
         return sr[:, : h * self.scale, : w * self.scale]
+
+    def _finite(self, sr: np.ndarray) -> np.ndarray:
+        """A backend output holding NaN or Inf (a diverged model, an FP16 overflow) is an error, never an
+        image: clamping would turn it into black or white pixels. One reduction over the output."""
+        if not np.isfinite(np.sum(sr, dtype=np.float64)):
+            bad = int(np.size(sr) - np.count_nonzero(np.isfinite(sr)))
+            name = getattr(getattr(self.backend, "artifact", None), "path", None) or type(self.backend).__name__
+            raise OutputError(f"{name}: the model's output holds {bad:,} NaN or Inf value(s) of {np.size(sr):,}; its "
+                              "weights or its precision cannot compute this input (a diverged training, an FP16 "
+                              "overflow). Re-train or re-export it (an FP32 artifact), or use another backend.")
+        return sr
 
     def _tile_for(self, h: int, w: int) -> int:
         if self.tile:
@@ -140,7 +151,7 @@ class Upscaler:
         x = np.stack([to_float(f).transpose(2, 0, 1) for f in frames])
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
-        sr = self.backend.run(x)[:, :, : h * self.scale, : w * self.scale]
+        sr = self._finite(self.backend.run(x))[:, :, : h * self.scale, : w * self.scale]
         convert = to_uint16 if frames[0].dtype == np.uint16 else to_uint8
         # converted channels-first (contiguous), then transposed: the same values as upscale(), in half the
         # time at 720p (20.6 -> 10.6 ms a frame: the float64 rounding over a strided view was the cost)

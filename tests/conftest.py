@@ -77,6 +77,9 @@ def call_stage(fn, cfg, *, name: str, out, **kw):
         kw["input"] = kw.pop("source")
     if "init" in kw:
         kw["init_from"] = kw.pop("init")
+    from edgesr.pipeline import replacing
+
     ctx = StageContext(name=name, out=out, **{k: v for k, v in kw.items() if k in CONTEXT_KEYS})
     inputs = {k: v for k, v in kw.items() if k not in CONTEXT_KEYS and v is not None}
-    return fn(cfg, ctx, **inputs)
+    with replacing(Path(out)):  # as the runner does: the stage's earlier artifact is replaced when it runs again
+        return fn(cfg, ctx, **inputs)

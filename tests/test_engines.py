@@ -17,7 +17,8 @@ from edgesr.cli import main
 from edgesr.compress.fp16 import Fp16Config, fp16_stage
 from edgesr.compress.ptq import QuantizeConfig, quantize_stage
 from edgesr.export.onnx import ExportConfig, export_stage
-from edgesr.export.tensorrt import EngineConfig, EngineError, check_engine, engine_stage
+from edgesr.errors import EdgesrError
+from edgesr.export.tensorrt import EngineConfig, EngineError, build_engine, check_engine, engine_stage
 from edgesr.modelio import save_model
 from edgesr.models import build_model
 
@@ -75,14 +76,22 @@ def test_onnxruntime_form_int8_is_refused_with_the_option_to_change(graphs):
     assert not (root / "int8_ort.engine").exists()
 
 
+def _build_cli(art: Artifact, out, overwrite: bool = False, **cfg) -> Artifact:
+    """As `edgesr build-engine ART --out OUT [--overwrite]` builds (no runner around it)."""
+    return build_engine(art, EngineConfig(input="x", shapes=SHAPES, **cfg), out, name=out.name,
+                        cache_dir=out.parent / ".tensorrt_cache", overwrite=overwrite)
+
+
 def test_an_engine_is_rebuilt_only_when_its_cache_key_changes(graphs):
     root, arts = graphs
-    first = _build(arts["fp32"], root / "keyed.engine")
-    again = _build(arts["fp32"], root / "keyed.engine")
+    first = _build_cli(arts["fp32"], root / "keyed.engine")
+    again = _build_cli(arts["fp32"], root / "keyed.engine")
     assert again.manifest["created"] == first.manifest["created"] and again.hash == first.hash
-    other = _build(arts["fp32"], root / "keyed.engine", opt_level=1)
+    with pytest.raises(EdgesrError, match=r"keyed\.engine: holds a 'engine' artifact .* already; pass --overwrite"):
+        _build_cli(arts["fp32"], root / "keyed.engine", opt_level=1)
+    other = _build_cli(arts["fp32"], root / "keyed.engine", overwrite=True, opt_level=1)
     assert other.manifest["engine"]["cache_key"] != first.manifest["engine"]["cache_key"]
-    narrow = _build(arts["fp32"], root / "keyed.engine", compute_capabilities=("SM86",))
+    narrow = _build_cli(arts["fp32"], root / "keyed.engine", overwrite=True, compute_capabilities=("SM86",))
     assert narrow.manifest["engine"]["compute_capabilities"] == ["SM86"]
     assert narrow.manifest["engine"]["cache_key"] not in (first.manifest["engine"]["cache_key"],
                                                           other.manifest["engine"]["cache_key"])

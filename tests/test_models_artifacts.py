@@ -91,6 +91,39 @@ def test_mismatched_checkpoint_is_refused_with_the_fix(tmp_path):
 
 def test_rewriting_an_artifact_replaces_it_whole(tmp_path):
     a = save_model(tmp_path / "a", build_model(TINY[0]), name="a", arch=TINY[0])
-    b = save_model(tmp_path / "a", build_model(TINY[1]), name="a", arch=TINY[1])
+    with pytest.raises(ArtifactError, match=r"holds a 'model' artifact \(a\) already; pass --overwrite"):
+        save_model(tmp_path / "a", build_model(TINY[1]), name="a", arch=TINY[1])
+    assert read_artifact(tmp_path / "a").hash == a.hash
+    b = save_model(tmp_path / "a", build_model(TINY[1]), name="a", arch=TINY[1], overwrite=True)
     assert read_artifact(tmp_path / "a").hash == b.hash != a.hash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_an_artifact_is_never_written_over_other_files_or_its_input(tmp_path):
+    """A folder holding a user's files is never replaced by an artifact, even with overwrite; nor an artifact
+    holding extra files; nor the artifact a new one is made from."""
+    import torch
+
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(ArtifactError, match=r"photos: holds 1 file\(s\) \(notes\.txt\) and is not an edgesr artifact"):
+            save_model(user, build_model(TINY[0]), name="x", arch=TINY[0], overwrite=overwrite)
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+    a = save_model(tmp_path / "a", build_model(TINY[0]), name="a", arch=TINY[0])
+    (a.path / "mine.png").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match=r"holds an artifact and other files \(mine\.png\)"):
+        save_model(a.path, build_model(TINY[0]), name="a", arch=TINY[0], overwrite=True)
+    (a.path / "mine.png").unlink()
+    with pytest.raises(ArtifactError, match=r"is the input artifact; refusing to write over it"):
+        save_model(a.path, build_model(TINY[0]), name="a", arch=TINY[0], parent=a, overwrite=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert save_model(empty, build_model(TINY[0]), name="e", arch=TINY[0]).manifest["files"] == ["model.safetensors"]
+    bad = build_model(TINY[0])
+    with torch.no_grad():
+        next(bad.parameters()).fill_(float("nan"))
+    with pytest.raises(ArtifactError, match=r"weights hold NaN or Inf in 1 tensor"):
+        save_model(tmp_path / "nan", bad, name="nan", arch=TINY[0])
+    assert not (tmp_path / "nan").exists()

@@ -584,10 +584,144 @@ RUN_CASES = [
          r"run completed and all 5 artifact hashes equal an uninterrupted run's; temporary files left: none", slow=True),
 ]
 
-CASES = IMAGE_CASES + CLI_CASES + ARTIFACT_CASES + RECIPE_CASES + API_CASES + RUN_CASES
+# ------------------------------------------------------------------------- data loss and silent errors
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _engine_into_user_folder(c: Ctx) -> tuple[int, str]:
+    """build-engine --out a folder holding a user's photos and notes: refused, every file kept."""
+    d = c.fresh("holiday")
+    d.mkdir()
+    shutil.copy(c.photo, d / "beach.png")
+    shutil.copy(c.photo, d / "hotel.png")
+    (d / "notes.txt").write_text("do not lose")
+    before = _tree(d)
+    code, text = c.cli("build-engine", c.onnx, "--out", d, "--shapes", "16x16:24x24:32x32")
+    assert _tree(d) == before
+    return code, text
+
+
+def _engine_onto_its_input(c: Ctx) -> tuple[int, str]:
+    art = c.copy(c.onnx)
+    before = _tree(art)
+    code, text = c.cli("build-engine", art, "--out", art, "--shapes", "16x16:24x24:32x32")
+    assert _tree(art) == before
+    return code, text
+
+
+def _format_collision(c: Ctx) -> tuple[int, str]:
+    src = c.fresh("shots")
+    src.mkdir()
+    img = Image.open(c.photo).convert("RGB")
+    for suffix in ("jpg", "png", "webp"):
+        img.save(src / f"shot.{suffix}")
+    out = src.parent / "out"
+    code, text = c.cli("upscale", c.onnx, src, out, "--format", "png")
+    assert not out.exists()  # refused before any work
+    return code, text
+
+
+def _output_inside_input(c: Ctx) -> tuple[int, str]:
+    """The output folder inside the input folder, --recursive, run twice: the second run does not upscale the
+    first run's outputs."""
+    src = c.fresh("album")
+    src.mkdir()
+    shutil.copy(c.photo, src / "a.png")
+    out = src / "out"
+    first = c.cli("upscale", c.onnx, src, out, "--recursive")
+    code, text = c.cli("upscale", c.onnx, src, out, "--recursive", "--skip-existing")
+    assert first[0] == 0 and sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a.png"]
+    return code, text
+
+
+def _glob_symlink_loop(c: Ctx) -> tuple[int, str]:
+    src = c.fresh("loop")
+    src.mkdir()
+    shutil.copy(c.photo, src / "a.png")
+    (src / "again").symlink_to(src, target_is_directory=True)
+    out = src.parent / "out"
+    code, text = c.cli("upscale", c.onnx, f"{src}/**/*.png", out)
+    assert [p.name for p in out.rglob("*.png")] == ["a.png"]
+    return code, text
+
+
+def _nan_weights(c: Ctx) -> Path:
+    """A model artifact whose weights hold NaN (a diverged training written by an older edgesr), hash rewritten."""
+    from safetensors.torch import load_file, save_file
+
+    art = c.copy(c.model)
+    state = load_file(str(art / "model.safetensors"))
+    first = sorted(state)[0]
+    state[first] = state[first] * float("nan")
+    save_file(state, str(art / "model.safetensors"), metadata={"format": "pt"})
+    return _edit_manifest(art, hash=content_hash(art / "model.safetensors"))
+
+
+def _diverging_run(c: Ctx) -> tuple[int, str]:
+    recipe = _tiny()
+    recipe["stages"][0] = {**recipe["stages"][0], "lr": 1e30, "steps": 20}
+    path = _recipe(c, recipe)
+    out = path.parent / "run"
+    code, text = c.cli("run", path, "--out", out)
+    assert not (out / "teacher").exists()  # no artifact shipped
+    return code, text
+
+
+def _nan_output(c: Ctx) -> tuple[str, str]:
+    """A backend whose output holds NaN (what a diverged model gives): the Upscaler refuses to make an image."""
+    from edgesr.runtime import Upscaler
+
+    backend = _backend(c)
+    real = backend.run
+    backend.run = lambda x: real(x) * np.float32("nan")
+    return _api(lambda: Upscaler(backend).upscale(_photo_array(c)))
+
+
+LOSS_CASES = [
+    Case("engine-out-user-folder", "loss", "`edgesr build-engine ART --out DIR`, DIR holding two photos and notes.txt",
+         _engine_into_user_folder, 2, r"holiday: holds 3 file\(s\) \(beach\.png, hotel\.png, notes\.txt\) and is not an "
+         r"edgesr artifact; writing an artifact there would replace them"),
+    Case("engine-out-is-input", "loss", "`edgesr build-engine ART --out ART` (the source ONNX artifact)",
+         _engine_onto_its_input, 2, r"onnx: is the input artifact; refusing to write over it"),
+    Case("batch-format-collision", "loss", "folder with `shot.jpg`, `shot.png`, `shot.webp`, `--format png`",
+         _format_collision, 2, r"out/shot\.png: would be written by 3 inputs .* Nothing was written\. Leave out --format"),
+    Case("batch-output-inside-input", "loss", "output folder inside the input folder, `--recursive`, run twice",
+         _output_inside_input, 0, r"1 already there, 0 failed"),
+    Case("batch-glob-symlink-loop", "loss", "`'DIR/**/*.png'` where DIR holds one photo and a symlink to itself",
+         _glob_symlink_loop, 0, r": 1 upscaled x2"),
+    Case("recipe-name-path", "loss", "recipe `name: ../../escaped` (no --out)",
+         lambda c: c.cli("run", _recipe(c, {**_tiny(), "name": "../../escaped"})), 2,
+         r"name: '\.\./\.\./escaped' is not a plain name"),
+    Case("recipe-steps-zero", "loss", "`steps: 0` (would ship an untrained model)",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [{**_tiny()["stages"][0], "steps": 0}, _tiny()["stages"][1]]}), 2,
+         r"\(teacher\)\.steps: 0; it must be at least 1"),
+    Case("recipe-steps-negative", "loss", "`steps: -5`",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [{**_tiny()["stages"][0], "steps": -5}, _tiny()["stages"][1]]}), 2,
+         r"\(teacher\)\.steps: -5; it must be at least 1"),
+    Case("recipe-lr-inf", "loss", "`lr: .inf`",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [{**_tiny()["stages"][0], "lr": float("inf")}, _tiny()["stages"][1]]}), 2,
+         r"\(teacher\)\.lr: inf; a learning rate must be a finite number above 0"),
+    Case("recipe-lr-nan", "loss", "`lr: .nan`",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [{**_tiny()["stages"][0], "lr": float("nan")}, _tiny()["stages"][1]]}), 2,
+         r"\(teacher\)\.lr: nan; a learning rate must be a finite number above 0"),
+    Case("recipe-lr-negative", "loss", "`lr: -1`",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [{**_tiny()["stages"][0], "lr": -1.0}, _tiny()["stages"][1]]}), 2,
+         r"\(teacher\)\.lr: -1\.0; a learning rate must be a finite number above 0"),
+    Case("run-training-diverges", "loss", "`lr: 1e30`: the loss becomes NaN during training",
+         _diverging_run, 2, r"the loss became (nan|inf) at step \d+ .*the training diverged.*Lower lr"),
+    Case("artifact-nan-weights", "loss", "`edgesr upscale` with a model artifact whose weights hold NaN",
+         lambda c: c.upscale(c.photo, art=_nan_weights(c)), 2, r"weights hold NaN or Inf in 1 tensor"),
+    Case("api-nan-output", "loss", "`Upscaler.upscale` when the backend returns NaN",
+         _nan_output, "OutputError", r"output holds 9,216 NaN or Inf value\(s\) of 9,216.*never|output holds .*NaN or Inf"),
+]
+
+CASES = IMAGE_CASES + CLI_CASES + ARTIFACT_CASES + RECIPE_CASES + API_CASES + RUN_CASES + LOSS_CASES
 GROUPS = {"image": "Image files (`edgesr upscale ARTIFACT IMAGE OUT`)", "cli": "Command-line values",
           "artifact": "Artifacts (`edgesr eval` / `edgesr upscale`)", "recipe": "Recipes (`edgesr run RECIPE`)",
-          "api": "Python API (`edgesr.runtime` backends)", "run": "Runs: concurrency and interruption"}
+          "api": "Python API (`edgesr.runtime` backends)", "run": "Runs: concurrency and interruption",
+          "loss": "Data loss and silent errors (each failed on the code before it was fixed)"}
 RESULTS: dict[str, tuple[object, str]] = {}
 
 
