@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EdgesrError
 from .files import atomic_write_bytes
@@ -51,7 +51,7 @@ def _png_bit_depth_and_colour(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
-def _decode(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
+def _decode(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str, bytes | None]:
     """Checked decode: the file exists, is not empty, declares at most ``max_pixels`` pixels, is one frame and
     not CMYK. Returns the array and its mode (Pillow's names; 16-bit colour PNGs, which Pillow would cut to
     8 bits, are decoded by pypng as ``RGB;16`` / ``RGBA;16``)."""
@@ -78,8 +78,12 @@ def _decode(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
                 raise ImageError(f"{path}: has {im.n_frames} frames (an animation or multi-page file); edgesr "
                                  "upscales single images. Extract the frame you want first.")
             if png16:
-                return _read_png16(path), "RGBA;16" if _png_bit_depth_and_colour(path)[1] == 6 else "RGB;16"
+                return (_read_png16(path), "RGBA;16" if _png_bit_depth_and_colour(path)[1] == 6 else "RGB;16",
+                        im.info.get("icc_profile") or None)
             im.load()
+            icc = im.info.get("icc_profile") or None
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: apply it, as every viewer does
+                im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode == "CMYK":
                 raise ImageError(f"{path}: CMYK image (a print colour space); converting it to RGB needs its colour "
@@ -103,11 +107,11 @@ def _decode(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
         if arr.max(initial=0) > 65535 or arr.min(initial=0) < 0:
             raise ImageError(f"{path}: 32-bit integer image; only 8- and 16-bit images are supported. "
                              "Convert it to 16-bit PNG.")
-        return arr.astype(np.uint16), "L;16"
+        return arr.astype(np.uint16), "L;16", icc
     if mode not in ("L", "LA", "RGB", "RGBA"):
         raise ImageError(f"{path}: image mode {mode!r} is not supported (use 8-bit RGB or grey, or 16-bit grey). "
                          "Convert it to an 8-bit RGB PNG.")
-    return arr, mode
+    return arr, mode, icc
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -132,7 +136,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     :data:`DEFAULT_MAX_PIXELS`) pixels are refused before decoding. For upscaling, :func:`read_picture` also
     takes transparency and 16-bit colour."""
     path = Path(path)
-    arr, mode = _decode(path, max_pixels)
+    arr, mode, _ = _decode(path, max_pixels)
     if mode in ("RGB;16", "RGBA;16"):
         raise ImageError(
             f"{path}: 16-bit colour PNG. Training and evaluation data are 8-bit; convert it to 8-bit yourself "
@@ -159,6 +163,8 @@ class Picture:
 
     rgb: np.ndarray
     alpha: np.ndarray | None = None
+    icc: bytes | None = None
+    """The colour profile (ICC) of the file it was read from, written with it (8-bit PNG, JPEG, WebP, TIFF)."""
 
     @property
     def bits(self) -> int:
@@ -169,14 +175,14 @@ def read_picture(path: str | os.PathLike, max_pixels: int | None = None) -> Pict
     """Read an image for upscaling: grey and palette images become RGB, transparency is kept as a separate
     alpha channel, 16-bit files (grey or colour) stay 16-bit. Same checks and errors as :func:`read_image`."""
     path = Path(path)
-    arr, mode = _decode(path, max_pixels)
+    arr, mode, icc = _decode(path, max_pixels)
     if mode in ("L", "L;16"):
-        return Picture(np.repeat(arr[:, :, None], 3, axis=2))
+        return Picture(np.repeat(arr[:, :, None], 3, axis=2), icc=None)  # a grey profile does not fit RGB
     if mode == "LA":
-        return Picture(np.repeat(arr[..., :1], 3, axis=2), np.ascontiguousarray(arr[..., 1]))
+        return Picture(np.repeat(arr[..., :1], 3, axis=2), np.ascontiguousarray(arr[..., 1]), icc=None)
     if mode in ("RGBA", "RGBA;16"):
-        return Picture(np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3]))
-    return Picture(np.ascontiguousarray(arr))
+        return Picture(np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3]), icc=icc)
+    return Picture(np.ascontiguousarray(arr), icc=icc)
 
 
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
@@ -226,7 +232,7 @@ def write_picture(path: str | os.PathLike, pic: Picture) -> Path:
     else:
         im = Image.fromarray(rgb) if alpha is None else Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
         im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}),
-                **({"lossless": True} if fmt == "WEBP" else {}))
+                **({"lossless": True} if fmt == "WEBP" else {}), **({"icc_profile": pic.icc} if pic.icc else {}))
     return atomic_write_bytes(path, buf.getvalue())
 
 

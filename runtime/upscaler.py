@@ -168,4 +168,4 @@ class Upscaler:
 
             a = imresize(to_float(pic.alpha), self.scale)
             alpha = (to_uint16 if pic.alpha.dtype == np.uint16 else to_uint8)(np.clip(a, 0.0, 1.0))
-        return Picture(rgb, alpha)
+        return Picture(rgb, alpha, icc=pic.icc)

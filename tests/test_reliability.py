@@ -679,7 +679,28 @@ def _nan_output(c: Ctx) -> tuple[str, str]:
     return _api(lambda: Upscaler(backend).upscale(_photo_array(c)))
 
 
+def _exif_rotated_with_profile(c: Ctx) -> tuple[int, str]:
+    """A JPEG stored landscape with EXIF Orientation=6 (portrait when displayed) and an sRGB ICC profile."""
+    from PIL import ImageCms
+
+    src = c.fresh("portrait.jpg")
+    im = Image.open(c.photo).convert("RGB")  # 64x48 as stored
+    exif = im.getexif()
+    exif[0x0112] = 6
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im.save(src, exif=exif.tobytes(), icc_profile=icc)
+    out = src.with_name("portrait_sr.png")
+    code, text = c.cli("upscale", c.onnx, src, out)
+    if code == 0:
+        res = Image.open(out)
+        text = (f"written {res.size[0]}x{res.size[1]} (displayed orientation), ICC profile "
+                f"{len(res.info.get('icc_profile', b''))} of {len(icc)} bytes kept")
+    return code, text
+
+
 LOSS_CASES = [
+    Case("image-exif-orientation-icc", "loss", "JPEG with EXIF Orientation=6 and an sRGB ICC profile",
+         _exif_rotated_with_profile, 0, r"written 96x128 \(displayed orientation\), ICC profile (\d+) of \1 bytes kept"),
     Case("engine-out-user-folder", "loss", "`edgesr build-engine ART --out DIR`, DIR holding two photos and notes.txt",
          _engine_into_user_folder, 2, r"holiday: holds 3 file\(s\) \(beach\.png, hotel\.png, notes\.txt\) and is not an "
          r"edgesr artifact; writing an artifact there would replace them"),
