@@ -484,10 +484,33 @@ def _keyword(text: str) -> tuple[str, object]:
 
 def cmd_import(args: argparse.Namespace) -> int:
     _needs_training_extra("import")
-    from .importing import import_checkpoint
-
     src = Path(args.file)
     out = Path(args.out) if args.out else src.with_name(src.stem)
+    if src.suffix.lower() == ".onnx":
+        from .export.onnx_import import import_onnx
+
+        if args.keywords or args.arch != "auto" or args.scale:
+            raise UsageError(f"{src}: an ONNX graph brings its architecture and scale; architecture keywords, --arch "
+                             "and --scale are for checkpoints. Use --range, --channels and --output.")
+        art = import_onnx(src, out, value_range=args.range or "0-1", channels=args.channels or "rgb",
+                          output=args.output, name=args.name, overwrite=args.overwrite)
+        m = art.manifest
+        probe = m["metrics"]["probe"]
+        print(f"{src} -> {art.path}: ONNX graph ({m['source']['input']} {m['source']['input_shape']}, {args.range or '0-1'} "
+              f"{args.channels or 'rgb'}) as lr -> {', '.join(m['source']['outputs'])} as x{'/x'.join(map(str, m['scales']))}"
+              f"{', made dynamic' if m['source']['made_dynamic'] else ''}; parity {m['metrics']['parity']['max_abs']:.1e}; "
+              f"probe photo {probe['psnr_y']:.2f} dB (bicubic {probe['bicubic_psnr_y']:.2f})")
+        other = "bgr" if (args.channels or "rgb") == "rgb" else "rgb"
+        alt = probe["alternatives"].get(f"{args.range or '0-1'} {other}")
+        if alt is not None and alt > probe["psnr_y"] + 0.02:
+            print(f"note: with --channels {other} the probe photo scores {alt:.2f} dB ({alt - probe['psnr_y']:+.2f}); "
+                  "a network works almost as well on swapped channels, so check the authors' channel order")
+        return 0
+    if args.range or args.channels or args.output:
+        raise UsageError(f"{src}: --range, --channels and --output are for ONNX files; a checkpoint's conventions are "
+                         "its architecture's (edgesr knows them).")
+    from .importing import import_checkpoint
+
     art = import_checkpoint(src, out, arch=args.arch, keywords=dict(args.keywords or []), scale=args.scale,
                             name=args.name, overwrite=args.overwrite)
     m = art.manifest
@@ -602,10 +625,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .runtime import open_backend
 
     art = read_artifact(args.artifact)
-    backend = open_backend(art, args.backend, threads=args.threads or 0)
-    sets = {set_name(s): load_pairs(s, art.scale, "eval") for s in args.set}
-    for name, q in measure_quality(backend, sets, art.scale, art.manifest.get("size_multiple", 1)).items():
-        print(f"{name}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  ({len(q['per_image'])} images)")
+    scales = [int(s) for s in art.manifest["scales"]]
+    wanted = args.scale or ([] if len(scales) > 1 else scales[:1])
+    bad = [s for s in wanted if s not in scales]
+    if bad:
+        raise UsageError(f"--scale {bad[0]}: {art.path} outputs x{'/x'.join(map(str, scales))}")
+    for scale in wanted or scales:  # a multi-scale artifact: every output unless --scale picks some
+        backend = open_backend(art, args.backend, threads=args.threads or 0,
+                               **({"scale": scale} if len(scales) > 1 else {}))
+        sets = {set_name(s): load_pairs(s, scale, "eval") for s in args.set}
+        for name, q in measure_quality(backend, sets, scale, art.manifest.get("size_multiple", 1)).items():
+            print(f"{name}{f' x{scale}' if len(scales) > 1 else ''}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  "
+                  f"({len(q['per_image'])} images)")
+        backend.close()
     return 0
 
 
@@ -711,6 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="PSNR/SSIM of an artifact on benchmark sets (the protocol)")
     p.add_argument("artifact")
     p.add_argument("--set", action="append", required=True, metavar="PATH")
+    p.add_argument("--scale", action="append", type=_positive_int, help="multi-scale artifact: evaluate this output "
+                                                                        "(repeatable; default: every output)")
     p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
     p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
     p.set_defaults(fn=cmd_eval)
@@ -727,16 +761,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="engine artifact directory (default: beside the ONNX artifact)")
     p.add_argument("--overwrite", action="store_true", help="replace an engine artifact that exists at --out")
     p.set_defaults(fn=cmd_build_engine)
-    p = sub.add_parser("import", help="make an edgesr model artifact from an authors' published checkpoint "
-                                       "(.pth/.pt/.safetensors): strict key mapping, every tensor checked")
-    p.add_argument("file", help="checkpoint file")
+    p = sub.add_parser("import", help="make an edgesr artifact from an authors' checkpoint (.pth/.pt/.safetensors: "
+                                       "strict key mapping, every tensor checked) or a foreign ONNX file (wrapped "
+                                       "to edgesr's I/O, parity-checked)")
+    p.add_argument("file", help="checkpoint or ONNX file")
     p.add_argument("keywords", nargs="*", type=_keyword, metavar="KEY=VALUE",
                    help="architecture keywords to set (the rest are read from the file's shapes)")
     p.add_argument("--arch", default="auto", help="architecture (default auto: detected from the file's keys)")
     p.add_argument("--scale", type=_positive_int, help="the scale the network must have (checked)")
     p.add_argument("--name", help="the artifact's name (default: the output directory's)")
     p.add_argument("--out", help="artifact directory (default: beside the file, named after it)")
-    p.add_argument("--overwrite", action="store_true", help="replace a model artifact that exists at --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an artifact of the same kind at --out")
+    p.add_argument("--range", choices=["0-1", "0-255"], help="ONNX file: its input/output range (default 0-1)")
+    p.add_argument("--channels", choices=["rgb", "bgr"], help="ONNX file: its channel order (default rgb)")
+    p.add_argument("--output", help="ONNX file: keep only this output of a graph with several")
     p.set_defaults(fn=cmd_import)
     p = sub.add_parser("check", help="TensorRT readiness of an ONNX artifact: rules, then the real RTX parser and "
                                       "builder where installed; exit 1 when it would not build")

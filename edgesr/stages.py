@@ -40,7 +40,7 @@ def satisfies(made: str, wanted: str) -> bool:
 STAGE_MODULES = (
     "edgesr.train.train", "edgesr.train.gan", "edgesr.compress.distill", "edgesr.compress.prune",
     "edgesr.compress.ptq", "edgesr.compress.fp16", "edgesr.compress.qat", "edgesr.export.onnx",
-    "edgesr.export.tensorrt", "edgesr.importing",
+    "edgesr.export.tensorrt", "edgesr.export.onnx_import", "edgesr.importing",
 )
 """The files that register stages, imported by :func:`stage_table` (the one place stages are imported)."""
 
