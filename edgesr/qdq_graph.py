@@ -180,9 +180,13 @@ def _resize(x: torch.Tensor, node, a: dict, consts: dict) -> torch.Tensor:
     raise QdqGraphError(f"Resize {node.name}: mode {mode} is not supported by the Q/DQ trainer")
 
 
+def _unsupported(n) -> torch.Tensor:
+    raise QdqGraphError(f"{n.op_type} ({n.name}) in this form is not supported by the Q/DQ trainer")
+
+
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div",
                  "Clip", "Concat", "DepthToSpace", "Resize", "ReduceSum", "Identity", "Constant",
-                 "QuantizeLinear", "DequantizeLinear")
+                 "Split", "Slice", "Gather", "QuantizeLinear", "DequantizeLinear")
 
 
 class QdqGraph(nn.Module):
@@ -306,7 +310,9 @@ class QdqGraph(nn.Module):
             elif kind == "dq":
                 env[n.output[0]] = env[n.input[0]]  # the pair's fake quantizer already dequantized
             else:
-                env[n.output[0]] = self._op(n, [self._tensor(env, i) for i in n.input])
+                out = self._op(n, [self._tensor(env, i) for i in n.input])
+                for name, t in zip(n.output, out if isinstance(out, tuple) else (out,)):
+                    env[name] = t
         outs = tuple(env[o] for o in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
@@ -362,6 +368,36 @@ class QdqGraph(nn.Module):
             return torch.sum(x[0], dim=axes, keepdim=bool(a.get("keepdims", 1)))
         if op == "Identity":
             return x[0]
+        if op == "Split":  # several outputs: a tuple
+            axis = a.get("axis", 0)
+            sizes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("split")
+            if not sizes:
+                parts = a.get("num_outputs", len(n.output))
+                size = -(-x[0].shape[axis] // parts)
+                sizes = [min(size, x[0].shape[axis] - i * size) for i in range(parts)]
+            return tuple(torch.split(x[0], [int(v) for v in sizes], dim=axis))
+        if op == "Slice":
+            starts, ends = x[1].tolist(), x[2].tolist()
+            axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+            steps = x[4].tolist() if len(x) > 4 and x[4] is not None else [1] * len(starts)
+            index = [slice(None)] * x[0].ndim
+            for ax, st, en, sp in zip(axes, starts, ends, steps):
+                dim = x[0].shape[ax]
+                if sp < 0:  # a reversed range: the positions ONNX selects, gathered
+                    st = min(st + dim if st < 0 else st, dim - 1)
+                    en = max(en + dim if en < 0 else en, -1)
+                    idx = torch.arange(st, en, sp)
+                    return torch.index_select(x[0], ax, idx) if len(axes) == 1 else _unsupported(n)
+                index[ax] = slice(max(min(st, dim), -dim), max(min(en, dim), -dim - 1) if en < 0 else min(en, dim), sp)
+            return x[0][tuple(index)]
+        if op == "Gather":
+            axis = a.get("axis", 0)
+            idx = x[1].long()
+            if idx.ndim == 0:
+                return torch.select(x[0], axis, int(idx))
+            if idx.ndim == 1:
+                return torch.index_select(x[0], axis, torch.where(idx < 0, idx + x[0].shape[axis], idx))
+            return _unsupported(n)
         raise QdqGraphError(f"{op} ({n.name}) is not supported by the Q/DQ trainer")
 
     # ------------------------------------------------------------------------------------------ write back

@@ -81,8 +81,9 @@ def test_stage_table_is_the_one_list_of_stages():
     from edgesr.stages import MODEL, ONNX, ONNX_FP32, stage_table
 
     table = stage_table()
-    assert table.names() == ["distill", "engine", "export", "fp16", "gan", "load", "prune", "qat", "qat_onnx",
-                             "quantize", "train"]
+    assert table.names() == ["distill", "engine", "export", "fp16", "gan", "import", "import_onnx", "load", "prune",
+                             "qat", "qat_onnx", "quantize", "train"]
+    assert table.get("import").makes == MODEL and table.get("import_onnx").makes == ONNX_FP32
     assert {n for n in table.names() if table.get(n).lossy} == {"prune", "quantize", "fp16", "qat", "qat_onnx"}
     assert {n for n in table.names() if table.get(n).trains} == {"train", "distill"}
     assert table.get("quantize").takes == {"input": ONNX_FP32} and table.get("export").makes == ONNX_FP32
