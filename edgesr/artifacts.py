@@ -133,6 +133,14 @@ def read_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
         raise ArtifactError(f"{mpath}: schema {manifest['schema_version']} is newer than this edgesr "
                             f"({__version__}, schema {SCHEMA_VERSION}); upgrade edgesr.")
     _check_payload_name(manifest["payload"], mpath)
+    scales, multiple = manifest["scales"], manifest.get("size_multiple", 1)
+    if not isinstance(scales, list) or not scales or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                             and 1 <= s <= 16 for s in scales):
+        raise ArtifactError(f"{mpath}: scales {scales!r} is not a list of whole scales from 1 to 16; the manifest was "
+                            "edited or is corrupt. Re-run the stage that wrote it, or copy the artifact again.")
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or not 1 <= multiple <= 256:
+        raise ArtifactError(f"{mpath}: size_multiple {multiple!r} is not a whole number from 1 to 256; the manifest "
+                            "was edited or is corrupt. Re-run the stage that wrote it, or copy the artifact again.")
     art = Artifact(path, manifest)
     if not art.payload.is_file():
         raise ArtifactError(f"{art.payload}: payload named in the manifest is missing; re-run the stage.")

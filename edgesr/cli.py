@@ -857,6 +857,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .imaging import env_max_pixels
+
+    try:
+        env_max_pixels()  # a bad EDGESR_MAX_PIXELS is named before anything runs
+    except EdgesrError as exc:
+        print(f"edgesr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     args = build_parser().parse_args(argv)
     for name in QUIET_IMPORT_LOGGERS:  # import-time notes about CUDA-only kernels (see doctor), not errors
         if not args.debug:

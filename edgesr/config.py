@@ -282,6 +282,20 @@ def _check_numbers(cfg: Any, where: str) -> None:
                               f"(e.g. {f.default})")
 
 
+def _check_loaded_scale(path: str, scale: int, where: str) -> None:
+    """A loaded artifact made for another scale is refused at load, not when a stage that uses it starts."""
+    from .artifacts import ArtifactError, read_artifact
+
+    try:
+        art = read_artifact(path, verify=False)  # its hash is verified when the stage runs
+    except ArtifactError as exc:
+        raise RecipeError(f"{where}.path: {exc}") from None
+    scales = [int(v) for v in art.manifest["scales"]]
+    if scale not in scales:
+        raise RecipeError(f"{where}.path: {art.path} is a x{'/x'.join(map(str, scales))} {art.kind} artifact and the "
+                          f"recipe's scale is {scale}; load an artifact made for x{scale}, or change the recipe's scale")
+
+
 def _check_plain_name(name: Any, where: str) -> str:
     """A recipe's or a stage's name becomes a directory name under the run directory: a name, not a path."""
     _check_type(name, str, where)
@@ -306,7 +320,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
     scale = _check_type(raw["scale"], int, f"{source}: scale")
     if scale not in (2, 3, 4, 8):
         raise RecipeError(f"{source}: scale {scale} not supported (2, 3, 4 or 8)")
-    from .stages import KIND_NAMES, satisfies, stage_table
+    from .stages import ANY, ENGINE, KIND_NAMES, MODEL, ONNX, ONNX_FP32, satisfies, stage_table
 
     table = stage_table()
     stages = []
@@ -339,6 +353,8 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
                 raise RecipeError(f"{where} ({name}).{ref}: {ref_name!r} is a {kinds[ref_name]} stage; a {kind} "
                                   f"stage's {ref} must be {what}")
         _check_numbers(cfg, f"{where} ({name})")
+        if sdef.external and kind == "load":
+            _check_loaded_scale(getattr(cfg, sdef.external), scale, f"{where} ({name})")
         if hasattr(cfg, "model"):
             check_model_spec(cfg.model, f"{where} ({name}).model", scale)
         seen.add(name)
@@ -356,6 +372,19 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         if v not in BASELINES and v not in seen:
             raise RecipeError(f"{source}: benchmark variant {v!r} is not a stage or a baseline "
                               f"({', '.join(BASELINES)}); stages: {sorted(seen)}")
+    artifact_kind = {MODEL: "model", ONNX: "onnx", ONNX_FP32: "onnx", ENGINE: "engine"}
+    for v in bench.variants:
+        kind = artifact_kind.get(makes.get(v, ANY))
+        if kind is None:  # a baseline, or a load stage: its kind is known once loaded
+            continue
+        for b in dict.fromkeys((*bench.backends, bench.backend) if bench.backends else (bench.backend,)):
+            runs = BACKENDS.get(b).kinds
+            exported = any(getattr(st.config, "input", None) == v and artifact_kind.get(makes[st.name]) in runs
+                           for st in stages)
+            if kind not in runs and not exported:
+                raise RecipeError(f"{source}: benchmark variant {v!r} is a {kinds[v]} stage (it makes a {kind} "
+                                  f"artifact) and the backend {b} runs {list(runs)}: add an export stage with input: "
+                                  f"{v}, or benchmark it on a backend that runs it")
     return Recipe(name=_check_plain_name(raw["name"], f"{source}: name"), scale=scale, stages=tuple(stages),
                   data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
                   threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)

@@ -29,18 +29,33 @@ if TYPE_CHECKING:  # imported lazily: reading images needs no torch
 __all__ = [
     "ImageError", "Picture", "read_image", "read_picture", "write_image", "write_picture", "modcrop", "to_float",
     "to_uint8", "to_uint16",
-    "image_to_tensor", "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS",
+    "image_to_tensor", "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "env_max_pixels",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-DEFAULT_MAX_PIXELS = int(os.environ.get("EDGESR_MAX_PIXELS", 200_000_000))
-"""Images with more pixels than this are refused before decoding (a small file can declare a huge image:
-a decompression bomb). ``edgesr upscale --max-pixels N`` or the ``EDGESR_MAX_PIXELS`` variable raise it."""
-
 
 class ImageError(EdgesrError, ValueError):
     """An image file that edgesr cannot use as it is; the message names the file and the fix."""
+
+
+def env_max_pixels() -> int:
+    """``EDGESR_MAX_PIXELS`` when it is set (checked: a positive whole number), else 200 million."""
+    text = os.environ.get("EDGESR_MAX_PIXELS", "").strip().replace("_", "")
+    if not text:
+        return 200_000_000
+    if not text.isdigit() or int(text) < 1:
+        raise ImageError(f"EDGESR_MAX_PIXELS={os.environ['EDGESR_MAX_PIXELS']!r}: not a positive whole number of "
+                         "pixels; set it to e.g. 400000000, or unset it (default 200,000,000).")
+    return int(text)
+
+
+try:
+    DEFAULT_MAX_PIXELS = env_max_pixels()
+except EdgesrError:  # the CLI reports it with the fix before any command runs; importing never fails on it
+    DEFAULT_MAX_PIXELS = 200_000_000
+"""Images with more pixels than this are refused before decoding (a small file can declare a huge image:
+a decompression bomb). ``edgesr upscale --max-pixels N`` or the ``EDGESR_MAX_PIXELS`` variable raise it."""
 
 
 def _png_bit_depth_and_colour(path: Path) -> tuple[int, int] | None:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from .errors import EdgesrError
 from .imaging import to_uint8
 
 __all__ = ["rgb_to_y", "psnr_y", "ssim_y", "QualityResult", "evaluate_pairs"]
@@ -59,6 +60,10 @@ def ssim_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
                                        use_sample_covariance=False, K1=0.01, K2=0.03))
 
 
+class EvaluationError(EdgesrError, ValueError):
+    """An evaluation set the protocol cannot score; the message names the image and the fix."""
+
+
 @dataclass
 class QualityResult:
     """Mean PSNR-Y/SSIM-Y over a set, with the per-image values."""
@@ -77,6 +82,11 @@ def evaluate_pairs(upscale: Callable[[np.ndarray], np.ndarray], pairs: Iterable[
     """Run ``upscale`` (uint8 LR HxWx3 -> float [0,1] or uint8 SR) on each (name, lr, hr) pair and score it."""
     per = {}
     for name, lr, hr in pairs:
+        need = 2 * scale + 7  # the border the protocol crops, and SSIM's 7-pixel minimum window
+        if min(hr.shape[:2]) < need:
+            raise EvaluationError(f"{name}: {hr.shape[1]}x{hr.shape[0]} is too small to evaluate at x{scale}: the "
+                                  f"protocol crops {scale} pixels on each side and SSIM needs 7 more (at least "
+                                  f"{need}x{need}). Remove it from the evaluation set.")
         sr = upscale(lr)
         if sr.dtype != np.uint8:
             sr = to_uint8(sr)

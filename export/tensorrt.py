@@ -263,6 +263,11 @@ def check_tensorrt(art: Artifact, shapes: tuple | None = None, *, build: bool = 
     builder then run. An empty list: ready."""
     import onnx
 
+    if art.kind != "onnx":
+        what = ("an engine already built; `edgesr check` reads the ONNX graph an engine is built from (the engine's "
+                f"parent: {art.manifest.get('parent', {}).get('path')})" if art.kind == "engine" else
+                f"a {art.kind!r} artifact; export it first (a recipe's export stage) and check the ONNX artifact")
+        raise EngineError(f"{art.path}: is {what}.")
     from edgesr.trtrules import finding as _finding
     from edgesr.trtrules import graph_findings
 

@@ -83,8 +83,19 @@ class Upscaler:
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m
         x = np.pad(lr, ((0, 0), (0, ph), (0, pw)), mode="reflect") if (ph or pw) else lr
-        sr = self._finite(self.backend.run(x[None]))[0]
+        sr = self._checked(self.backend.run(x[None]), x.shape[1:])[0]
         return sr[:, : h * self.scale, : w * self.scale]
+
+    def _checked(self, sr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        """The output has the size the artifact's scale says (a manifest edited to another scale, or one that
+        belongs to another model, is named instead of failing in a broadcast) and finite values."""
+        want = (hw[0] * self.scale, hw[1] * self.scale)
+        if tuple(sr.shape[-2:]) != want:
+            name = getattr(getattr(self.backend, "artifact", None), "path", None) or type(self.backend).__name__
+            raise OutputError(f"{name}: the model returned {sr.shape[-1]}x{sr.shape[-2]} for a {hw[1]}x{hw[0]} input, "
+                              f"not the x{self.scale} its manifest.json declares: the manifest was edited or belongs "
+                              "to another model. Copy the artifact again, or re-run the stage that wrote it.")
+        return self._finite(sr)
 
     def _finite(self, sr: np.ndarray) -> np.ndarray:
         """A backend output holding NaN or Inf (a diverged model, an FP16 overflow) is an error, never an
@@ -151,7 +162,7 @@ class Upscaler:
         x = np.stack([to_float(f).transpose(2, 0, 1) for f in frames])
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
-        sr = self._finite(self.backend.run(x))[:, :, : h * self.scale, : w * self.scale]
+        sr = self._checked(self.backend.run(x), x.shape[2:])[:, :, : h * self.scale, : w * self.scale]
         convert = to_uint16 if frames[0].dtype == np.uint16 else to_uint8
         # converted channels-first (contiguous), then transposed: the same values as upscale(), in half the
         # time at 720p (20.6 -> 10.6 ms a frame: the float64 rounding over a strided view was the cost)

@@ -109,6 +109,23 @@ def test_carn_m_x2_set5_psnr_through_the_protocol(tmp_path):
     assert result["Set5"]["psnr"] == pytest.approx(CARN_M_SET5_X2, abs=0.01)
 
 
+def test_rfdn_x4_set5_psnr_through_the_protocol(tmp_path):
+    """The NTIRE 2022 RFDN baseline through `edgesr import` and the protocol (bit-identical to the authors'
+    RFDN class on Set5 and Set14, measured once outside the repository): 32.161 dB Set5 x4."""
+    from edgesr.benchmarks.quality import measure_quality
+    from edgesr.data.datasets import load_pairs
+    from edgesr.importing import import_checkpoint
+    from edgesr.runtime import open_backend
+
+    path = _weights("ntire22_rfdn_baseline.pth")
+    if not (SET5 / "HR").is_dir():
+        pytest.skip(f"{SET5} absent")
+    art = import_checkpoint(path, tmp_path / "rfdn", arch="auto")
+    assert art.manifest["arch"]["type"] == "rfdn" and art.manifest["scales"] == [4]
+    result = measure_quality(open_backend(art.path, "torch", threads=1), {"Set5": load_pairs(SET5, 4, "eval")}, 4, 1)
+    assert result["Set5"]["psnr"] == pytest.approx(32.161, abs=0.01)
+
+
 def test_rfdn_reference_range_and_minimum_input():
     model = load_checkpoint_model(_weights("ntire22_rfdn_baseline.pth"), "rfdn").model
     assert model.data_range == 255.0 and model.scales == (4,)

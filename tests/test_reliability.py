@@ -402,7 +402,7 @@ RECIPE_CASES = [
          2, r"teacher: 'teachr' is not a stage defined before 'student' \(did you mean 'teacher'\?\)"),
     Case("recipe-wrong-input-kind", "recipe", "quantize stage whose input is a PyTorch model stage",
          lambda c: _run_bad_recipe(c, {**_tiny(), "stages": _tiny()["stages"] + [{"name": "q", "stage": "quantize", "input": "student"}]}),
-         2, r"\(q\)\.input: 'student' is a distill stage; a quantize stage's input must be an FP32 ONNX graph \(made by a stage of kind export, load\)$"),
+         2, r"\(q\)\.input: 'student' is a distill stage; a quantize stage's input must be an FP32 ONNX graph \(made by a stage of kind export, import_onnx, load\)$"),
     Case("recipe-bad-yaml", "recipe", "recipe that is not valid YAML",
          lambda c: _run_bad_recipe(c, "name: t\nstages: [unclosed\n"), 2, r"recipe\.yaml: not valid YAML"),
     Case("recipe-missing", "recipe", "recipe file that does not exist",
@@ -698,6 +698,52 @@ def _exif_rotated_with_profile(c: Ctx) -> tuple[int, str]:
     return code, text
 
 
+def _env_max_pixels(c: Ctx) -> tuple[int, str]:
+    os.environ["EDGESR_MAX_PIXELS"] = "abc"
+    try:
+        return c.upscale(c.photo)
+    finally:
+        del os.environ["EDGESR_MAX_PIXELS"]
+
+
+def _tiny_eval_set(c: Ctx) -> Path:
+    d = c.fresh("tinyset")
+    (d / "HR").mkdir(parents=True)
+    Image.fromarray(np.full((5, 5, 3), 100, np.uint8)).save(d / "HR" / "dot.png")
+    return d
+
+
+def _load_other_scale(c: Ctx) -> tuple[int, str]:
+    recipe = {**_tiny(), "scale": 3, "stages": [{"name": "teacher", "stage": "load", "path": "msrep-m-x2"},
+                                                {**_tiny()["stages"][1], "teacher": "teacher"}]}
+    return _run_bad_recipe(c, recipe)
+
+
+def _model_variant_on_ort(c: Ctx) -> tuple[int, str]:
+    return _run_bad_recipe(c, {**_tiny(), "benchmark": {"variants": ["student"], "backends": ["onnxruntime"]}})
+
+
+LATE_CASES = [
+    Case("env-max-pixels-text", "cli", "`EDGESR_MAX_PIXELS=abc edgesr upscale ...`", _env_max_pixels, 2,
+         r"EDGESR_MAX_PIXELS='abc': not a positive whole number of pixels"),
+    Case("artifact-manifest-other-scale", "artifact", "ONNX artifact whose manifest was edited to `scales: [4]` (graph is x2)",
+         lambda c: c.upscale(c.photo, art=_edit_manifest(c.copy(c.onnx), scales=[4])), 2,
+         r"the model returned 128x96 for a 64x48 input, not the x4 its manifest\.json declares"),
+    Case("artifact-manifest-size-multiple-0", "artifact", "manifest edited to `size_multiple: 0`",
+         lambda c: c.upscale(c.photo, art=_edit_manifest(c.copy(c.onnx), size_multiple=0)), 2,
+         r"size_multiple 0 is not a whole number from 1 to 256"),
+    Case("eval-image-too-small", "cli", "`edgesr eval` on a set holding a 5x5 image",
+         lambda c: c.cli("eval", c.onnx, "--set", _tiny_eval_set(c)), 2,
+         r"dot: 4x4 is too small to evaluate at x2: .*Remove it from the evaluation set"),
+    Case("check-model-artifact", "artifact", "`edgesr check` on a model artifact (not ONNX)",
+         lambda c: c.cli("check", c.model), 2, r"model: is a 'model' artifact; export it first"),
+    Case("recipe-load-other-scale", "recipe", "x3 recipe loading an x2 teacher (checked at load, not when distill starts)",
+         _load_other_scale, 2, r"msrep-m-x2 is a x2 model artifact and the recipe's scale is 3"),
+    Case("recipe-variant-wrong-kind", "recipe", "a model stage benchmarked on ONNX Runtime with no export stage",
+         _model_variant_on_ort, 2, r"benchmark variant 'student' is a distill stage .* add an export stage with input: student"),
+]
+
+
 LOSS_CASES = [
     Case("image-exif-orientation-icc", "loss", "JPEG with EXIF Orientation=6 and an sRGB ICC profile",
          _exif_rotated_with_profile, 0, r"written 96x128 \(displayed orientation\), ICC profile (\d+) of \1 bytes kept"),
@@ -738,7 +784,7 @@ LOSS_CASES = [
          _nan_output, "OutputError", r"output holds 9,216 NaN or Inf value\(s\) of 9,216.*never|output holds .*NaN or Inf"),
 ]
 
-CASES = IMAGE_CASES + CLI_CASES + ARTIFACT_CASES + RECIPE_CASES + API_CASES + RUN_CASES + LOSS_CASES
+CASES = IMAGE_CASES + CLI_CASES + ARTIFACT_CASES + RECIPE_CASES + API_CASES + RUN_CASES + LOSS_CASES + LATE_CASES
 GROUPS = {"image": "Image files (`edgesr upscale ARTIFACT IMAGE OUT`)", "cli": "Command-line values",
           "artifact": "Artifacts (`edgesr eval` / `edgesr upscale`)", "recipe": "Recipes (`edgesr run RECIPE`)",
           "api": "Python API (`edgesr.runtime` backends)", "run": "Runs: concurrency and interruption",

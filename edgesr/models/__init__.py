@@ -8,7 +8,7 @@ MODELS: Registry = Registry("architecture")
 
 # Explicit imports register each architecture (one file each).
 from . import (abpn, edsr, edsr_msa, espcn, fsrcnn, lapsrn, ms_lapsrn, msrep, rcan, rdn, srcnn,  # noqa: E402,F401
-               meta_sr, rlfn, span, srresnet, swinir, vdsr)
+               meta_sr, rlfn, span, srresnet, swinir, vdsr, imdn, carn, rfdn)
 
 
 def build_model(spec: dict):
