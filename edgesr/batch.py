@@ -66,18 +66,19 @@ def plan_jobs(source: str, out_dir: str | Path, *, recursive: bool = False, fmt:
         files = sorted(p for p in walk if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         what = f"{root}" + ("" if recursive else " (add --recursive to include its subfolders)")
     out_real = out_dir.resolve()
+    inside = root.resolve() in out_real.parents  # the output folder is a subfolder of the inputs' tree
     seen: set[Path] = set()
     kept = []
     for f in files:
         real = f.resolve()
-        if real in seen or out_real in real.parents:  # a file reached twice (symlinks), or an earlier output
+        if real in seen or (inside and out_real in real.parents):  # reached twice (symlinks), or an earlier output
             continue
         seen.add(real)
         kept.append(f)
     files = kept
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what}" +
-                         (f" outside the output folder {out_dir}" if out_real.is_dir() else ""))
+                         (f" outside the output folder {out_dir}" if inside and out_real.is_dir() else ""))
     jobs = []
     by_dst: dict[Path, list[Path]] = {}
     for f in files:
