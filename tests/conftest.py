@@ -9,6 +9,35 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGESR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+WEIGHTS = REPO.parent / "shared" / "weights"
+"""Published third-party checkpoints (test data, never shipped; see its README)."""
+
+
+def published_weights(name: str) -> Path:
+    """A published checkpoint from ``../shared/weights``; the calling test skips when it is absent."""
+    path = WEIGHTS / name
+    if not path.is_file():
+        pytest.skip(f"{path} absent (third-party checkpoints are read from ../shared/weights)")
+    return path
+
+
+def set5_psnr(artifact, scale: int, backend: str = "torch") -> float:
+    """Set5 PSNR-Y of an artifact by the protocol (MATLAB-bicubic LR files, border = scale), one thread; the
+    calling test skips without the shared benchmark data."""
+    from edgesr.artifacts import read_artifact
+    from edgesr.benchmarks.quality import measure_quality
+    from edgesr.data.datasets import load_pairs
+    from edgesr.runtime import open_backend
+
+    set5 = SHARED / "benchmark" / "Set5"
+    if not (set5 / "HR").is_dir():
+        pytest.skip(f"{set5} absent")
+    art = read_artifact(artifact)
+    options = {"scale": scale} if len(art.manifest["scales"]) > 1 else {}
+    b = open_backend(art, backend, threads=1, **options)
+    return measure_quality(b, {"Set5": load_pairs(set5, scale, "eval")}, scale, 1)["Set5"]["psnr"]
+
+
 @pytest.fixture(scope="session")
 def benchmark_root() -> Path:
     root = SHARED / "benchmark"

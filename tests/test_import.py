@@ -15,25 +15,52 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import call_stage
+from conftest import SHARED, WEIGHTS, call_stage, published_weights, set5_psnr
 from edgesr.artifacts import read_artifact
 from edgesr.cli import main
-from edgesr.importing import ImportError_, import_checkpoint, read_checkpoint
+from edgesr.importing import ImportError_, detect_layouts, import_checkpoint, load_checkpoint_model, read_checkpoint
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
-SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark" / "Set5"
+SET5 = SHARED / "benchmark" / "Set5"
 needs_weights = pytest.mark.skipif(not (WEIGHTS / "imdn_rtc.pth").is_file() or not SET5.is_dir(),
                                    reason="../shared/weights or ../shared/data not present")
 
+_RLFN_NTIRE = {"scale": 4, "channels": 46, "mid_channels": 48, "n_blocks": 4, "esa_channels": 16, "pool_padding": 0,
+               "data_range": 255.0}
+_SPAN_REF = {"scale": 4, "deploy": True, "img_range": 255.0, "rgb_mean": [0.4488, 0.4371, 0.4040], "c1_act": True}
+PUBLISHED = {  # every file of ../shared/weights: (architecture, keywords its layout reads, values in the file)
+    "imdn_x2.pth": ("imdn", {"scale": 2, "channels": 64, "n_blocks": 6}, 694_404),
+    "imdn_x3.pth": ("imdn", {"scale": 3, "channels": 64, "n_blocks": 6}, 703_059),
+    "imdn_x4.pth": ("imdn", {"scale": 4, "channels": 64, "n_blocks": 6}, 715_176),
+    "imdn_rtc.pth": ("imdn_rtc", {"scale": 2, "channels": 12, "n_blocks": 5, "tail_kernel": 1}, 20_190),
+    "imdn_rte.pth": ("imdn_rte", {"scale": 2, "channels": 20, "n_blocks": 6, "rgb_range": 255.0}, 89_748),
+    "ntire22_imdn_baseline.pth": ("imdn_rtc", {"scale": 4, "channels": 64, "n_blocks": 8, "tail_kernel": 3}, 893_936),
+    "carn_m.pth": ("carn_m", {"scales": [2, 3, 4], "channels": 64, "groups": 4, "n_blocks": 3}, 414_811),
+    "ntire22_rfdn_baseline.pth": ("rfdn", {"scale": 4, "channels": 50, "n_blocks": 4, "esa_channels": 12,
+                                           "data_range": 255.0}, 433_448),
+    "ntire22_team04_rlfn.pth": ("rlfn", _RLFN_NTIRE, 317_218),
+    "ntire24_team00_rlfn.pth": ("rlfn", _RLFN_NTIRE, 317_218),
+    "ntire24_team38_span_ch28_slim.pth": ("span", {**_SPAN_REF, "channels": 28}, 150_688),
+    "ntire24_team39_spantiny_ch26_slim.pth": ("span", {**_SPAN_REF, "channels": 26}, 130_828),
+}
 
-def _set5_psnr(art_path: Path, scale: int = 2, backend: str = "onnxruntime") -> float:
-    from edgesr.benchmarks.quality import measure_quality
-    from edgesr.data.datasets import load_pairs
-    from edgesr.runtime import open_backend
 
-    b = open_backend(read_artifact(art_path), backend, threads=1, **({"scale": scale} if len(
-        read_artifact(art_path).manifest["scales"]) > 1 else {}))
-    return measure_quality(b, {"Set5": load_pairs(SET5, scale, "eval")}, scale, 1)["Set5"]["psnr"]
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_every_published_checkpoint_is_claimed_by_one_layout_and_loads_strictly(name):
+    """Exactly one architecture of the whole registry recognises the file (so no family claims another's),
+    reads the expected keywords, maps every tensor, and the strict load gives a module with the file's values
+    (the importer's refusal of unused, missing or misshapen tensors is tested below)."""
+    arch, keywords, values = PUBLISHED[name]
+    path = published_weights(name)
+    state, _ = read_checkpoint(path)
+    assert sum(v.numel() for v in state.values()) == values
+    found = detect_layouts(state)
+    assert sorted(found) == [arch], sorted(found)
+    detected, key_map = found[arch]
+    assert detected == keywords and sorted(key_map) == sorted(state)
+    imported = load_checkpoint_model(path)
+    assert imported.arch == {"type": arch, **keywords}
+    assert sum(p.numel() for p in imported.model.parameters()) == values
+    assert all(torch.isfinite(v).all() for v in imported.model.state_dict().values())
 
 
 def _cli(*argv) -> tuple[int, str, str]:
@@ -123,7 +150,7 @@ def test_the_authors_static_bgr_onnx_imports_dynamic_and_scores_what_its_checkpo
     g = onnx.load(str(art.payload)).graph
     assert [i.name for i in g.input] == ["lr"] and [o.name for o in g.output] == ["sr"]
     assert [d.dim_param for d in g.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
-    assert _set5_psnr(art.path) == pytest.approx(37.315, abs=0.01)
+    assert set5_psnr(art.path, 2, "onnxruntime") == pytest.approx(37.315, abs=0.01)
 
 
 @needs_weights

@@ -9,49 +9,19 @@ truncating 8-bit save, see edgesr/models/carn.py).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from edgesr.importing import ImportError_, detect_layouts, load_checkpoint_model, read_checkpoint
+from conftest import WEIGHTS, set5_psnr
+from conftest import published_weights as _weights
+
+from edgesr.importing import ImportError_, load_checkpoint_model, read_checkpoint
 from edgesr.models import build_model
 from edgesr.models.carn import CARNM
 from edgesr.models.rfdn import RFDN
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WEIGHTS = SHARED / "weights"
-SET5 = SHARED / "data" / "benchmark" / "Set5"
-
-FILES = {  # file: (architecture, keywords the layout reads, values in the file)
-    "carn_m.pth": ("carn_m", {"scales": [2, 3, 4], "channels": 64, "groups": 4, "n_blocks": 3}, 414_811),
-    "ntire22_rfdn_baseline.pth": ("rfdn", {"scale": 4, "channels": 50, "n_blocks": 4, "esa_channels": 12,
-                                           "data_range": 255.0}, 433_448),
-}
+FILES = ("carn_m.pth", "ntire22_rfdn_baseline.pth")
 CARN_M_SET5_X2 = 37.6817  # edgesr protocol, all 5 images; per image 38.7825 42.8997 34.5991 35.9572 36.1699
-
-
-def _weights(name: str) -> Path:
-    path = WEIGHTS / name
-    if not path.is_file():
-        pytest.skip(f"{path} absent (third-party checkpoints are read from ../shared/weights)")
-    return path
-
-
-@pytest.mark.parametrize("name", sorted(FILES))
-def test_layout_is_recognised_and_loads_strictly(name):
-    arch, keywords, values = FILES[name]
-    path = _weights(name)
-    state, _ = read_checkpoint(path)
-    assert sum(v.numel() for v in state.values()) == values
-    found = detect_layouts(state)
-    assert sorted(found) == [arch], sorted(found)  # exactly one architecture claims the file
-    detected, key_map = found[arch]
-    assert detected == keywords
-    assert sorted(key_map) == sorted(state)  # every tensor of the file is mapped
-    imported = load_checkpoint_model(path)  # strict: every tensor used, every module tensor given, shapes equal
-    assert imported.arch == {"type": arch, **keywords}
-    assert sum(p.numel() for p in imported.model.parameters()) == values
 
 
 def test_carn_m_is_one_network_with_three_heads():
@@ -92,38 +62,26 @@ def test_carn_m_single_scale_layout(tmp_path):
 def test_carn_m_x2_set5_psnr_through_the_protocol(tmp_path):
     """Set5 x2 PSNR-Y (border 2, MATLAB-bicubic LR files) of the released CARN-M, on an x2-only copy of the
     network (the x3/x4 heads do not change the x2 output and would triple the time)."""
-    from edgesr.benchmarks.quality import measure_quality
-    from edgesr.data.datasets import load_pairs
     from edgesr.modelio import save_model
-    from edgesr.runtime import open_backend
 
     path = _weights("carn_m.pth")
-    if not (SET5 / "HR").is_dir():
-        pytest.skip(f"{SET5} absent")
     full = load_checkpoint_model(path, "carn_m").model
     x2 = build_model({"type": "carn_m", "scales": [2]}).eval()
     x2.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith(("heads.x3.", "heads.x4."))})
     art = save_model(tmp_path / "carn_m_x2", x2, name="carn_m_x2", arch={"type": "carn_m", "scales": [2]})
     assert art.manifest["scales"] == [2]
-    result = measure_quality(open_backend(art.path, "torch", threads=1), {"Set5": load_pairs(SET5, 2, "eval")}, 2, 1)
-    assert result["Set5"]["psnr"] == pytest.approx(CARN_M_SET5_X2, abs=0.01)
+    assert set5_psnr(art.path, 2) == pytest.approx(CARN_M_SET5_X2, abs=0.01)
 
 
 def test_rfdn_x4_set5_psnr_through_the_protocol(tmp_path):
     """The NTIRE 2022 RFDN baseline through `edgesr import` and the protocol (bit-identical to the authors'
     RFDN class on Set5 and Set14, measured once outside the repository): 32.161 dB Set5 x4."""
-    from edgesr.benchmarks.quality import measure_quality
-    from edgesr.data.datasets import load_pairs
     from edgesr.importing import import_checkpoint
-    from edgesr.runtime import open_backend
 
     path = _weights("ntire22_rfdn_baseline.pth")
-    if not (SET5 / "HR").is_dir():
-        pytest.skip(f"{SET5} absent")
     art = import_checkpoint(path, tmp_path / "rfdn", arch="auto")
     assert art.manifest["arch"]["type"] == "rfdn" and art.manifest["scales"] == [4]
-    result = measure_quality(open_backend(art.path, "torch", threads=1), {"Set5": load_pairs(SET5, 4, "eval")}, 4, 1)
-    assert result["Set5"]["psnr"] == pytest.approx(32.161, abs=0.01)
+    assert set5_psnr(art.path, 4) == pytest.approx(32.161, abs=0.01)
 
 
 def test_rfdn_reference_range_and_minimum_input():

@@ -6,19 +6,16 @@ the repository, with the authors' model classes; here the imported models are pi
 that edgesr's protocol gives them.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from edgesr.importing import ImportError_, detect_layouts, import_checkpoint, load_checkpoint_model, read_checkpoint
+from conftest import WEIGHTS, set5_psnr
+from conftest import published_weights as _weights
+
+from edgesr.importing import ImportError_, import_checkpoint, load_checkpoint_model, read_checkpoint
 from edgesr.models import build_model, deploy_form
 from edgesr.models.rlfn import RLFN
 from edgesr.models.span import SPAN
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WEIGHTS = SHARED / "weights"
-SET5 = SHARED / "data" / "benchmark" / "Set5"
 
 RLFN_NTIRE = {"scale": 4, "channels": 46, "mid_channels": 48, "n_blocks": 4, "esa_channels": 16, "pool_padding": 0,
               "data_range": 255.0}
@@ -30,29 +27,6 @@ FILES = {  # file: (architecture, keywords the layout must read, values in the f
     "ntire24_team38_span_ch28_slim.pth": ("span", {**SPAN_REF, "channels": 28}, 150_688),
     "ntire24_team39_spantiny_ch26_slim.pth": ("span", {**SPAN_REF, "channels": 26}, 130_828),
 }
-
-
-def _weights(name: str) -> Path:
-    path = WEIGHTS / name
-    if not path.is_file():
-        pytest.skip(f"{path} absent (third-party checkpoints are read from ../shared/weights)")
-    return path
-
-
-@pytest.mark.parametrize("name", sorted(FILES))
-def test_layout_is_recognised_and_loads_strictly(name):
-    arch, keywords, values = FILES[name]
-    path = _weights(name)
-    state, _ = read_checkpoint(path)
-    found = detect_layouts(state)
-    assert sorted(found) == [arch], found  # exactly one architecture claims the file
-    detected, key_map = found[arch]
-    assert detected == keywords
-    assert sorted(key_map) == sorted(state)  # every tensor of the file is mapped
-    imported = load_checkpoint_model(path)  # strict: every tensor used, every module tensor given, shapes equal
-    assert imported.arch == {"type": arch, **keywords}
-    assert sum(p.numel() for p in imported.model.parameters()) == values
-    assert not any(b.requires_grad for b in imported.model.buffers())
 
 
 def test_both_rlfn_layouts_hold_the_same_weights():
@@ -67,17 +41,10 @@ def test_both_rlfn_layouts_hold_the_same_weights():
 def test_set5_psnr_through_the_protocol(tmp_path, name, psnr):
     """Set5 x4 PSNR-Y (border 4, MATLAB-bicubic LR files). RLFN: 32.10 for the NTIRE entry; the paper's larger
     RLFN (bytedance/RLFN rlfn_x4.pth) gives 32.24 through the same path, the paper's 32.24."""
-    from edgesr.benchmarks.quality import measure_quality
-    from edgesr.data.datasets import load_pairs
-    from edgesr.runtime import open_backend
-
     path = _weights(name)
-    if not SET5.is_dir():
-        pytest.skip(f"{SET5} absent")
     art = import_checkpoint(path, tmp_path / "model")
     assert art.manifest["arch"]["type"] == FILES[name][0]
-    result = measure_quality(open_backend(art.path, "torch", threads=1), {"Set5": load_pairs(SET5, 4, "eval")}, 4, 1)
-    assert result["Set5"]["psnr"] == pytest.approx(psnr, abs=0.01)
+    assert set5_psnr(art.path, 4) == pytest.approx(psnr, abs=0.01)
 
 
 def test_other_families_files_are_not_claimed():

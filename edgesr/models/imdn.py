@@ -86,6 +86,19 @@ def _conv_keys(src: str, dst: str, bias: bool = True) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ imdn
 
+def _check_sizes(net: str, scale: int, channels: int, n_blocks: int, *, min_channels: int, multiple: int = 1,
+                 why: str = "") -> None:
+    """The sizes every IMDN variant shares a rule for: scale and block count >= 1, channels >= ``min_channels``
+    and divisible by ``multiple`` (``why``: the reason, for the message)."""
+    if scale < 1:
+        raise ValueError(f"{net} needs scale >= 1, got {scale}")
+    if channels < min_channels or channels % multiple:
+        rule = f">= {min_channels}" + (f" and divisible by {multiple}" if multiple > 1 else "")
+        raise ValueError(f"{net} needs channels {rule}{f' ({why})' if why else ''}, got {channels}")
+    if n_blocks < 1:
+        raise ValueError(f"{net} needs n_blocks >= 1, got {n_blocks}")
+
+
 class CCA(nn.Module):
     """Contrast-aware channel attention: gate = sigmoid(up(relu(down(std + mean)))) over each channel."""
 
@@ -128,12 +141,7 @@ class IMDB(nn.Module):
 class IMDN(nn.Module):
     def __init__(self, *, scale: int = 4, channels: int = 64, n_blocks: int = 6):
         super().__init__()
-        if scale < 1:
-            raise ValueError(f"IMDN needs scale >= 1, got {scale}")
-        if channels < 16 or channels % 4:
-            raise ValueError(f"IMDN needs channels divisible by 4 and >= 16 (the CCA squeezes by 16), got {channels}")
-        if n_blocks < 1:
-            raise ValueError(f"IMDN needs n_blocks >= 1, got {n_blocks}")
+        _check_sizes("IMDN", scale, channels, n_blocks, min_channels=16, multiple=4, why="the CCA squeezes by 16")
         self.scale, self.scales = scale, (scale,)
         self.head = nn.Conv2d(3, channels, 3, padding=1)
         self.blocks = nn.ModuleList(IMDB(channels, attention=True) for _ in range(n_blocks))
@@ -180,12 +188,7 @@ class IMDN(nn.Module):
 class IMDNRTC(nn.Module):
     def __init__(self, *, scale: int = 2, channels: int = 12, n_blocks: int = 5, tail_kernel: int = 1):
         super().__init__()
-        if scale < 1:
-            raise ValueError(f"IMDN-RTC needs scale >= 1, got {scale}")
-        if channels < 4:
-            raise ValueError(f"IMDN-RTC needs channels >= 4, got {channels}")
-        if n_blocks < 1:
-            raise ValueError(f"IMDN-RTC needs n_blocks >= 1, got {n_blocks}")
+        _check_sizes("IMDN-RTC", scale, channels, n_blocks, min_channels=4)
         if tail_kernel not in (1, 3):
             raise ValueError(f"IMDN-RTC tail_kernel must be 1 (IMDN-RTC) or 3 (NTIRE 2022 baseline), got {tail_kernel}")
         self.scale, self.scales = scale, (scale,)
@@ -260,12 +263,7 @@ class IMDBLarge(nn.Module):
 class IMDNRTE(nn.Module):
     def __init__(self, *, scale: int = 2, channels: int = 20, n_blocks: int = 6, rgb_range: float = 255.0):
         super().__init__()
-        if scale < 1:
-            raise ValueError(f"IMDN-RTE needs scale >= 1, got {scale}")
-        if channels < 4 or channels % 4:
-            raise ValueError(f"IMDN-RTE needs channels divisible by 4, got {channels}")
-        if n_blocks < 1:
-            raise ValueError(f"IMDN-RTE needs n_blocks >= 1, got {n_blocks}")
+        _check_sizes("IMDN-RTE", scale, channels, n_blocks, min_channels=4, multiple=4)
         if not rgb_range > 0:
             raise ValueError(f"IMDN-RTE needs rgb_range > 0, got {rgb_range}")
         self.scale, self.scales, self.rgb_range = scale, (scale,), float(rgb_range)
