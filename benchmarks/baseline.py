@@ -90,6 +90,17 @@ class PillowBicubic(Backend):
             out[i] = np.asarray(up, dtype=np.float32).transpose(2, 0, 1) / 255
         return out
 
+    uint8_native = True
+    """8-bit frames go to Pillow as they are: the frame in / frame out row is what a Pillow user pays."""
+
+    def _run_uint8(self, frames: np.ndarray) -> tuple[np.ndarray, float]:
+        from PIL import Image
+
+        n, h, w, _ = frames.shape
+        s = self.scale
+        return np.stack([np.asarray(Image.fromarray(f).resize((w * s, h * s), Image.Resampling.BICUBIC))
+                         for f in frames]), 0.0
+
     def describe(self) -> dict:
         import PIL
 

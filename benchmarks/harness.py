@@ -26,7 +26,7 @@ from edgesr.stages import stage_table
 
 from .baseline import PillowBicubic, bicubic_artifact
 from .devices import device_info
-from .latency import measure_interleaved, peak_throughput, speedup
+from .latency import FrameInFrameOut, measure_interleaved, peak_throughput, speedup
 from .quality import measure_quality
 from .report import write_report
 
@@ -117,15 +117,26 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
             console.print("  " + ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items()))
         console.print(f"[bold cyan]benchmark[/] latency: {len(pairs)} (variant, backend) pairs interleaved, "
                       f"up to {bench.runs} rounds")
-        timing = measure_interleaved({f"{v}@{b}": opened[(v, b)] for v, b, _ in pairs}, bench.input_size,
-                                     warmup=bench.warmup, rounds=bench.runs,
-                                     max_seconds=bench.max_seconds * len(pairs))
+        timed = {f"{v}@{b}": opened[(v, b)] for v, b, _ in pairs}
+        if bench.frames:  # frame in, frame out through the Upscaler, in the same rounds as the bare graphs
+            timed |= {f"{v}@{b} frames": FrameInFrameOut(opened[(v, b)], bench.input_size) for v, b, _ in pairs}
+        timing = measure_interleaved(timed, bench.input_size, warmup=bench.warmup, rounds=bench.runs,
+                                     max_seconds=bench.max_seconds * len(timed))
     for r in rows:
         key = f"{r['variant']}@{r['backend']}"
         r["latency"] = timing["latency"][key]
         r["times_ms"] = timing["times_ms"][key]
-        console.print(f"  {key}: median {r['latency']['p50_ms']:.1f} ms (min {r['latency']['min_ms']:.1f}, "
-                      f"spread {100 * r['latency']['spread']:.0f} %)")
+        line = (f"  {key}: median {r['latency']['p50_ms']:.1f} ms (min {r['latency']['min_ms']:.1f}, "
+                f"spread {100 * r['latency']['spread']:.0f} %)")
+        if bench.frames:
+            r["frames_latency"] = timing["latency"][f"{key} frames"]
+            r["frames_times_ms"] = timing["times_ms"][f"{key} frames"]
+            r["frames_over_bare"] = speedup(r["frames_times_ms"], r["times_ms"])
+            r["frames_io"] = "in the runtime" if getattr(opened[(r["variant"], r["backend"])], "uint8_native",
+                                                         False) else "NumPy"
+            line += (f"; frame in/out (8-bit, {r['frames_io']}) {r['frames_latency']['p50_ms']:.1f} ms, "
+                     f"{r['frames_over_bare']['ratio']:.2f}x the bare graph")
+        console.print(line)
     macs_of: dict[str, tuple] = {}
     for r in rows:
         art = r.pop("_art")
@@ -153,6 +164,7 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     if bench.peak:
         machine["peak"] = peak_throughput(recipe.threads)
     timing_info = {"mode": "interleaved", "rounds": timing["rounds"], "pairs": len(pairs), "warmup": bench.warmup,
+                   "frames": bench.frames,
                    "order": "shuffled per round (seeded)", "max_ratio_ci": bench.max_ratio_ci,
                    "backends": backends, "backends_left_out": skipped,
                    "backend_options": {b: BACKENDS.get(b).interleave_options for b in backends} if len(pairs) > 1 else {}}

@@ -115,6 +115,22 @@ def measure_interleaved(backends: dict, input_hw: tuple[int, int], *, warmup: in
             "order": order_log, "rounds": n}
 
 
+class FrameInFrameOut:
+    """What a user times: :meth:`edgesr.runtime.Upscaler.upscale` of one 8-bit H x W x 3 frame (seeded noise)
+    to the 8-bit SR frame, through ``backend``, with the Upscaler's defaults (the 8-bit form inside the runtime
+    where the backend has one). Has ``run(x)`` like a backend, so :func:`measure_interleaved` times it beside
+    the bare graphs; ``x`` is ignored, the output is returned channels-first for its size."""
+
+    def __init__(self, backend: Backend, input_hw: tuple[int, int], seed: int = 0, **upscaler_options):
+        from edgesr.runtime.upscaler import Upscaler
+
+        self.upscaler = Upscaler(backend, **upscaler_options)
+        self.frame = np.random.default_rng([seed, 8]).integers(0, 256, (*input_hw, 3), dtype=np.uint8)
+
+    def run(self, x) -> np.ndarray:
+        return self.upscaler.upscale(self.frame).transpose(2, 0, 1)[None]
+
+
 def speedup(times_ref, times_new, *, resamples: int = 2000, seed: int = 0) -> dict:
     """How much faster ``new`` is than ``ref`` from one interleaved run: the ratio of medians
     ref / new, with a 95 % bootstrap interval that resamples whole rounds (both sides of a round

@@ -165,7 +165,10 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                 f"shuffled order, after {timing.get('warmup')} warm-up runs each)" if timing.get("rounds") else "")
              + "; min / p10 / median / p90 of the rounds, spread = (p90 - p10) / median; throughput in output "
              "megapixels per second at the median. Speed-ups are ratios of medians from that run, with a 95 % "
-             "bootstrap interval over rounds.", ""]
+             "bootstrap interval over rounds."
+             + (" The latency columns time the bare graph (a float32 N x 3 x H x W tensor in and out); *frame in/out* "
+                "times what a user runs, `Upscaler.upscale` of an 8-bit H x W x 3 frame to the 8-bit SR frame, in the "
+                "same rounds, and *x bare* is its median over the bare graph's." if timing.get("frames") else ""), ""]
     opts = {b: o for b, o in (timing.get("backend_options") or {}).items() if o}
     if opts:
         lines += ["Backend settings for interleaved timing: " + "; ".join(
@@ -179,6 +182,9 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
     for s_ in set_names:
         head += [f"{s_} PSNR", f"{s_} SSIM"]
     head += ["median ms", "min ms", "p10 ms", "p90 ms", "spread", "fps", "MP/s", "GOP/s"]
+    frames = any(r.get("frames_latency") for r in rows)
+    if frames:
+        head += ["frame in/out ms", "frame fps", "x bare"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"], r["precision"], _backend_label(r), str(r["threads"]),
@@ -193,6 +199,10 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                   f"{100 * lat['spread']:.0f} %" if lat.get("spread") is not None else "–", _fmt(lat["fps"], 1),
                   _fmt(lat["output_mpix_per_s"], 1),
                   _fmt(2 * r["macs"] / (lat["p50_ms"] / 1e3) / 1e9 if r.get("macs") else None, 1)]
+        if frames:
+            fl = r.get("frames_latency")
+            cells += [_fmt(fl["p50_ms"], 1) if fl else "–", _fmt(fl["fps"], 1) if fl else "–",
+                      f"{r['frames_over_bare']['ratio']:.2f}x" if fl else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if carried:

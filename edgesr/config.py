@@ -109,6 +109,10 @@ class BenchmarkConfig:
     flagged in the report as not to be trusted (add runs, or quiet the machine)."""
     peak: bool = True
     """Also measure the machine's FP32/INT8 matrix-multiply throughput, the yardstick for achieved GOP/s."""
+    frames: bool = True
+    """Also time what a user runs, frame in and frame out: ``Upscaler.upscale`` of an 8-bit H x W x 3 frame
+    to an 8-bit SR frame (padding, conversions, layout), interleaved in the same run as the bare graph
+    (float32 N x 3 x H x W tensor in and out), per (variant, backend) pair."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from edgesr.errors import EdgesrError
 from edgesr.registry import Registry
 
 __all__ = ["Backend", "BackendUnavailable", "InputError", "OutputError", "BACKENDS", "check_input", "open_backend",
-           "default_backend", "resolve_threads", "int8_weight_bits", "saturation_risk"]
+           "default_backend", "resolve_threads", "check_finite", "nonfinite_error", "int8_weight_bits", "saturation_risk"]
 
 
 class BackendUnavailable(EdgesrError, RuntimeError):
@@ -159,6 +159,43 @@ class Backend:
                              "edgesr.runtime.Upscaler, which pads and crops back")
         return self._run(lr)
 
+    uint8_native = False
+    """Whether :meth:`run_uint8` converts inside the runtime (an 8-bit form of the graph, or on the device)
+    rather than around :meth:`run` in NumPy. Set by ``_load``; the Upscaler takes the 8-bit path when it is."""
+
+    def run_uint8(self, frames: np.ndarray) -> np.ndarray:
+        """``frames`` (N x H x W x 3 uint8 RGB, the layout frames arrive in) -> N x sH x sW x 3 uint8, rounded
+        and clamped as :func:`edgesr.imaging.to_uint8` rounds. Inside the runtime where the backend can
+        (``uint8_native``: :mod:`edgesr.export.uint8_io` for ONNX graphs, on the device for torch); else through
+        :meth:`run`. An output that held NaN or Inf raises :class:`OutputError` either way."""
+        if self.artifact is None:
+            raise RuntimeError(f"{self.name} backend: load() an artifact before run_uint8()")
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise InputError(f"run_uint8 takes N x H x W x 3 uint8 frames, got "
+                             f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}; "
+                             "float or 16-bit images go through run() (or edgesr.runtime.Upscaler, which picks)")
+        m = int(self.artifact.manifest.get("size_multiple", 1))
+        if m > 1 and (frames.shape[1] % m or frames.shape[2] % m):
+            raise InputError(f"{self.artifact.path}: this model needs H and W to be multiples of {m} (its manifest's "
+                             f"size_multiple), got {frames.shape[1]}x{frames.shape[2]}; pad the input, or use "
+                             "edgesr.runtime.Upscaler, which pads and crops back")
+        frames = np.ascontiguousarray(frames)
+        if not self.uint8_native:
+            from edgesr.imaging import to_uint8
+
+            sr = self.run(frames.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0))
+            check_finite(self, sr)
+            return np.ascontiguousarray(to_uint8(sr).transpose(0, 2, 3, 1))
+        out, total = self._run_uint8(frames)
+        if not np.isfinite(total):
+            raise nonfinite_error(self, None, out.size)
+        return out
+
+    def _run_uint8(self, frames: np.ndarray) -> tuple[np.ndarray, float]:
+        """(the uint8 N x sH x sW x 3 output, the sum of the float output before rounding) for backends that
+        set ``uint8_native``."""
+        raise NotImplementedError
+
     def _load(self, artifact: Artifact) -> None:
         raise NotImplementedError
 
@@ -176,6 +213,24 @@ class Backend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def nonfinite_error(backend, bad: int | None, size: int) -> OutputError:
+    """The error for a backend output holding NaN or Inf, naming the artifact (``bad``: how many values, when
+    known; the 8-bit form knows only that their sum is not finite)."""
+    name = getattr(getattr(backend, "artifact", None), "path", None) or type(backend).__name__
+    held = f"{bad:,} NaN or Inf value(s) of {size:,}" if bad is not None else f"NaN or Inf among its {size:,} values"
+    return OutputError(f"{name}: the model's output holds {held}; its weights or its precision cannot compute this "
+                       "input (a diverged training, an FP16 overflow). Re-train or re-export it (an FP32 artifact), "
+                       "or use another backend.")
+
+
+def check_finite(backend, sr: np.ndarray) -> np.ndarray:
+    """``sr`` when every value is finite (one float64 reduction over it), else :func:`nonfinite_error`:
+    clamping would turn NaN or Inf into black or white pixels."""
+    if not np.isfinite(np.sum(sr, dtype=np.float64)):
+        raise nonfinite_error(backend, int(np.size(sr) - np.count_nonzero(np.isfinite(sr))), int(np.size(sr)))
+    return sr
 
 
 def default_backend(art: Artifact) -> str:

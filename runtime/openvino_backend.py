@@ -67,6 +67,11 @@ class OpenVinoBackend(Backend):
                           "-0.2 to -1.5 dB on the 8-bit students). Re-quantize with weight_bits: 7 (the quantize "
                           "stage's default for CPU targets), or run it with the onnxruntime backend, which computes "
                           "it exactly here.", stacklevel=2)
+        from .onnxruntime_backend import uint8_form
+
+        self._core, self._config = core, config
+        self._u8_source, self._u8_compiled = uint8_form(artifact.payload), None
+        self.uint8_native = self._u8_source is not None
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = chosen.to_string() if hasattr(chosen, "to_string") else str(chosen)
 
@@ -74,13 +79,25 @@ class OpenVinoBackend(Backend):
         result = self.request.infer({0: lr})
         return np.array(result[self.compiled.output(self.output_index)], dtype=np.float32, copy=True)
 
+    def _run_uint8(self, frames: np.ndarray) -> tuple[np.ndarray, float]:
+        if self._u8_compiled is None:  # compiled on first use, from the 8-bit form's ONNX bytes (nothing on disk)
+            import openvino as ov
+
+            model = self._core.read_model(self._u8_source, ov.Tensor(np.empty(0, np.uint8)))
+            self._u8_compiled = self._core.compile_model(model, self.device, self._config)
+            self._u8_request = self._u8_compiled.create_infer_request()
+        result = self._u8_request.infer({0: frames})
+        out = np.array(result[self._u8_compiled.output(self.output_index)], copy=True)
+        return out, float(result[self._u8_compiled.outputs[-1]])
+
     def close(self) -> None:
         super().close()
-        self.compiled = self.request = None
+        self.compiled = self.request = self._u8_compiled = self._u8_request = None
 
     def describe(self) -> dict:
         import openvino as ov
 
         return {"backend": "openvino", "version": ov.get_version().split("-")[0], "device": self.device,
                 "threads": self.threads, "inference_precision": self.inference_precision,
-                "int8_saturation_risk": self.saturation_risk}
+                "int8_saturation_risk": self.saturation_risk,
+                "uint8_io": "in the graph" if self.uint8_native else "NumPy"}

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgesr.imaging import Picture, to_float, to_uint8, to_uint16
 
-from .base import Backend, OutputError
+from .base import Backend, OutputError, check_finite
 
 __all__ = ["Upscaler", "DEFAULT_OVERLAP", "AUTO_TILE", "AUTO_MAX_PIXELS"]
 
@@ -28,10 +28,16 @@ AUTO_MAX_PIXELS = 2048 * 2048
 
 class Upscaler:
     def __init__(self, backend: Backend, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP,
-                 size_multiple: int | None = None, max_pixels: int = AUTO_MAX_PIXELS):
-        """``size_multiple``: pad inputs to multiples of it (default: what the loaded artifact's manifest says)."""
+                 size_multiple: int | None = None, max_pixels: int = AUTO_MAX_PIXELS, io: str = "auto"):
+        """``size_multiple``: pad inputs to multiples of it (default: what the loaded artifact's manifest says).
+        ``io``: ``auto`` (default) runs 8-bit images through the backend's 8-bit form where it has one
+        (:meth:`Backend.run_uint8`: conversions inside the runtime, the same output values), ``float`` always
+        converts in NumPy around the float graph (the older path, kept for comparison)."""
         if tile < 0 or (tile and tile <= 2 * overlap):
             raise ValueError(f"tile ({tile}) must be 0 (automatic) or exceed twice the overlap ({overlap})")
+        if io not in ("auto", "float"):
+            raise ValueError(f"io {io!r}: use 'auto' (8-bit in the runtime where it can) or 'float'")
+        self.io = io
         if size_multiple is None:
             art = getattr(backend, "artifact", None)
             size_multiple = int(art.manifest.get("size_multiple", 1)) if art is not None else 1
@@ -89,24 +95,35 @@ class Upscaler:
     def _checked(self, sr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         """The output has the size the artifact's scale says (a manifest edited to another scale, or one that
         belongs to another model, is named instead of failing in a broadcast) and finite values."""
-        want = (hw[0] * self.scale, hw[1] * self.scale)
-        if tuple(sr.shape[-2:]) != want:
+        self._check_size(tuple(sr.shape[-2:]), hw)
+        return self._finite(sr)
+
+    def _check_size(self, got: tuple[int, int], hw: tuple[int, int]) -> None:
+        if got != (hw[0] * self.scale, hw[1] * self.scale):
             name = getattr(getattr(self.backend, "artifact", None), "path", None) or type(self.backend).__name__
-            raise OutputError(f"{name}: the model returned {sr.shape[-1]}x{sr.shape[-2]} for a {hw[1]}x{hw[0]} input, "
+            raise OutputError(f"{name}: the model returned {got[1]}x{got[0]} for a {hw[1]}x{hw[0]} input, "
                               f"not the x{self.scale} its manifest.json declares: the manifest was edited or belongs "
                               "to another model. Copy the artifact again, or re-run the stage that wrote it.")
-        return self._finite(sr)
+
+    def _bytes_path(self, img: np.ndarray) -> bool:
+        """8-bit image, 8-bit output, and a backend that converts inside the runtime."""
+        return self.io == "auto" and img.dtype == np.uint8 and getattr(self.backend, "uint8_native", False)
+
+    def _run_padded_uint8(self, frames: np.ndarray) -> np.ndarray:
+        """N x H x W x 3 uint8 -> N x sH x sW x 3 uint8 SR through the backend's 8-bit form, padding (reflect)
+        to the model's size multiple and cropping back."""
+        _, h, w, _ = frames.shape
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect") if (ph or pw) else frames
+        sr = self.backend.run_uint8(x)
+        self._check_size(tuple(sr.shape[1:3]), x.shape[1:3])
+        return sr[:, : h * self.scale, : w * self.scale] if (ph or pw) else sr
 
     def _finite(self, sr: np.ndarray) -> np.ndarray:
         """A backend output holding NaN or Inf (a diverged model, an FP16 overflow) is an error, never an
         image: clamping would turn it into black or white pixels. One reduction over the output."""
-        if not np.isfinite(np.sum(sr, dtype=np.float64)):
-            bad = int(np.size(sr) - np.count_nonzero(np.isfinite(sr)))
-            name = getattr(getattr(self.backend, "artifact", None), "path", None) or type(self.backend).__name__
-            raise OutputError(f"{name}: the model's output holds {bad:,} NaN or Inf value(s) of {np.size(sr):,}; its "
-                              "weights or its precision cannot compute this input (a diverged training, an FP16 "
-                              "overflow). Re-train or re-export it (an FP32 artifact), or use another backend.")
-        return sr
+        return check_finite(self.backend, sr)
 
     def _tile_for(self, h: int, w: int) -> int:
         if self.tile:
@@ -119,7 +136,13 @@ class Upscaler:
         h, w = img.shape[:2]
         s = self.scale
         tile = self.last_tile = self._tile_for(h, w)
+        if convert is None:  # the 8-bit path: bytes in, bytes out, nothing converted here
+            run = lambda part: self._run_padded_uint8(part[None])[0]  # noqa: E731
+        else:
+            run = lambda part: convert(self._run_padded(to_float(part).transpose(2, 0, 1))).transpose(1, 2, 0)  # noqa: E731
         if not tile:
+            if convert is None:  # the runtime's own output array, not a copy into ``out``
+                return np.ascontiguousarray(run(img))
             # converted channels-first (contiguous), then transposed: the same values, half the time at 720p
             out[:] = convert(self._run_padded(to_float(img).transpose(2, 0, 1))).transpose(1, 2, 0)
             return out
@@ -129,9 +152,8 @@ class Upscaler:
                 y1, x1 = min(y0 + core, h), min(x0 + core, w)
                 ya, xa = max(y0 - self.overlap, 0), max(x0 - self.overlap, 0)
                 yb, xb = min(y1 + self.overlap, h), min(x1 + self.overlap, w)
-                sr = self._run_padded(to_float(img[ya:yb, xa:xb]).transpose(2, 0, 1))
-                core_sr = sr[:, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
-                out[y0 * s:y1 * s, x0 * s:x1 * s] = convert(core_sr).transpose(1, 2, 0)
+                sr = run(img[ya:yb, xa:xb])
+                out[y0 * s:y1 * s, x0 * s:x1 * s] = sr[(y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
         return out
 
     def upscale_float(self, img: np.ndarray) -> np.ndarray:
@@ -142,11 +164,11 @@ class Upscaler:
 
     def upscale(self, img: np.ndarray) -> np.ndarray:
         """H x W x 3 image -> sH x sW x 3, ``uint16`` for ``uint16`` input, else ``uint8`` (clamped and rounded
-        tile by tile)."""
+        tile by tile). 8-bit images take the backend's 8-bit form where it has one (``io``)."""
         h, w = img.shape[:2]
         wide = img.dtype == np.uint16
         out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.uint16 if wide else np.uint8)
-        return self._upscale_into(img, out, to_uint16 if wide else to_uint8)
+        return self._upscale_into(img, out, None if self._bytes_path(img) else to_uint16 if wide else to_uint8)
 
     def upscale_batch(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         """Several H x W x 3 images of one size (video frames) -> their ``uint8``/``uint16`` SR images, in one
@@ -157,6 +179,8 @@ class Upscaler:
         h, w = frames[0].shape[:2]
         if len(frames) == 1 or self._tile_for(h, w) or any(f.shape != frames[0].shape for f in frames):
             return [self.upscale(f) for f in frames]
+        if self._bytes_path(frames[0]):
+            return [np.ascontiguousarray(f) for f in self._run_padded_uint8(np.stack(frames))]
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m
         x = np.stack([to_float(f).transpose(2, 0, 1) for f in frames])

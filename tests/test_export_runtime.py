@@ -92,14 +92,18 @@ def test_images_too_large_to_run_whole_are_tiled_automatically(exported, monkeyp
     whole = Upscaler(backend)
     ref = whole.upscale(img)
     assert whole.last_tile == 0
-    shapes = []
-    run = backend.run
-    monkeypatch.setattr(backend, "run", lambda x: shapes.append(x.shape) or run(x))
+    shapes = []  # (H, W) of every call, on the float path (run) and the 8-bit one (run_uint8)
+    run, run_uint8 = backend.run, backend.run_uint8
+    monkeypatch.setattr(backend, "run", lambda x: shapes.append(x.shape[2:]) or run(x))
+    monkeypatch.setattr(backend, "run_uint8", lambda x: shapes.append(x.shape[1:3]) or run_uint8(x))
     monkeypatch.setattr(upscaler_mod, "AUTO_TILE", 48)
     auto = Upscaler(backend, overlap=6, max_pixels=100 * 100)
     out = auto.upscale(img)
-    assert auto.last_tile == 48 and len(shapes) > 4 and max(s[2] * s[3] for s in shapes) <= 48 * 48
+    assert auto.last_tile == 48 and len(shapes) > 4 and max(h * w for h, w in shapes) <= 48 * 48
     assert (out == ref).all()
+    shapes.clear()
+    assert (Upscaler(backend, overlap=6, max_pixels=100 * 100, io="float").upscale(img) == ref).all()
+    assert len(shapes) > 4 and max(h * w for h, w in shapes) <= 48 * 48
     fl = auto.upscale_float(img)
     assert fl.dtype == np.float32 and fl.shape == (202, 300, 3) and 0 <= fl.min() and fl.max() <= 1
 

@@ -670,13 +670,37 @@ def _diverging_run(c: Ctx) -> tuple[int, str]:
 
 
 def _nan_output(c: Ctx) -> tuple[str, str]:
-    """A backend whose output holds NaN (what a diverged model gives): the Upscaler refuses to make an image."""
+    """A backend whose output holds NaN (what a diverged model gives): the Upscaler refuses to make an image
+    (here on its float path, converting in NumPy)."""
     from edgesr.runtime import Upscaler
 
     backend = _backend(c)
     real = backend.run
     backend.run = lambda x: real(x) * np.float32("nan")
-    return _api(lambda: Upscaler(backend).upscale(_photo_array(c)))
+    return _api(lambda: Upscaler(backend, io="float").upscale(_photo_array(c)))
+
+
+def _nan_graph(c: Ctx) -> Path:
+    """An ONNX artifact whose last convolution's bias is NaN (a diverged model exported), hash rewritten."""
+    import onnx
+    from onnx import numpy_helper
+
+    art = c.copy(c.onnx)
+    proto = onnx.load(str(art / "model.onnx"))
+    last_conv = [n for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 2][-1]
+    init = next(i for i in proto.graph.initializer if i.name == last_conv.input[2])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32("nan"), init.name))
+    onnx.save(proto, str(art / "model.onnx"))
+    return _edit_manifest(art, hash=content_hash(art / "model.onnx"))
+
+
+def _nan_output_uint8(c: Ctx) -> tuple[str, str]:
+    """The same through the 8-bit form (conversions in the graph, where rounding to bytes would hide NaN)."""
+    from edgesr.runtime import Upscaler
+
+    up = Upscaler.open(_nan_graph(c), "onnxruntime", threads=1)
+    assert up.backend.uint8_native
+    return _api(lambda: up.upscale(_photo_array(c)))
 
 
 def _exif_rotated_with_profile(c: Ctx) -> tuple[int, str]:
@@ -780,8 +804,10 @@ LOSS_CASES = [
          _diverging_run, 2, r"the loss became (nan|inf) at step \d+ .*the training diverged.*Lower lr"),
     Case("artifact-nan-weights", "loss", "`edgesr upscale` with a model artifact whose weights hold NaN",
          lambda c: c.upscale(c.photo, art=_nan_weights(c)), 2, r"weights hold NaN or Inf in 1 tensor"),
-    Case("api-nan-output", "loss", "`Upscaler.upscale` when the backend returns NaN",
+    Case("api-nan-output", "loss", "`Upscaler(io='float').upscale` when the backend returns NaN",
          _nan_output, "OutputError", r"output holds 9,216 NaN or Inf value\(s\) of 9,216.*never|output holds .*NaN or Inf"),
+    Case("api-nan-output-uint8", "loss", "`Upscaler.upscale` (8-bit form, rounding in the graph) of an ONNX artifact "
+         "whose last bias is NaN", _nan_output_uint8, "OutputError", r"output holds NaN or Inf among its [\d,]+ values"),
 ]
 
 CASES = IMAGE_CASES + CLI_CASES + ARTIFACT_CASES + RECIPE_CASES + API_CASES + RUN_CASES + LOSS_CASES + LATE_CASES
