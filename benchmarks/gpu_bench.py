@@ -164,13 +164,16 @@ def report_md(results: dict) -> str:
              "Latency = H2D + GPU compute + D2H from CUDA events (trtexec's definition), pinned host buffers; "
              "host = wall time of a synchronous call; throughput = back-to-back inferences over wall time; "
              "power = NVML board power during the throughput phase; GB/s = bytes the layers read and write "
-             "(unfused) over the median compute time.", ""]
+             "(unfused) over the median compute time. Frame in/out: host wall time of `Upscaler.upscale` on one 8-bit frame "
+             "(batch 1), 8-bit over the bus and converted on the GPU, against the float path (converted in NumPy, "
+             "float32 copies), interleaved.", ""]
     sets = sorted({s for r in rows for s in (r.get("quality") or {})})
     for inp in sorted({tuple(r["input"]) for r in rows}, key=lambda s: (s[0], s[2] * s[3])):
         lines += [f"## LR {inp[2]}x{inp[3]}, batch {inp[0]}", "",
                   "| model | setting | " + "".join(f"{s} PSNR | " for s in sets) +
-                  "latency p50 ms | p99 ms | compute p50 ms | H2D ms | D2H ms | host p50 ms | fps | W | mJ/frame | GOP/s | GB/s |",
-                  "|---|---|" + "---|" * len(sets) + "---|---|---|---|---|---|---|---|---|---|---|"]
+                  "latency p50 ms | p99 ms | compute p50 ms | H2D ms | D2H ms | host p50 ms | fps | W | mJ/frame | GOP/s | GB/s | "
+                  "frame in/out 8-bit ms | with float copies ms |",
+                  "|---|---|" + "---|" * len(sets) + "---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if tuple(r["input"]) == inp):
             q = r.get("quality") or {}
             p = r.get("power") or {}
@@ -181,6 +184,8 @@ def report_md(results: dict) -> str:
                      f"{r['throughput_qps']:.1f}", f"{p['average_w']:.0f}" if p.get("average_w") else "–",
                      f"{p['mj_per_frame']:.1f}" if p.get("mj_per_frame") else "–",
                      f"{t['achieved_gop_per_s']:.0f}" if t else "–", f"{t['achieved_gb_per_s']:.0f}" if t else "–"]
+            fr = r.get("frames")
+            cells += [f"{fr['uint8']['p50_ms']:.3f}" if fr else "–", f"{fr['float']['p50_ms']:.3f}" if fr else "–"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     errors = [r for r in results["variants"] if "error" in r]

@@ -46,8 +46,11 @@ def _is_gpu_backend(backend) -> bool:
 
 def measure_gpu(backend, input_hw: tuple[int, int], *, batch: int = 1, warmup: int = 10, iterations: int = 200,
                 max_seconds: float = 10.0, min_iterations: int = 10, transfers: bool = True,
-                throughput_seconds: float = 2.0, power: bool = True, seed: int = 0, sampler=None) -> dict:
-    """Time ``backend`` on a random N x 3 x H x W input with CUDA events (see the module docstring)."""
+                throughput_seconds: float = 2.0, power: bool = True, seed: int = 0, sampler=None,
+                frames: bool = True) -> dict:
+    """Time ``backend`` on a random N x 3 x H x W input with CUDA events (see the module docstring). With
+    ``frames`` (batch 1, a backend that converts 8-bit frames on the device), also frame in / frame out as a
+    user calls it, 8-bit through the device against float32 copies, interleaved (``res["frames"]``)."""
     if not _is_gpu_backend(backend):
         raise ValueError(f"{type(backend).__name__} does not run on a GPU here (the GPU harness times backends with "
                          f"{', '.join(GPU_STAGES)}: torch with device='cuda', tensorrt); time CPU backends with "
@@ -128,6 +131,17 @@ def measure_gpu(backend, input_hw: tuple[int, int], *, batch: int = 1, warmup: i
         res["latency"] = {**res["compute"], "fps": round(1e3 * batch / res["compute"]["p50_ms"], 2)}
     if sampler is not None:
         res["power"] = sampler.summary(frames * batch)
+    if frames and batch == 1 and getattr(backend, "uint8_native", False):
+        from .latency import FrameInFrameOut, measure_interleaved, speedup
+
+        fr = measure_interleaved({"uint8": FrameInFrameOut(backend, input_hw),
+                                  "float": FrameInFrameOut(backend, input_hw, io="float")}, input_hw, warmup=3,
+                                 rounds=min(iterations, 50), max_seconds=max_seconds, min_rounds=min(min_iterations, 5))
+        res["frames"] = {"uint8": fr["latency"]["uint8"], "float": fr["latency"]["float"],
+                         "uint8_speedup": speedup(fr["times_ms"]["float"], fr["times_ms"]["uint8"]),
+                         "timer": "host wall clock around Upscaler.upscale of one 8-bit H x W x 3 frame, interleaved: "
+                                  "uint8 = bytes over the bus, converted on the GPU; float = converted in NumPy, "
+                                  "float32 over the bus"}
     if hasattr(backend, "layer_traffic"):
         t = backend.layer_traffic((batch, 3, h, w))
         sec = res["compute"]["p50_ms"] / 1e3

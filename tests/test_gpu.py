@@ -227,7 +227,12 @@ def test_torch_cuda_stages_and_harness_on_a_real_gpu(tmp_path):
             assert r["latency"]["p50_ms"] <= r["host"]["p50_ms"] * 1.5
             assert r["traffic"]["bytes_per_frame"] > 90 * 160 * 3 * 4 and r["traffic"]["macs_per_frame"] > 0
             assert r["power"].get("samples", 0) > 0 or "NVML" in r["power"].get("why", "")
+            assert r["frames"]["uint8"]["p50_ms"] > 0 and r["frames"]["float"]["p50_ms"] > 0
             assert np.abs(b.run(x) - ref).max() < (1e-4 if not opts else 1e-2)  # still right after timing
+            frame = np.random.default_rng(2).integers(0, 256, (1, 45, 61, 3), dtype=np.uint8)
+            u8 = b.run_uint8(frame)  # converted on the GPU: the float path's bytes to one level (fp16: a few)
+            fl = open_backend(art, "torch", threads=2).run_uint8(frame)
+            assert u8.shape == (1, 90, 122, 3) and np.abs(u8.astype(int) - fl).max() <= (1 if not opts else 3)
 
 
 @pytest.mark.tensorrt
