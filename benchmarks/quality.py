@@ -7,7 +7,7 @@ from edgesr.metrics import evaluate_pairs
 from edgesr.runtime.base import Backend
 from edgesr.runtime.upscaler import Upscaler
 
-__all__ = ["measure_quality"]
+__all__ = ["measure_quality", "degraded_sets", "measure_degradations"]
 
 
 def measure_quality(backend: Backend, sets: dict[str, list[ImagePair]], scale: int, size_multiple: int = 1) -> dict:
@@ -17,4 +17,34 @@ def measure_quality(backend: Backend, sets: dict[str, list[ImagePair]], scale: i
     for set_name, pairs in sets.items():
         res = evaluate_pairs(up.upscale_float, ((p.name, p.lr, p.hr) for p in pairs), scale)
         out[set_name] = res.as_dict()
+    return out
+
+
+def degraded_sets(sets: dict[str, list[ImagePair]], scale: int, degradation: str) -> dict[str, list[ImagePair]]:
+    """The same HR images with LR made by ``degradation`` (:mod:`edgesr.data.degradations`); ``bicubic`` keeps
+    the sets as loaded (their LR files where they have them, the protocol's bicubic otherwise)."""
+    from edgesr.data.degradations import EVAL_DEGRADATIONS, DegradationError, degrade
+
+    if degradation not in EVAL_DEGRADATIONS:
+        raise DegradationError(f"degradation {degradation!r}: use one of {', '.join(EVAL_DEGRADATIONS)}")
+    if degradation == "bicubic":
+        return sets
+    return {name: [ImagePair(p.name, degrade(p.hr, scale, degradation, name=p.name), p.hr) for p in pairs]
+            for name, pairs in sets.items()}
+
+
+def measure_degradations(backend: Backend, sets: dict[str, list[ImagePair]], scale: int, degradations,
+                         size_multiple: int = 1) -> dict:
+    """{set: {degradation: {psnr, ssim, per_image, bicubic_psnr, gain_db}}}: the model on LR made each way,
+    beside the protocol's bicubic upscaling of that same LR (the baseline a user would otherwise get)."""
+    from edgesr.data.bicubic import imresize
+
+    out: dict = {name: {} for name in sets}
+    for d in degradations:
+        dsets = degraded_sets(sets, scale, d)
+        model = measure_quality(backend, dsets, scale, size_multiple)
+        for name, pairs in dsets.items():
+            base = evaluate_pairs(lambda lr: imresize(lr, scale), ((p.name, p.lr, p.hr) for p in pairs), scale,
+                                  with_ssim=False)
+            out[name][d] = {**model[name], "bicubic_psnr": base.psnr, "gain_db": model[name]["psnr"] - base.psnr}
     return out

@@ -620,7 +620,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .artifacts import read_artifact
-    from .benchmarks.quality import measure_quality
+    from .benchmarks.quality import measure_degradations, measure_quality
     from .data.datasets import load_pairs, set_name
     from .runtime import open_backend
 
@@ -634,9 +634,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         backend = open_backend(art, args.backend, threads=args.threads or 0,
                                **({"scale": scale} if len(scales) > 1 else {}))
         sets = {set_name(s): load_pairs(s, scale, "eval") for s in args.set}
-        for name, q in measure_quality(backend, sets, scale, art.manifest.get("size_multiple", 1)).items():
-            print(f"{name}{f' x{scale}' if len(scales) > 1 else ''}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  "
-                  f"({len(q['per_image'])} images)")
+        tag = f" x{scale}" if len(scales) > 1 else ""
+        if not args.degradation:
+            for name, q in measure_quality(backend, sets, scale, art.manifest.get("size_multiple", 1)).items():
+                print(f"{name}{tag}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  ({len(q['per_image'])} images)")
+        else:
+            res = measure_degradations(backend, sets, scale, list(dict.fromkeys(args.degradation)),
+                                       art.manifest.get("size_multiple", 1))
+            for name, per in res.items():
+                for d, q in per.items():
+                    print(f"{name}{tag} {d}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  bicubic of the same LR "
+                          f"{q['bicubic_psnr']:.3f} dB  gain {q['gain_db']:+.2f} dB  ({len(q['per_image'])} images)")
+                worse = [d for d, q in per.items() if q["gain_db"] < 0]
+                if worse:
+                    print(f"{name}{tag}: worse than bicubic on {', '.join(worse)}: this model was trained for another "
+                          "degradation; pick a model trained on such LR for those inputs")
         backend.close()
     return 0
 
@@ -689,6 +701,7 @@ def _pixels(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.degradations import EVAL_DEGRADATIONS
     from .imaging import DEFAULT_MAX_PIXELS
     from .runtime import BACKENDS
 
@@ -747,6 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                         "(repeatable; default: every output)")
     p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
     p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
+    p.add_argument("--degradation", action="append", choices=EVAL_DEGRADATIONS, metavar="NAME",
+                   help="make LR from the HR images this way instead of the set's LR (repeatable): "
+                        f"{', '.join(EVAL_DEGRADATIONS)}; each beside bicubic upscaling of the same LR")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("build-engine", help="build a TensorRT engine from an ONNX artifact (flavour rtx builds "
                                              "without a GPU)")
