@@ -26,6 +26,7 @@ from torch import nn
 
 from edgesr.artifacts import Artifact, ArtifactError
 from edgesr.config import TrainConfig
+from edgesr.data.degradations import degradation_record
 from edgesr.data.patches import PatchSampler
 from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, resolve_device,
                             sampler_for)
@@ -133,8 +134,13 @@ class CachedTeacherSampler:
         self.sampler, self.cache = sampler, cache
 
     def batch(self, step: int, part: tuple[int, int] = (0, 1)):
+        """The student's batch (degraded LR where ``data.degradation`` says so) with the teacher's outputs on
+        the same patches' protocol LR: the teacher sees clean frames, the student learns to reach them from
+        degraded ones."""
         lr, hr = self.sampler.batch(step, part)
-        return lr, {"hr": hr, "teacher": self.cache.get(step, lr)}
+        degraded = getattr(self.sampler, "degradation", "bicubic") != "bicubic"
+        teacher_lr = self.sampler.batch(step, part, clean=True)[0] if degraded and not self.cache.filled[step] else lr
+        return lr, {"hr": hr, "teacher": self.cache.get(step, teacher_lr)}
 
 
 class FeatureDistiller(nn.Module):
@@ -190,7 +196,8 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> A
     arch = {**cfg.model, "scale": scale}
     torch.manual_seed(seed)
     student = build_model(arch)
-    sampler = sampler_for(student, train_pairs, scale, patch_size, cfg.batch_size, seed, min_patch_std)
+    sampler = sampler_for(student, train_pairs, scale, patch_size, cfg.batch_size, seed, min_patch_std,
+                          ctx.degradation)
     scales = model_scales(student)
     features = None
     if cfg.feature_layers and cfg.feature_weight > 0:
@@ -214,11 +221,17 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> A
             source = CachedTeacherSampler(sampler, cache)
             cache_info = {"used": True, "dir": str(cache.dir), "bytes": size,
                           "filled_before": int(cache.filled.sum())}
+    if ctx.degradation != "bicubic" and cfg.alpha > 0 and (features is not None or not isinstance(source, CachedTeacherSampler)):
+        raise ValueError(f"distill {name}: data.degradation {ctx.degradation!r} distils through the teacher cache, "
+                         "where the teacher's outputs come from the same patches' protocol LR (a teacher run live, or "
+                         "feature distillation, would see the student's degraded LR). Turn cache_teacher on (or "
+                         "raise cache_limit_gb) and leave feature_layers out.")
     result = fit(student, source, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
                  checkpoint_dir=out.with_name(out.name + ".ckpt"), desc=f"distill {name}",
                  extra_params=list(features.adapters.parameters()) if features is not None else None,
                  fingerprint=config_fingerprint(arch, cfg, teacher.hash, patch_size, min_patch_std, seed,
-                                                [p.name for p in train_pairs]), **fit_options(cfg))
+                                                [p.name for p in train_pairs],
+                                                *degradation_record(ctx.degradation)), **fit_options(cfg))
     if features is not None:
         features.remove()
     if isinstance(source, CachedTeacherSampler):
@@ -229,4 +242,6 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> A
     return save_model(out, result.model, name=name, arch=arch, parent=teacher, transforms=[
         {"type": "distill", "teacher": teacher.manifest.get("name"), "teacher_hash": teacher.hash,
          "alpha": cfg.alpha, "loss": cfg.loss, "feature_layers": cfg.feature_layers,
-         "feature_weight": cfg.feature_weight, "teacher_cache": cache_info}], metrics=fit_metrics(result))
+         "feature_weight": cfg.feature_weight, "teacher_cache": cache_info,
+         **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {})}],
+        metrics=fit_metrics(result))

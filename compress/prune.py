@@ -229,7 +229,8 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
         latency = lambda m: ctx.latency_fn(m, cfg.latency_input)
     parent, arch = deploy_form(load_model(source), source.manifest["arch"])  # prune what is deployed
     parent_psnr = validate(parent, val_pairs, scale)
-    sampler = sampler_for(parent, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 1, ctx.min_patch_std)
+    sampler = sampler_for(parent, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 1, ctx.min_patch_std,
+                          ctx.degradation)
     teacher_model = load_model(teacher) if teacher is not None else None
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), teacher_model, cfg.alpha, model_scales(parent))
     base_macs, base_params = count_macs(parent, MACS_HW)

@@ -44,6 +44,11 @@ class DataConfig:
     """LR patch side in pixels."""
     min_patch_std: float = 0.04
     """Redraw LR patches whose standard deviation is below this (smooth patches teach little)."""
+    degradation: str = "bicubic"
+    """How training LR patches are made from HR (train, distill, qat, qat_onnx, prune fine-tuning): ``bicubic``,
+    the protocol's MATLAB bicubic (the default), or ``general``, a seeded mix of blurs, aliased and antialiased
+    resizes, noise and JPEG (:data:`edgesr.data.degradations.GENERAL_MIX`) for frames not made by bicubic.
+    Validation stays on the protocol's LR."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,6 +370,11 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         kinds[name], makes[name] = kind, sdef.makes
         stages.append(StageSpec(name, kind, cfg))
     data = build_config(DataConfig, raw.get("data", {}), f"{source}: data")
+    from .data.degradations import TRAIN_DEGRADATIONS
+
+    if data.degradation not in TRAIN_DEGRADATIONS:
+        raise RecipeError(f"{source}: data.degradation: {data.degradation!r} is not one; use one of "
+                          f"{', '.join(TRAIN_DEGRADATIONS)}{_did_you_mean(data.degradation, list(TRAIN_DEGRADATIONS))}")
     bench = build_config(BenchmarkConfig, raw.get("benchmark", {}), f"{source}: benchmark")
     from .runtime import BACKENDS  # torch-free
 

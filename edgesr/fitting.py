@@ -332,7 +332,7 @@ def init_weights(model: nn.Module, art: Artifact) -> dict:
 
 
 def sampler_for(model: nn.Module, train_pairs: list[ImagePair], scale: int, patch_size: int, batch_size: int,
-                seed: int, min_patch_std: float) -> PatchSampler:
+                seed: int, min_patch_std: float, degradation: str = "bicubic") -> PatchSampler:
     """Patches for ``model``: one target at ``scale``, or one per output for multi-scale models."""
     scales = model_scales(model)
     if scale not in scales:
@@ -341,7 +341,8 @@ def sampler_for(model: nn.Module, train_pairs: list[ImagePair], scale: int, patc
     pairs = train_pairs if top == scale else pairs_at_scale(train_pairs, top, min_size=patch_size * top)
     if not pairs:
         raise ValueError(f"no training image is at least {patch_size * top} px for x{top} patches of {patch_size}")
-    return PatchSampler(pairs, top, patch_size, batch_size, seed=seed, min_std=min_patch_std, targets=scales)
+    return PatchSampler(pairs, top, patch_size, batch_size, seed=seed, min_std=min_patch_std, targets=scales,
+                        degradation=degradation)
 
 
 def fit_options(cfg: TrainConfig) -> dict:

@@ -77,11 +77,20 @@ def _source_hash(source: str) -> str:
     return content_hash(p) if p.is_file() else read_artifact(source).hash
 
 
+def _data_identity(data) -> dict:
+    """What of ``data`` makes a stage's result: not the evaluation sets, and the degradation only when it is not
+    the protocol's (fingerprints of runs made before it existed stay as they were)."""
+    d = asdict(data) | {"eval": None}
+    if d.get("degradation") == "bicubic":
+        del d["degradation"]
+    return d
+
+
 def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> str:
     sdef = stage_table().get(spec.stage)
     source = _source_hash(getattr(spec.config, sdef.external)) if sdef.external else None
     fields = {"stage": spec.stage, "config": asdict(spec.config), "parents": [p.hash for p in parents],
-              "source": source, "data": asdict(recipe.data) | {"eval": None}, "scale": recipe.scale, "seed": recipe.seed}
+              "source": source, "data": _data_identity(recipe.data), "scale": recipe.scale, "seed": recipe.seed}
     if sdef.environment is not None:  # only stages that declare one: the others' fingerprints stay as they were
         fields["environment"] = sdef.environment(spec.config)
     blob = json.dumps(fields, sort_keys=True, default=str)
@@ -205,7 +214,7 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
             console.print(f"[bold cyan]stage[/] {spec.name} ({spec.stage})")
             ctx = StageContext(name=spec.name, out=path, train_pairs=train, val_pairs=valid, scale=recipe.scale,
                                patch_size=recipe.data.patch_size, min_patch_std=recipe.data.min_patch_std,
-                               seed=recipe.seed, threads=recipe.threads,
+                               degradation=recipe.data.degradation, seed=recipe.seed, threads=recipe.threads,
                                latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads),
                                speedup_fn=lambda a, b, hw: onnx_speedup(a, b, hw, recipe.threads))
             with replacing(path, rank):

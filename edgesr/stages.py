@@ -58,6 +58,8 @@ class StageContext:
     scale: int = 2
     patch_size: int = 32
     min_patch_std: float = 0.04
+    degradation: str = "bicubic"
+    """How training LR patches are made (``data.degradation``): the protocol's bicubic, or the ``general`` mix."""
     seed: int = 0
     threads: int = 0
     """Intra-op threads for ONNX Runtime sessions a stage opens (0: all cores); PyTorch's are set by the runner."""

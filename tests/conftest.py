@@ -90,8 +90,8 @@ def tiny_student_d2s(tiny_student, tmp_path_factory):
                       out=tmp_path_factory.mktemp("tiny_student_d2s") / "m_d2s", source=src)
 
 
-CONTEXT_KEYS = {"train_pairs", "val_pairs", "scale", "patch_size", "min_patch_std", "seed", "threads", "latency_fn",
-                "speedup_fn"}
+CONTEXT_KEYS = {"train_pairs", "val_pairs", "scale", "patch_size", "min_patch_std", "degradation", "seed", "threads",
+                "latency_fn", "speedup_fn"}
 
 
 def call_stage(fn, cfg, *, name: str, out, **kw):

@@ -66,3 +66,45 @@ def test_eval_puts_each_degradation_beside_bicubic_of_the_same_lr(tiny_student, 
     assert "worse than bicubic on bicubic, cubic-aliased, jpeg" in out
     with pytest.raises(SystemExit):
         main(["eval", str(tiny_student.path), "--set", "builtin", "--degradation", "gaussian"])
+
+
+def test_training_patches_degraded_per_seed_and_step_beside_the_clean_ones(builtin_train):
+    """The general mix in the patch sampler: the same batch for the same (seed, step), other LR for other steps,
+    the same patches (positions, flips, HR targets) as the protocol's LR, which ``clean=True`` returns."""
+    from edgesr.data.patches import PatchSampler
+
+    mixed = PatchSampler(builtin_train, 2, 16, 8, seed=3, min_std=0.04, degradation="general")
+    plain = PatchSampler(builtin_train, 2, 16, 8, seed=3, min_std=0.04)
+    lr_a, hr_a = mixed.batch(5)
+    lr_b, hr_b = mixed.batch(5)
+    assert torch_equal(lr_a, lr_b) and torch_equal(hr_a, hr_b)
+    lr_c, hr_c = plain.batch(5)
+    assert torch_equal(hr_a, hr_c) and torch_equal(mixed.batch(5, clean=True)[0], lr_c)
+    assert not torch_equal(lr_a, lr_c)
+    assert (lr_a - lr_c).abs().mean() > 0.005  # degraded, not re-rounded
+    assert not torch_equal(mixed.batch(6)[0], lr_a)
+    with pytest.raises(ValueError, match="degradation 'real': use one of bicubic, general"):
+        PatchSampler(builtin_train, 2, 16, 8, degradation="real")
+
+
+def test_a_model_trained_on_the_mix_records_it_and_recipes_name_it(builtin_train, builtin_valid, tmp_path):
+    from edgesr.config import RecipeError, TrainConfig, parse_recipe
+    from edgesr.train.train import train_stage
+
+    from conftest import call_stage
+
+    art = call_stage(train_stage, TrainConfig(model={"type": "abpn", "channels": 4, "n_body": 1}, steps=2,
+                                              batch_size=2, val_every=2), name="g", out=tmp_path / "g",
+                     train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=12,
+                     min_patch_std=0.0, degradation="general")
+    rec = art.manifest["training"]["degradation"]
+    assert rec["name"] == "general" and rec["mix"]["resize"]["cubic-aliased"] > 0 and rec["mix"]["jpeg"] > 0
+    with pytest.raises(RecipeError, match=r"data.degradation: 'genral' is not one; use one of bicubic, general"):
+        parse_recipe({"name": "r", "scale": 2, "data": {"degradation": "genral"},
+                          "stages": [{"name": "t", "stage": "train", "model": {"type": "abpn"}}]})
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -166,7 +166,8 @@ def gan_stage(cfg: GanConfig, ctx: StageContext, input: Artifact) -> Artifact:
     gen.to(dev).train()
     disc.to(dev).train()
     vgg.to(dev)
-    sampler = sampler_for(gen, train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 7, ctx.min_patch_std)
+    sampler = sampler_for(gen, train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 7, ctx.min_patch_std,
+                          ctx.degradation)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=(0.9, 0.999))
     bce = nn.BCEWithLogitsLoss()

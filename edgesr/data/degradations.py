@@ -31,7 +31,8 @@ from ..errors import EdgesrError
 from ..imaging import modcrop
 from .bicubic import imresize
 
-__all__ = ["EVAL_DEGRADATIONS", "DegradationError", "degrade", "opencv_resize", "gaussian_blur"]
+__all__ = ["EVAL_DEGRADATIONS", "TRAIN_DEGRADATIONS", "GENERAL_MIX", "DegradationError", "degrade", "opencv_resize",
+           "gaussian_blur", "general_degradation", "degradation_record"]
 
 EVAL_DEGRADATIONS = ("bicubic", "cubic-aliased", "bilinear-aliased", "blur", "noise", "jpeg")
 """The named degradations, in the order reports list them."""
@@ -60,7 +61,7 @@ def _cubic_coeffs(x: np.ndarray, a: float = -0.75) -> np.ndarray:
     return np.stack([c0, c1, c2, c3], axis=-1)
 
 
-def _taps(n_in: int, n_out: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
+def _taps(n_in: int, n_out: int, kernel: str, a: float = -0.75) -> tuple[np.ndarray, np.ndarray]:
     """(source indices, fixed-point weights) per output position along one axis, as OpenCV's resizeGeneric
     computes them: centre (d + 0.5) * n_in / n_out - 0.5 in float32, indices clamped to the image (replicated
     border), weights rounded to 11 bits."""
@@ -69,7 +70,7 @@ def _taps(n_in: int, n_out: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
     s = np.floor(f).astype(np.int64)
     frac = (f - s.astype(np.float32)).astype(np.float32)
     if kernel == "cubic":
-        w = _cubic_coeffs(frac)
+        w = _cubic_coeffs(frac, a)
         idx = s[:, None] + np.arange(-1, 3)[None, :]
     else:  # linear: OpenCV clamps the position itself at the borders (weight 1 on the edge pixel)
         low, high = s < 0, s >= n_in - 1
@@ -81,18 +82,19 @@ def _taps(n_in: int, n_out: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(idx, 0, n_in - 1), iw
 
 
-def opencv_resize(img: np.ndarray, out_hw: tuple[int, int], kernel: str = "cubic") -> np.ndarray:
+def opencv_resize(img: np.ndarray, out_hw: tuple[int, int], kernel: str = "cubic", a: float = -0.75) -> np.ndarray:
     """``cv2.resize(img, (w, h), interpolation=INTER_CUBIC or INTER_LINEAR)`` of an 8-bit H x W x C image:
     horizontal pass in integers, vertical pass as OpenCV's vectorised code rounds it (cubic: float, nearest;
     linear: 16-bit high products). Equal to OpenCV's output, or one grey level off where its scalar tail
-    rounds a value differently (tested against vectors made with OpenCV)."""
+    rounds a value differently (tested against vectors made with OpenCV). ``a``: the cubic's parameter
+    (OpenCV's is -0.75; -0.5 is the Keys / MATLAB / Pillow kernel, here without antialiasing)."""
     if img.dtype != np.uint8 or img.ndim != 3:
         raise DegradationError(f"opencv_resize takes 8-bit H x W x C images, got {img.dtype} {img.shape}")
     if kernel not in ("cubic", "linear"):
         raise DegradationError(f"kernel {kernel!r}: use 'cubic' or 'linear'")
     h, w = out_hw
-    xi, xw = _taps(img.shape[1], w, kernel)
-    yi, yw = _taps(img.shape[0], h, kernel)
+    xi, xw = _taps(img.shape[1], w, kernel, a)
+    yi, yw = _taps(img.shape[0], h, kernel, a)
     src = img.astype(np.int64)
     rows = np.einsum("hwkc,wk->hwc", src[:, xi, :], xw)  # H x w x C, ints scaled by 2^11
     if kernel == "cubic":
@@ -148,3 +150,110 @@ def degrade(hr: np.ndarray, scale: int, degradation: str, *, name: str = "") -> 
         Image.fromarray(lr).save(buf, format="JPEG", quality=JPEG_QUALITY)
         return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     return lr
+
+
+# --- training: a seeded random mix of what real frames go through ------------------------------------------
+
+TRAIN_DEGRADATIONS = ("bicubic", "general")
+"""``data.degradation`` values for training: ``bicubic`` (the protocol, the default) or ``general``, the mix
+of :func:`general_degradation`."""
+
+GENERAL_MIX = {
+    "blur": 0.3, "blur_sigma": (0.2, 2.0), "anisotropic": 0.5,
+    "resize": {"bicubic": 0.3, "cubic-aliased": 0.2, "cubic-aliased-0.5": 0.1, "bilinear-aliased": 0.15,
+               "area": 0.15, "nearest": 0.1},
+    "noise": 0.3, "noise_sigma": (1.0, 10.0), "poisson": 0.3, "poisson_peak": (30.0, 300.0),
+    "jpeg": 0.3, "jpeg_quality": (40, 95),
+}
+"""The ``general`` mix, in the order applied (first-order, as the real-world SR literature degrades): a blur
+(isotropic or anisotropic Gaussian, sigma in HR pixels), one downscale drawn from the kernels named, noise
+(Gaussian in grey levels, or Poisson at a peak count), a JPEG round trip; each image 8-bit between steps.
+Recorded in the manifest of every model trained on it."""
+
+
+def _gaussian_kernel(rng: np.random.Generator, lo: float, hi: float, anisotropic: float) -> np.ndarray:
+    s1 = rng.uniform(lo, hi)
+    if rng.random() < anisotropic:
+        s2, theta = rng.uniform(lo, hi), rng.uniform(0, np.pi)
+    else:
+        s2, theta = s1, 0.0
+    r = min(6, int(np.ceil(3 * max(s1, s2))))
+    y, x = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+    c, s = np.cos(theta), np.sin(theta)
+    u, v = c * x + s * y, -s * x + c * y
+    k = np.exp(-0.5 * ((u / s1) ** 2 + (v / s2) ** 2))
+    return k / k.sum()
+
+
+def _convolve(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+    r = k.shape[0] // 2
+    x = np.pad(img.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="symmetric")
+    h, w = img.shape[:2]
+    out = np.zeros(img.shape, np.float64)
+    for i in range(k.shape[0]):
+        for j in range(k.shape[1]):
+            if k[i, j] > 1e-6:
+                out += k[i, j] * x[i:i + h, j:j + w]
+    return out
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _downscale(hr: np.ndarray, scale: int, kind: str) -> np.ndarray:
+    h, w = hr.shape[0] // scale, hr.shape[1] // scale
+    if kind == "bicubic":
+        return imresize(hr, 1.0 / scale)
+    if kind == "cubic-aliased":
+        return opencv_resize(hr, (h, w), "cubic")
+    if kind == "cubic-aliased-0.5":
+        return opencv_resize(hr, (h, w), "cubic", a=-0.5)
+    if kind == "bilinear-aliased":
+        return opencv_resize(hr, (h, w), "linear")
+    if kind == "area":
+        return _u8(hr[:h * scale, :w * scale].reshape(h, scale, w, scale, -1).mean(axis=(1, 3)))
+    if kind == "nearest":  # OpenCV INTER_NEAREST: the pixel at floor(d * scale)
+        return np.ascontiguousarray(hr[:h * scale:scale, :w * scale:scale])
+    raise DegradationError(f"downscale {kind!r}")
+
+
+def general_degradation(hr: np.ndarray, scale: int, rng: np.random.Generator, mix: dict = GENERAL_MIX) -> tuple[np.ndarray, dict]:
+    """One draw of the ``general`` mix on an 8-bit HR image (its sides multiples of ``scale``): (8-bit LR, what
+    was applied). Deterministic for a given ``rng`` state."""
+    applied: dict = {}
+    x = hr
+    if rng.random() < mix["blur"]:
+        k = _gaussian_kernel(rng, *mix["blur_sigma"], mix["anisotropic"])
+        x = _u8(_convolve(x, k))
+        applied["blur"] = k.shape[0]
+    kinds = list(mix["resize"])
+    kind = kinds[int(rng.choice(len(kinds), p=np.array([mix["resize"][k] for k in kinds]) / sum(mix["resize"].values())))]
+    x = _downscale(x, scale, kind)
+    applied["resize"] = kind
+    if rng.random() < mix["noise"]:
+        if rng.random() < mix["poisson"]:
+            peak = rng.uniform(*mix["poisson_peak"])
+            x = _u8(rng.poisson(x.astype(np.float64) / 255.0 * peak) / peak * 255.0)
+            applied["noise"] = f"poisson {peak:.0f}"
+        else:
+            sigma = rng.uniform(*mix["noise_sigma"])
+            x = _u8(x.astype(np.float64) + rng.normal(0.0, sigma, x.shape))
+            applied["noise"] = f"gaussian {sigma:.1f}"
+    if rng.random() < mix["jpeg"]:
+        from PIL import Image
+
+        q = int(rng.integers(mix["jpeg_quality"][0], mix["jpeg_quality"][1] + 1))
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, format="JPEG", quality=q)
+        x = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        applied["jpeg"] = q
+    return x, applied
+
+
+def degradation_record(name: str) -> list:
+    """What a manifest (and a training fingerprint) records of ``data.degradation``: nothing for the protocol's
+    bicubic (artifacts made before it existed keep their identity), else [{name, mix}]."""
+    if name == "bicubic":
+        return []
+    return [{"name": name, "mix": GENERAL_MIX}]

@@ -19,13 +19,26 @@ from ..imaging import to_float
 from .bicubic import imresize
 from .datasets import ImagePair
 
-__all__ = ["PatchSampler"]
+__all__ = ["PatchSampler", "MARGIN"]
+
+MARGIN = 4
+"""LR pixels of context kept around a patch that is degraded from its HR patch (blur kernels reach 6 HR pixels,
+MATLAB's antialiased x4 cubic 8), so that the patch's border is degraded as the inside of an image is."""
 
 
 class PatchSampler:
     def __init__(self, pairs: list[ImagePair], scale: int, lr_patch: int, batch_size: int, seed: int = 0,
                  augment: bool = True, min_std: float = 0.0, max_tries: int = 10,
-                 targets: tuple[int, ...] | None = None):
+                 targets: tuple[int, ...] | None = None, degradation: str = "bicubic"):
+        """``degradation``: ``bicubic`` crops the pairs' LR images (the protocol); ``general`` makes each LR
+        patch from its HR patch (with a margin of :data:`MARGIN` LR pixels for the kernels' reach, then cropped)
+        by one draw of :func:`edgesr.data.degradations.general_degradation`, from the batch's generator: the
+        same batches for the same (seed, step)."""
+        from .degradations import TRAIN_DEGRADATIONS
+
+        if degradation not in TRAIN_DEGRADATIONS:
+            raise ValueError(f"degradation {degradation!r}: use one of {', '.join(TRAIN_DEGRADATIONS)}")
+        self.degradation = degradation
         if not pairs:
             raise ValueError("PatchSampler needs at least one image")
         small = [p.name for p in pairs if min(p.lr.shape[:2]) < lr_patch]
@@ -44,7 +57,7 @@ class PatchSampler:
         areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], dtype=np.float64)
         self.weights = areas / areas.sum()
 
-    def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _one(self, rng: np.random.Generator, drng: np.random.Generator | None) -> tuple[np.ndarray, list[np.ndarray]]:
         p = self.lr_patch
         for _ in range(self.max_tries):
             i = int(rng.choice(len(self.pairs), p=self.weights))
@@ -54,6 +67,8 @@ class PatchSampler:
             lr = to_float(pair.lr[y:y + p, x:x + p])
             if self.min_std <= 0 or lr.std() >= self.min_std:
                 break
+        if drng is not None:  # the patch is chosen on the protocol's LR, so both forms share positions
+            lr = to_float(self._degraded(pair.hr, y, x, drng))
         hrs = [to_float(self.levels[i][t][y * t:(y + p) * t, x * t:(x + p) * t]) for t in self.targets]
         if self.augment:
             k = int(rng.integers(0, 4))
@@ -63,16 +78,30 @@ class PatchSampler:
                 lr, hrs = lr[:, ::-1], [hr[:, ::-1] for hr in hrs]
         return lr, hrs
 
-    def batch(self, step: int, part: tuple[int, int] = (0, 1)):
+    def _degraded(self, hr: np.ndarray, y: int, x: int, rng: np.random.Generator) -> np.ndarray:
+        """The LR patch at (y, x) made from the HR image by the degradation mix, with context around it."""
+        from .degradations import general_degradation
+
+        p, s, m = self.lr_patch, self.scale, MARGIN
+        h, w = hr.shape[0] // s, hr.shape[1] // s
+        y0, x0 = max(y - m, 0), max(x - m, 0)
+        y1, x1 = min(y + p + m, h), min(x + p + m, w)
+        lr, _ = general_degradation(np.ascontiguousarray(hr[y0 * s:y1 * s, x0 * s:x1 * s]), s, rng)
+        return lr[y - y0:y - y0 + p, x - x0:x - x0 + p]
+
+    def batch(self, step: int, part: tuple[int, int] = (0, 1), clean: bool = False):
         """The batch for training step ``step``: (lr B x 3 x p x p, hr B x 3 x sp x sp), float32 in [0, 1].
 
         With several target scales ``hr`` is a dict {scale: tensor}. ``part=(rank, world)`` returns that
-        process's contiguous slice of the global batch."""
+        process's contiguous slice of the global batch. The patches (positions, flips) depend on (seed, step)
+        only; a degradation draws from a generator of its own, and ``clean=True`` gives the same patches with the
+        protocol's LR (what a teacher sees when a student learns from degraded LR)."""
         rank, world = part
         if self.batch_size % world:
             raise ValueError(f"batch size {self.batch_size} does not split over {world} processes")
         rng = np.random.default_rng([self.seed, step])
-        draws = [self._one(rng) for _ in range(self.batch_size)]
+        drng = np.random.default_rng([self.seed, step, 1]) if self.degradation != "bicubic" and not clean else None
+        draws = [self._one(rng, drng) for _ in range(self.batch_size)]
         per = self.batch_size // world
         draws = draws[rank * per:(rank + 1) * per]
         to_t = lambda xs: torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2)))
