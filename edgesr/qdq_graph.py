@@ -123,6 +123,15 @@ class _QuantWeight(nn.Module):
         z = _channel_view(self.zero_point, self.axis, ndim)
         return fake_quantize(self.value, s, z, self.qmin, self.qmax)
 
+    def centered_integers(self) -> torch.Tensor:
+        """``q - z`` as the graph holds it (what an integer kernel multiplies), float64, no gradient."""
+        with torch.no_grad():
+            ndim = self.value.ndim
+            s = _channel_view(self.scale(), self.axis, ndim)
+            z = _channel_view(self.zero_point, self.axis, ndim)
+            v = self.value / s  # the same float32 operations as fake_quantize: the same integers
+            return (torch.clamp(torch.round(v) + z, self.qmin, self.qmax) - z).double()
+
     def quantized(self) -> tuple[np.ndarray, np.ndarray]:
         """The integer tensor and the scale to write back."""
         with torch.no_grad():
@@ -284,6 +293,31 @@ class QdqGraph(nn.Module):
             if bias.dtype == np.int32 and w_key in self.params and q is not None:
                 act, weight = self.acts[self._act_of[q.name]], self.params[w_key]
                 bias.derived_scale = lambda act=act, weight=weight: act.scale() * weight.scale()
+        # DQ -> Conv -> Q with an INT8 weight and an INT32 bias (or none) is one QLinearConv in ONNX Runtime (and
+        # an integer convolution in every INT8 runtime): integer products summed exactly, then one float32
+        # requantization. The float convolution of dequantized values (what the ONNX definition spells out) sums
+        # in another order, and the two differ by one step on a value near a rounding boundary (about 1 in 10^6
+        # conv outputs) -- which a graph without an image skip (IMDN-RTC) amplifies to ~40 dB at its output.
+        # Such convs are computed as the integer kernel computes them (the float path still gives the gradient).
+        self._integer_conv: dict[str, tuple] = {}  # Q node name -> (conv node, input quantizer, weight, bias)
+        graph_outputs = set(self.output_names)
+        for n in graph.node:
+            if n.op_type != "Conv" or n.output[0] in graph_outputs:
+                continue
+            users = consumers.get(n.output[0], [])
+            q_in = quant_inputs.get(n.input[0])
+            w_key = self._keys.get(n.input[1])
+            b_key = self._keys.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            if len(users) != 1 or users[0].op_type != "QuantizeLinear" or q_in is None or w_key not in self.params:
+                continue
+            act_in, weight = self.acts[self._act_of[q_in.name]], self.params[w_key]
+            act_out = self.acts[self._act_of[users[0].name]]
+            bias = self.params[b_key] if b_key in self.params else None
+            if weight.dtype not in (np.int8, np.uint8) or np.any(weight.zero_point.numpy()) or \
+                    act_in.scale0.ndim or act_out.scale0.ndim or \
+                    (b_key is not None and (bias is None or bias.dtype != np.int32 or bias.derived_scale is None)):
+                continue  # not the QLinearConv form (per-axis activations, float bias, asymmetric weights)
+            self._integer_conv[users[0].name] = (n, act_in, weight, bias)
 
     # ------------------------------------------------------------------------------------------ forward
     def _tensor(self, env: dict, name: str) -> torch.Tensor | None:
@@ -306,7 +340,10 @@ class QdqGraph(nn.Module):
             if kind == "param":
                 env[n.output[0]] = self.params[self._keys[n.output[0]]]()
             elif kind == "act":
-                env[n.output[0]] = self.acts[self._act_of[n.name]](env[n.input[0]])
+                out = self.acts[self._act_of[n.name]](env[n.input[0]])
+                if n.name in self._integer_conv:  # the integer kernel's value, the float path's gradient
+                    out = out + (self._integer_conv_value(env, n) - out).detach()
+                env[n.output[0]] = out
             elif kind == "dq":
                 env[n.output[0]] = env[n.input[0]]  # the pair's fake quantizer already dequantized
             else:
@@ -315,6 +352,31 @@ class QdqGraph(nn.Module):
                     env[name] = t
         outs = tuple(env[o] for o in self.output_names)
         return outs[0] if len(outs) == 1 else outs
+
+    def _integer_conv_value(self, env: dict, q_node) -> torch.Tensor:
+        """What ONNX Runtime's QLinearConv returns for DQ -> Conv -> Q (dequantized): the integer convolution
+        of ``x_q - x_z`` and ``w_q`` plus the INT32 bias, summed exactly, converted to float32 and multiplied by ``x_scale * w_scale / y_scale`` (float32, in that order, as the kernel
+        computes its multiplier), rounded half to even and saturated."""
+        conv, act_in, weight, bias = self._integer_conv[q_node.name]
+        act_out = self.acts[self._act_of[q_node.name]]
+        with torch.no_grad():
+            xs, ws, ys = act_in.scale(), weight.scale(), act_out.scale()
+            x = env[conv.input[0]]
+            xi = torch.round(x / xs)  # the pair's fake quantizer gave (q - z) * s exactly
+            wi = weight.centered_integers()
+            bi = bias.centered_integers() if bias is not None else None
+            # Integer products summed in float32 are exact while no partial sum reaches 2^24 (whatever the
+            # order); beyond that bound, float64. The bias (up to 2^31) is added in float64.
+            bound = float((xi.abs().amax() * wi.abs().flatten(1).sum(1).amax()))
+            exact = torch.float32 if bound < 2 ** 24 else torch.float64
+            acc = self._op(conv, [xi.to(exact), wi.to(exact), None]).double()
+            if bi is not None:
+                acc = acc + bi.view(1, -1, *([1] * (acc.ndim - 2)))
+            acc = acc.float()
+            m = _channel_view((xs * ws) / ys, 1, acc.ndim)
+            z = act_out.zero_point
+            y = torch.round(torch.clamp(acc * m, act_out.qmin - z, act_out.qmax - z))
+            return y * ys
 
     def _op(self, n, x: list) -> torch.Tensor:
         op, a = n.op_type, _attrs(n)

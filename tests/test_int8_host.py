@@ -226,6 +226,61 @@ def test_the_luma_classics_run_in_the_pytorch_graph(butterfly, builtin_train, bu
     assert _agreement_db(ort_session(written, threads=1).run(None, {"lr": butterfly})[0], sim) > 50
 
 
+def _qdq_conv_graph(seed: int, halfway: bool):
+    """lr -> Q/DQ (uint8) -> Conv (7-bit per-channel weights, INT32 bias) -> Q/DQ -> sr, 16 -> 16 channels 3x3,
+    as the quantize stage writes one layer. ``halfway``: the output scale is 2 x input scale x weight scale, so
+    that every odd integer sum lands exactly between two output steps."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    c, k = 16, 3
+    w = rng.integers(-64, 65, (c, c, k, k)).astype(np.int8)
+    xs = np.float32(1 / 255)
+    ws = rng.uniform(0.002, 0.02, c).astype(np.float32)
+    b = rng.integers(-3000, 3000, c).astype(np.int32)
+    if halfway:
+        ws[:] = ws[0]
+        ys = np.float32(2 * np.float32(xs * ws[0]))
+    else:
+        ys = np.float32(rng.uniform(0.5, 1.5) * 150 * float(xs * ws.mean()))
+    inits = [numpy_helper.from_array(v, n) for n, v in [
+        ("xs", np.array(xs)), ("xz", np.array(0, np.uint8)), ("w", w), ("ws", ws), ("wz", np.zeros(c, np.int8)),
+        ("b", b), ("bs", (xs * ws).astype(np.float32)), ("bz", np.zeros(c, np.int32)), ("ys", np.array(ys)),
+        ("yz", np.array(128, np.uint8))]]
+    nodes = [helper.make_node("QuantizeLinear", ["lr", "xs", "xz"], ["xq"], name="q_in"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"], name="dq_in"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], name="dq_w", axis=0),
+             helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], name="dq_b", axis=0),
+             helper.make_node("Conv", ["x", "wf", "bf"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"], name="q_out"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["sr"], name="dq_out")]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, c, 48, 48])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1, c, 48, 48])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("halfway", [True, False])
+def test_a_quantized_conv_computes_what_onnx_runtimes_integer_kernel_computes(halfway, tmp_path):
+    """DQ -> Conv -> Q runs in ONNX Runtime as one QLinearConv: exact integer sums, one float32 requantization.
+    The simulation computes it so, to the bit: the float convolution of dequantized values it used to compute
+    sums in another order and flipped one output in ~10^6 by a step (every other one here, where the sums
+    fall halfway between two steps), which IMDN-RTC (no image skip) amplified from one flip to 42.6 dB between
+    the trained graph in ONNX Runtime and its simulation (qat_onnx's parity check: 50 dB)."""
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    proto = _qdq_conv_graph(0, halfway)
+    x = np.random.default_rng(1).uniform(0, 1, (1, 16, 48, 48)).astype(np.float32)
+    path = tmp_path / "conv.onnx"
+    onnx.save_model(proto, str(path))
+    assert "QLinearConv" in _fused_ops(path)  # what runs is the integer kernel
+    ran = ort_session(path, threads=1).run(None, {"lr": x})[0]
+    with torch.no_grad():
+        sim = QdqGraph(proto, (1,))(torch.from_numpy(x)).numpy()
+    ys = float(onnx.numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "ys")))
+    steps = np.abs(np.round((ran - sim) / ys))
+    assert steps.max() == 0, f"{int((steps > 0).sum())} of {steps.size} outputs differ by a step"
+
+
 def test_an_operator_it_cannot_run_is_named():
     from onnx import TensorProto, helper
 
