@@ -13,6 +13,10 @@ node by node with PyTorch operators, so that the fit loop can train it:
 * every quantized weight (INT8 initializer + ``DequantizeLinear``, per channel) becomes a float parameter
   fake-quantized with its own trainable per-channel scale; an INT32 bias is a float parameter quantized with
   the scale ONNX Runtime requires (input scale x weight scale, recomputed from the trained scales);
+* a quantized convolution (DQ -> Conv -> Q, INT8 weight, INT32 bias) has the value ONNX Runtime's
+  QLinearConv gives it: exact integer sums, one float32 requantization (the float path gives the gradient);
+  a float convolution of dequantized values rounds a few outputs per million the other way, and a network
+  without an image skip (IMDN-RTC) amplifies one such flip to ~40 dB at its output;
 * float convolutions (layers a mixed-precision graph keeps in float) and PReLU slopes train as floats;
   pixel shuffles written as ConvTranspose (0/1 weights) and every other constant stay fixed.
 
@@ -124,7 +128,7 @@ class _QuantWeight(nn.Module):
         return fake_quantize(self.value, s, z, self.qmin, self.qmax)
 
     def centered_integers(self) -> torch.Tensor:
-        """``q - z`` as the graph holds it (what an integer kernel multiplies), float64, no gradient."""
+        """``q - z`` as the graph holds it (what an integer kernel multiplies), as float64, no gradient."""
         with torch.no_grad():
             ndim = self.value.ndim
             s = _channel_view(self.scale(), self.axis, ndim)
@@ -355,8 +359,9 @@ class QdqGraph(nn.Module):
 
     def _integer_conv_value(self, env: dict, q_node) -> torch.Tensor:
         """What ONNX Runtime's QLinearConv returns for DQ -> Conv -> Q (dequantized): the integer convolution
-        of ``x_q - x_z`` and ``w_q`` plus the INT32 bias, summed exactly, converted to float32 and multiplied by ``x_scale * w_scale / y_scale`` (float32, in that order, as the kernel
-        computes its multiplier), rounded half to even and saturated."""
+        of ``x_q - x_z`` and ``w_q`` plus the INT32 bias, summed exactly, converted to float32 and multiplied
+        by ``x_scale * w_scale / y_scale`` (float32, in that order, as the kernel computes its multiplier),
+        rounded half to even and saturated."""
         conv, act_in, weight, bias = self._integer_conv[q_node.name]
         act_out = self.acts[self._act_of[q_node.name]]
         with torch.no_grad():
