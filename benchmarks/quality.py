@@ -7,7 +7,7 @@ from edgesr.metrics import evaluate_pairs
 from edgesr.runtime.base import Backend
 from edgesr.runtime.upscaler import Upscaler
 
-__all__ = ["measure_quality", "degraded_sets", "measure_degradations"]
+__all__ = ["measure_quality", "measure_degradations"]
 
 
 def measure_quality(backend: Backend, sets: dict[str, list[ImagePair]], scale: int, size_multiple: int = 1) -> dict:
@@ -20,24 +20,12 @@ def measure_quality(backend: Backend, sets: dict[str, list[ImagePair]], scale: i
     return out
 
 
-def degraded_sets(sets: dict[str, list[ImagePair]], scale: int, degradation: str) -> dict[str, list[ImagePair]]:
-    """The same HR images with LR made by ``degradation`` (:mod:`edgesr.data.degradations`); ``bicubic`` keeps
-    the sets as loaded (their LR files where they have them, the protocol's bicubic otherwise)."""
-    from edgesr.data.degradations import EVAL_DEGRADATIONS, DegradationError, degrade
-
-    if degradation not in EVAL_DEGRADATIONS:
-        raise DegradationError(f"degradation {degradation!r}: use one of {', '.join(EVAL_DEGRADATIONS)}")
-    if degradation == "bicubic":
-        return sets
-    return {name: [ImagePair(p.name, degrade(p.hr, scale, degradation, name=p.name), p.hr) for p in pairs]
-            for name, pairs in sets.items()}
-
-
 def measure_degradations(backend: Backend, sets: dict[str, list[ImagePair]], scale: int, degradations,
                          size_multiple: int = 1) -> dict:
     """{set: {degradation: {psnr, ssim, per_image, bicubic_psnr, gain_db}}}: the model on LR made each way,
     beside the protocol's bicubic upscaling of that same LR (the baseline a user would otherwise get)."""
     from edgesr.data.bicubic import imresize
+    from edgesr.data.degradations import degraded_sets
 
     out: dict = {name: {} for name in sets}
     for d in degradations:

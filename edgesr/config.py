@@ -44,6 +44,11 @@ class DataConfig:
     """LR patch side in pixels."""
     min_patch_std: float = 0.04
     """Redraw LR patches whose standard deviation is below this (smooth patches teach little)."""
+    eval_degradations: tuple[str, ...] = ("bicubic",)
+    """How the evaluation sets' LR is made (:data:`edgesr.data.degradations.EVAL_DEGRADATIONS`): ``bicubic`` is
+    the sets' own LR (the protocol); every other name adds each set again as ``"<set> <name>"``, its LR made
+    from the HR images that way, so the report puts every model's quality per degradation side by side, each
+    beside bicubic upscaling of the same LR."""
     degradation: str = "bicubic"
     """How training LR patches are made from HR (train, distill, qat, qat_onnx, prune fine-tuning): ``bicubic``,
     the protocol's MATLAB bicubic (the default), or ``general``, a seeded mix of blurs, aliased and antialiased
@@ -370,7 +375,14 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         kinds[name], makes[name] = kind, sdef.makes
         stages.append(StageSpec(name, kind, cfg))
     data = build_config(DataConfig, raw.get("data", {}), f"{source}: data")
-    from .data.degradations import TRAIN_DEGRADATIONS
+    from .data.degradations import EVAL_DEGRADATIONS, TRAIN_DEGRADATIONS
+
+    for d in data.eval_degradations:
+        if d not in EVAL_DEGRADATIONS:
+            raise RecipeError(f"{source}: data.eval_degradations: {d!r} is not one; use any of "
+                              f"{', '.join(EVAL_DEGRADATIONS)}{_did_you_mean(d, list(EVAL_DEGRADATIONS))}")
+    if not data.eval_degradations:
+        raise RecipeError(f"{source}: data.eval_degradations is empty; leave it out for the protocol's LR (bicubic)")
 
     if data.degradation not in TRAIN_DEGRADATIONS:
         raise RecipeError(f"{source}: data.degradation: {data.degradation!r} is not one; use one of "

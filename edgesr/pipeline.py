@@ -42,6 +42,12 @@ def load_data(recipe: Recipe) -> tuple[list[ImagePair], list[ImagePair], dict[st
     train = load_pairs(recipe.data.train, s, "train", min_size=recipe.data.patch_size * s)
     valid = load_pairs(recipe.data.valid, s, "valid")
     evals = {set_name(src): load_pairs(src, s, "eval") for src in recipe.data.eval}
+    degradations = recipe.data.eval_degradations
+    if tuple(degradations) != ("bicubic",):
+        from .data.degradations import degraded_sets
+
+        evals = {(name if d == "bicubic" else f"{name} {d}"): pairs for d in degradations
+                 for name, pairs in degraded_sets(evals, s, d).items()}
     return train, valid, evals
 
 
@@ -83,6 +89,7 @@ def _data_identity(data) -> dict:
     d = asdict(data) | {"eval": None}
     if d.get("degradation") == "bicubic":
         del d["degradation"]
+    d.pop("eval_degradations", None)  # evaluation only: no stage's result depends on it
     return d
 
 

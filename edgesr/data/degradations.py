@@ -32,7 +32,7 @@ from ..imaging import modcrop
 from .bicubic import imresize
 
 __all__ = ["EVAL_DEGRADATIONS", "TRAIN_DEGRADATIONS", "GENERAL_MIX", "DegradationError", "degrade", "opencv_resize",
-           "gaussian_blur", "general_degradation", "degradation_record"]
+           "gaussian_blur", "general_degradation", "degradation_record", "degraded_sets"]
 
 EVAL_DEGRADATIONS = ("bicubic", "cubic-aliased", "bilinear-aliased", "blur", "noise", "jpeg")
 """The named degradations, in the order reports list them."""
@@ -257,3 +257,16 @@ def degradation_record(name: str) -> list:
     if name == "bicubic":
         return []
     return [{"name": name, "mix": GENERAL_MIX}]
+
+
+def degraded_sets(sets: dict, scale: int, degradation: str) -> dict:
+    """The same HR images (:class:`edgesr.data.datasets.ImagePair`) with LR made by ``degradation``; ``bicubic``
+    keeps the sets as loaded (their LR files where they have them, the protocol's bicubic otherwise)."""
+    from .datasets import ImagePair
+
+    if degradation not in EVAL_DEGRADATIONS:
+        raise DegradationError(f"degradation {degradation!r}: use one of {', '.join(EVAL_DEGRADATIONS)}")
+    if degradation == "bicubic":
+        return sets
+    return {name: [ImagePair(p.name, degrade(p.hr, scale, degradation, name=p.name), p.hr) for p in pairs]
+            for name, pairs in sets.items()}
