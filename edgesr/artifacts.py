@@ -152,6 +152,16 @@ SIDECARS = ("trtexec.txt",)
 artifacts written before manifests listed their files)."""
 
 
+QUANTIZING_STEPS = ("quantize", "qat", "qat_onnx")
+"""Transform types that write an INT8 graph (and record its form: target, weight bits, TensorRT readiness)."""
+
+
+def last_quantization(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The record of the last step that quantized this artifact's graph ({} when none did): the one place the
+    form of an INT8 artifact is looked up (engine builds, the runtimes' 7-/8-bit weight check, QAT on a graph)."""
+    return next((t for t in reversed(manifest.get("transforms", [])) if t.get("type") in QUANTIZING_STEPS), {})
+
+
 def artifact_files(manifest: dict[str, Any]) -> set[str]:
     """The file names that belong to an artifact: its manifest, payload and sidecars."""
     files = manifest.get("files")

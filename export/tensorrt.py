@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgesr.artifacts import Artifact, check_destination, derived_manifest, read_artifact, write_artifact
+from edgesr.artifacts import (Artifact, check_destination, derived_manifest, last_quantization, read_artifact,
+                              write_artifact)
 from edgesr.errors import EdgesrError
 from edgesr.files import atomic_write_bytes
 from edgesr.runtime.tensorrt_backend import (FLAVOURS, EngineError, check_engine, engine_platform, flavour_available,
@@ -185,7 +186,7 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
         raise EngineError(f"{onnx_art.path}: an engine is built from an ONNX artifact (an export, fp16 or quantize "
                           f"stage's output); this is {onnx_art.kind!r}")
     if onnx_art.manifest.get("precision", "").startswith("int8"):
-        qdq = next((t for t in reversed(onnx_art.manifest.get("transforms", [])) if t.get("type") in ("quantize", "qat")), {})
+        qdq = last_quantization(onnx_art.manifest)
         if not qdq.get("tensorrt_explicit_int8"):
             raise EngineError(f"{onnx_art.path}: this INT8 graph is in the ONNX Runtime form (UINT8/asymmetric "
                               "activations, INT32 biases), which TensorRT's parser refuses. Quantize with "

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from edgesr.artifacts import Artifact, ArtifactError, read_artifact
+from edgesr.artifacts import Artifact, ArtifactError, last_quantization, read_artifact
 from edgesr.errors import EdgesrError
 from edgesr.registry import Registry
 
@@ -63,18 +63,12 @@ def check_input(lr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(lr, dtype=np.float32)
 
 
-_INT8_STEPS = ("quantize", "qat", "qat_onnx")
-
-
 def int8_weight_bits(manifest: dict) -> int | None:
     """The weight range of an INT8 artifact, from the manifest's last quantizing step: 7 or 8 bits; None when
     the artifact is not INT8. Artifacts quantized before the quantizer recorded it had 8-bit weights."""
     if "int8" not in str(manifest.get("precision", "")):
         return None
-    for t in reversed(manifest.get("transforms", [])):
-        if t.get("type") in _INT8_STEPS:
-            return int(t.get("weight_bits", 8))
-    return 8
+    return int(last_quantization(manifest).get("weight_bits", 8))
 
 
 def saturation_risk(manifest: dict) -> bool:

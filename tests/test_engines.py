@@ -76,6 +76,20 @@ def test_onnxruntime_form_int8_is_refused_with_the_option_to_change(graphs):
     assert not (root / "int8_ort.engine").exists()
 
 
+def test_the_last_quantizing_step_decides_the_form_qat_onnx_included(graphs):
+    """A TensorRT-form graph later re-trained by qat_onnx into the ONNX Runtime form: the engine build reads the
+    qat_onnx record (it used to skip qat_onnx and read the older quantize record)."""
+    from edgesr.artifacts import last_quantization
+
+    root, arts = graphs
+    trt = arts["int8_trt"].manifest
+    retrained = {**trt, "transforms": trt["transforms"] + [{"type": "qat_onnx", "tensorrt_explicit_int8": False}]}
+    assert last_quantization(trt)["tensorrt_explicit_int8"] and last_quantization(retrained)["type"] == "qat_onnx"
+    with pytest.raises(EngineError, match=r"ONNX Runtime form"):
+        _build(Artifact(arts["int8_trt"].path, retrained), root / "retrained.engine")
+    assert last_quantization({"transforms": [{"type": "export"}]}) == {}
+
+
 def _build_cli(art: Artifact, out, overwrite: bool = False, **cfg) -> Artifact:
     """As `edgesr build-engine ART --out OUT [--overwrite]` builds (no runner around it)."""
     return build_engine(art, EngineConfig(input="x", shapes=SHAPES, **cfg), out, name=out.name,
