@@ -63,10 +63,14 @@ class PruneConfig:
     the block (``benchmarks/results/widths``, AVX-512: 12 channels 37 % slower than 16; 20 to 32 all alike).
     OpenVINO blocks differently."""
     min_speedup: float | None = None
-    """Speed guard: after pruning, the parent and the pruned model are timed in one interleaved run on the
-    benchmark backend at ``latency_input``; the speed-up (ratio of medians) must reach this with 95 %
-    confidence (the lower end of its bootstrap interval over rounds), else ``on_slower`` decides. 1.0: ship a
-    pruned model, which costs quality, only when it measurably runs faster than its parent. None: not measured."""
+    """Speed guard: after pruning, the parent and the pruned model (both exported to ONNX) are timed in one
+    interleaved run on each backend of ``measure_on`` at ``latency_input``; on every one of them the speed-up
+    (ratio of medians) must reach this with 95 % confidence (the lower end of its bootstrap interval over
+    rounds), else ``on_slower`` decides. 1.0: ship a pruned model, which costs quality, only when it measurably
+    runs faster than its parent. None: not measured."""
+    measure_on: tuple[str, ...] = ()
+    """Backends the speed guard measures on (default: the recipe's benchmark backends, all of them must agree; a
+    backend not installed here is left out, and named in the manifest)."""
     on_slower: Literal["fail", "warn", "fallback"] = "fail"
     """fallback: write the parent unpruned (its manifest records the measured ratio and why)."""
     teacher: str | None = None
@@ -218,14 +222,15 @@ def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | 
 def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: Artifact | None = None) -> Artifact:
     """The ``prune`` stage: prune the input model to its target (in ``iterations`` steps, each followed by a
     fine-tune, optionally distilling from ``teacher``), check the quality budget, save. A latency target is
-    measured with ``ctx.latency_fn`` (the benchmark backend, as the runner provides it)."""
+    measured with ``ctx.latency_fn`` (ONNX Runtime on the CPU, as the runner provides it); the speed guard on
+    every backend of ``measure_on`` (default: the recipe's benchmark backends)."""
     source, name, out, scale, seed = input, ctx.name, ctx.out, ctx.scale, ctx.seed
     val_pairs = ctx.val_pairs
     latency = None
     if cfg.target == "latency":
         if ctx.latency_fn is None:
             raise PruneError(f"prune {name}: target latency needs a latency measurement; run it through "
-                             "`edgesr run` (which measures on the benchmark backend)")
+                             "`edgesr run` (which measures on ONNX Runtime)")
         latency = lambda m: ctx.latency_fn(m, cfg.latency_input)
     parent, arch = deploy_form(load_model(source), source.manifest["arch"])  # prune what is deployed
     parent_psnr = validate(parent, val_pairs, scale)
@@ -265,12 +270,28 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
     if cfg.min_speedup is not None:
         if ctx.speedup_fn is None:
             raise PruneError(f"prune {name}: min_speedup needs an interleaved latency measurement; run it through "
-                             "`edgesr run` (which measures on the benchmark backend)")
-        speed = ctx.speedup_fn(parent, model, cfg.latency_input)
+                             "`edgesr run` (which measures on the recipe's benchmark backends)")
+        from edgesr.runtime import BackendUnavailable
+
+        by_backend, left_out = {}, {}
+        for b in cfg.measure_on or ctx.measure_backends:
+            try:
+                by_backend[b] = ctx.speedup_fn(parent, model, cfg.latency_input, b)
+            except BackendUnavailable as exc:
+                left_out[b] = str(exc)
+        if not by_backend:
+            raise PruneError(f"prune {name}: min_speedup: none of {list(cfg.measure_on or ctx.measure_backends)} can run "
+                             f"here ({'; '.join(left_out.values())}); name an available backend in measure_on")
+        lower = lambda sp: sp["ci95"][0] if sp.get("ci95") else sp["ratio"]  # noqa: E731
+        binding = min(by_backend, key=lambda b: lower(by_backend[b]))  # the backend where it gains least
+        speed = by_backend[binding]
         final["speedup_vs_parent"] = speed
-        low = speed["ci95"][0] if speed.get("ci95") else speed["ratio"]
+        final["speedup_by_backend"] = by_backend
+        if left_out:
+            final["speedup_left_out"] = left_out
+        low = lower(speed)
         if low < cfg.min_speedup:
-            msg = (f"prune {name}: the pruned model runs {speed['ratio']:.2f}x its parent's speed (95 % interval "
+            msg = (f"prune {name}: on {binding}, the pruned model runs {speed['ratio']:.2f}x its parent's speed (95 % interval "
                    f"{low:.2f}-{speed['ci95'][1] if speed.get('ci95') else speed['ratio']:.2f}x; medians "
                    f"{speed['new_p50_ms']:.1f} vs {speed['ref_p50_ms']:.1f} ms, one interleaved run, LR "
                    f"{cfg.latency_input[0]}x{cfg.latency_input[1]}): not measurably at min_speedup {cfg.min_speedup}; its widths "
@@ -282,8 +303,8 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
                                                   if cfg.on_slower == "fallback" else ""))
             if cfg.on_slower == "fallback":
                 final = {"type": "prune", "fallback": "parent shipped unpruned: the pruned model was not measurably "
-                                                      f"{cfg.min_speedup}x faster",
-                         "speedup_vs_parent": speed, "target": cfg.target}
+                                                      f"{cfg.min_speedup}x faster on {binding}",
+                         "speedup_vs_parent": speed, "speedup_by_backend": by_backend, "target": cfg.target}
                 return save_model(out, parent, name=name, arch=arch, parent=source,
                                   transforms=derived_transforms(source, arch, final),
                                   metrics={"val_psnr": round(parent_psnr, 4), "budget": "fallback: not pruned",

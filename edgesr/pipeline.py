@@ -126,24 +126,33 @@ def onnx_latency_ms(model: torch.nn.Module, hw: tuple[int, int], threads: int = 
 
 
 def onnx_speedup(ref: torch.nn.Module, new: torch.nn.Module, hw: tuple[int, int], threads: int = 0,
-                 rounds: int = 30) -> dict:
-    """How much faster ``new`` runs than ``ref`` deployed as the benchmark deploys them (ONNX, ONNX Runtime CPU),
-    from one interleaved run: the ratio of medians ref / new with its bootstrap interval, and both medians."""
+                 rounds: int = 30, backend: str = "onnxruntime") -> dict:
+    """How much faster ``new`` runs than ``ref`` deployed as the benchmark deploys them (exported to ONNX, run by
+    ``backend`` through the Backend contract with its interleaving settings), from one interleaved run: the ratio
+    of medians ref / new with its bootstrap interval, and both medians. Raises BackendUnavailable where
+    ``backend`` cannot run here."""
+    from .artifacts import Artifact
     from .benchmarks.latency import measure_interleaved, speedup
     from .export.onnx import export_onnx
     from .models import model_scales
-    from .runtime.onnxruntime_backend import ort_session
+    from .runtime import BACKENDS, open_backend
 
     with tempfile.TemporaryDirectory() as tmp:
         runners = {}
         for key, model in (("ref", ref), ("new", new)):
-            path = Path(tmp) / f"{key}.onnx"
-            export_onnx(model.eval(), path, scales=list(model_scales(model)))
-            sess = ort_session(path, threads=threads, spin=False)
-            runners[key] = type("R", (), {"run": lambda self, x, s=sess: s.run(None, {"lr": x})[0]})()
-        res = measure_interleaved(runners, hw, warmup=2, rounds=rounds, max_seconds=20.0)
+            scales = list(model_scales(model))
+            export_onnx(model.eval(), Path(tmp) / f"{key}.onnx", scales=scales)
+            art = Artifact(Path(tmp), {"kind": "onnx", "name": key, "payload": f"{key}.onnx", "scales": scales,
+                                       "precision": "fp32", "hash": key, "size_multiple": 1})
+            runners[key] = open_backend(art, backend, threads=threads, **BACKENDS.get(backend).interleave_options)
+        try:
+            res = measure_interleaved(runners, hw, warmup=2, rounds=rounds, max_seconds=20.0)
+        finally:
+            for r in runners.values():
+                r.close()
     return {**speedup(res["times_ms"]["ref"], res["times_ms"]["new"]), "ref_p50_ms": res["latency"]["ref"]["p50_ms"],
-            "new_p50_ms": res["latency"]["new"]["p50_ms"], "rounds": res["rounds"], "input": list(hw)}
+            "new_p50_ms": res["latency"]["new"]["p50_ms"], "rounds": res["rounds"], "input": list(hw),
+            "backend": backend}
 
 
 def stages_needed(recipe: Recipe, only: list[str]) -> set[str]:
@@ -223,7 +232,9 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
                                patch_size=recipe.data.patch_size, min_patch_std=recipe.data.min_patch_std,
                                degradation=recipe.data.degradation, seed=recipe.seed, threads=recipe.threads,
                                latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads),
-                               speedup_fn=lambda a, b, hw: onnx_speedup(a, b, hw, recipe.threads))
+                               speedup_fn=lambda a, b, hw, backend: onnx_speedup(a, b, hw, recipe.threads,
+                                                                                 backend=backend),
+                               measure_backends=tuple(recipe.benchmark.backends or (recipe.benchmark.backend,)))
             with replacing(path, rank):
                 art = sdef.fn(spec.config, ctx, **{k: v for k, v in inputs.items() if v is not None})
             if rank == 0:

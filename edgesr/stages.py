@@ -64,11 +64,14 @@ class StageContext:
     threads: int = 0
     """Intra-op threads for ONNX Runtime sessions a stage opens (0: all cores); PyTorch's are set by the runner."""
     latency_fn: Callable[[Any, tuple[int, int]], float] | None = None
-    """``latency_fn(model, (h, w)) -> p50 ms`` of a PyTorch model deployed on the benchmark backend (the
-    runner provides it: export to ONNX, run in ONNX Runtime); the ``prune`` stage's latency target uses it."""
-    speedup_fn: Callable[[Any, Any, tuple[int, int]], dict] | None = None
-    """``speedup_fn(ref_model, new_model, (h, w)) -> {ratio, ci95, ...}``: how much faster ``new`` runs than ``ref``
-    on the benchmark backend, both timed in one interleaved run (the ``prune`` stage's speed guard uses it)."""
+    """``latency_fn(model, (h, w)) -> p50 ms`` of a PyTorch model exported to ONNX and run by ONNX Runtime on the
+    CPU (the runner provides it); the ``prune`` stage's latency target uses it."""
+    speedup_fn: Callable[[Any, Any, tuple[int, int], str], dict] | None = None
+    """``speedup_fn(ref_model, new_model, (h, w), backend) -> {ratio, ci95, ...}``: how much faster ``new`` runs
+    than ``ref`` on ``backend`` (both exported to ONNX), timed in one interleaved run (the ``prune`` stage's speed
+    guard uses it, on each backend of ``measure_backends`` or its own ``measure_on``)."""
+    measure_backends: tuple[str, ...] = ("onnxruntime",)
+    """The recipe's benchmark backends: where its models will be timed, so where a speed claim must hold."""
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,8 @@ def test_a_pruned_model_not_measurably_faster_than_its_parent_is_not_shipped(on_
     seen = []
     ratio, ci = {"slower": (0.85, [0.8, 0.9]), "noise": (1.06, [0.97, 1.12]), "faster": (1.3, [1.1, 1.5])}[measured]
 
-    def speedup(ref, new, hw):
+    def speedup(ref, new, hw, backend):
+        assert backend == "onnxruntime"  # call_stage's context: the default benchmark backend
         seen.append((count_macs(ref, (16, 16))[0], count_macs(new, (16, 16))[0], hw))
         return {"ratio": ratio, "ci95": ci, "ref_p50_ms": 20.0, "new_p50_ms": 20.0 / ratio}
 
@@ -297,7 +298,7 @@ def test_a_pruned_model_not_measurably_faster_than_its_parent_is_not_shipped(on_
     kw = dict(name="p", out=tmp_path / "p", source=src, teacher=None, train_pairs=builtin_train, scale=2,
               val_pairs=builtin_valid[:1], patch_size=16, min_patch_std=0.0, seed=0, speedup_fn=speedup)
     if on_slower == "fail":
-        with pytest.raises(PruneError, match=r"runs 0.85x its parent's speed \(95 % interval 0.80-0.90x.*not "
+        with pytest.raises(PruneError, match=r"on onnxruntime, the pruned model runs 0.85x its parent's speed \(95 % interval 0.80-0.90x.*not "
                                              r"measurably at min_speedup 1.0.*round_to: kernel"):
             call_stage(prune_stage, cfg, **kw)
         assert not (tmp_path / "p").exists()
@@ -321,14 +322,56 @@ def test_a_pruned_model_not_measurably_faster_than_its_parent_is_not_shipped(on_
         assert all(w % nchwc_block() == 0 for w in widths) and kernel_round_to("kernel") == nchwc_block()
 
 
-def test_onnx_speedup_times_parent_and_candidate_in_one_interleaved_run():
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_onnx_speedup_times_parent_and_candidate_in_one_interleaved_run(backend):
     from edgesr.pipeline import onnx_speedup
+    from edgesr.runtime import BACKENDS
 
+    if not BACKENDS.get(backend).available()[0]:
+        pytest.skip(f"{backend} is not installed")
     a = build_model({"type": "abpn", "scale": 2, "channels": 8, "n_body": 2}).eval()
     b = build_model({"type": "abpn", "scale": 2, "channels": 4, "n_body": 1}).eval()
-    res = onnx_speedup(a, b, (16, 24), threads=1, rounds=6)
-    assert res["rounds"] == 6 and res["input"] == [16, 24]
+    res = onnx_speedup(a, b, (16, 24), threads=1, rounds=6, backend=backend)
+    assert res["rounds"] == 6 and res["input"] == [16, 24] and res["backend"] == backend
     assert res["ci95"][0] <= res["ratio"] <= res["ci95"][1] and res["ref_p50_ms"] > 0 and res["new_p50_ms"] > 0
+
+
+def test_the_speed_guard_must_hold_on_every_benchmark_backend(builtin_train, builtin_valid, tmp_path):
+    """Faster on ONNX Runtime, slower on OpenVINO (the recipe benchmarks both): refused, naming OpenVINO; with
+    measure_on: [onnxruntime] it ships, and the manifest says where it was measured; a backend that cannot run
+    here is left out and named."""
+    from edgesr.compress.prune import PruneConfig, PruneError, prune_stage
+    from edgesr.runtime import BackendUnavailable
+
+    spec = {"type": "abpn", "scale": 2, "channels": 16, "n_body": 1}
+    src = save_model(tmp_path / "src", build_model(spec), name="src", arch=spec)
+    measured = {"onnxruntime": (1.4, [1.3, 1.5]), "openvino": (0.9, [0.85, 0.95])}
+
+    def speedup(ref, new, hw, backend):
+        if backend == "tensorrt":
+            raise BackendUnavailable("TensorRT is not installed")
+        r, ci = measured[backend]
+        return {"ratio": r, "ci95": ci, "ref_p50_ms": 20.0, "new_p50_ms": 20.0 / r, "backend": backend}
+
+    kw = dict(source=src, teacher=None, train_pairs=builtin_train, scale=2, val_pairs=builtin_valid[:1],
+              patch_size=16, min_patch_std=0.0, seed=0, speedup_fn=speedup)
+    cfg = PruneConfig(input="src", ratio=0.5, finetune_steps=0, min_speedup=1.0, latency_input=(32, 48))
+    ctx_backends = ("onnxruntime", "openvino", "tensorrt")
+    from edgesr.stages import StageContext
+
+    with pytest.raises(PruneError, match=r"on openvino, the pruned model runs 0.90x"):
+        prune_stage(cfg, StageContext(name="p", out=tmp_path / "p", measure_backends=ctx_backends,
+                                      **{k: v for k, v in kw.items() if k not in ("source", "teacher")}),
+                    input=src)
+    art = prune_stage(PruneConfig(**{**cfg.__dict__, "measure_on": ("onnxruntime",)}),
+                      StageContext(name="q", out=tmp_path / "q", measure_backends=ctx_backends,
+                                   **{k: v for k, v in kw.items() if k not in ("source", "teacher")}), input=src)
+    rec = art.manifest["transforms"][-1]
+    assert list(rec["speedup_by_backend"]) == ["onnxruntime"] and rec["speedup_vs_parent"]["ratio"] == 1.4
+    with pytest.raises(PruneError, match=r"on openvino"):
+        prune_stage(PruneConfig(**{**cfg.__dict__, "measure_on": ("tensorrt", "onnxruntime", "openvino")}),
+                    StageContext(name="r", out=tmp_path / "r",
+                                 **{k: v for k, v in kw.items() if k not in ("source", "teacher")}), input=src)
 
 
 def test_pruning_to_a_latency_target_bisects_on_the_measurement(builtin_train, tmp_path):
