@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import importlib.resources
 import logging
@@ -872,6 +873,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write there",
+                   errno.EPERM: "not permitted"}
+"""Errors of writing where the fix is the user's (space, permissions), reported without a traceback."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from .imaging import env_max_pixels
 
@@ -895,6 +902,14 @@ def main(argv: list[str] | None = None) -> int:
         print("edgesr: interrupted; artifacts are written atomically, re-run the same command to continue",
               file=sys.stderr)
         return 130
+    except OSError as exc:
+        why = _WRITE_FAILURES.get(exc.errno)
+        if args.debug or why is None:
+            raise
+        print(f"edgesr: error: {exc.filename or 'an output file'}: {why} ({exc.strerror}). Free some space or choose "
+              "another output location (--out), then run the same command again: artifacts and images are moved "
+              "into place only once complete, and a re-run reuses every stage that finished.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

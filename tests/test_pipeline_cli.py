@@ -241,3 +241,28 @@ def test_load_stage_copies_a_verified_artifact(tiny_run, tmp_path, capsys):
     assert main(["run", str(tmp_path / "l.yaml"), "--out", str(tmp_path / "out2"), "--eval", "builtin"]) == 2
     assert "differs from the" in capsys.readouterr().err
     assert not (tmp_path / "out2" / "s").exists()
+
+
+def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """ENOSPC while writing the output image (monkeypatched: a real full disk cannot be made here without
+    privileges): one line naming the file and the fix, exit 1, nothing partial at the destination."""
+    import errno
+    import os
+
+    from edgesr import files
+
+    src = tmp_path / "in.png"
+    shutil.copy(SKIMAGE / "chelsea.png", src)
+    real = os.fdopen
+
+    def full(fd, *a, **kw):
+        fh = real(fd, *a, **kw)
+        fh.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device",
+                                                               str(tmp_path / "sr.png")))
+        return fh
+
+    monkeypatch.setattr(files.os, "fdopen", full)
+    assert main(["upscale", "msrep-s-x2-int8", str(src), str(tmp_path / "sr.png")]) == 1
+    err = capsys.readouterr().err
+    assert "sr.png: the disk is full (No space left on device). Free some space" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
