@@ -748,6 +748,13 @@ def _model_variant_on_ort(c: Ctx) -> tuple[int, str]:
 
 
 LATE_CASES = [
+    Case("recipe-patch-larger-than-images", "recipe", "`patch_size: 400` with the built-in training images (most are 256 px)",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "data": {"patch_size": 400}}), 2,
+         r"data\.patch_size 400 \(LR pixels\) is larger than 10 of the 12 training images at x2 LR: astronaut "
+         r"\(256x256\).*Lower data\.patch_size to at most 151"),
+    Case("recipe-degradation-unknown", "recipe", "`data: {degradation: real}`",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "data": {"patch_size": 16, "degradation": "real"}}), 2,
+         r"data\.degradation: 'real' is not one; use one of bicubic, general"),
     Case("env-max-pixels-text", "cli", "`EDGESR_MAX_PIXELS=abc edgesr upscale ...`", _env_max_pixels, 2,
          r"EDGESR_MAX_PIXELS='abc': not a positive whole number of pixels"),
     Case("artifact-manifest-other-scale", "artifact", "ONNX artifact whose manifest was edited to `scales: [4]` (graph is x2)",

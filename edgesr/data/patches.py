@@ -15,15 +15,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import EdgesrError
 from ..imaging import to_float
 from .bicubic import imresize
 from .datasets import ImagePair
 
-__all__ = ["PatchSampler", "MARGIN"]
+__all__ = ["PatchSampler", "PatchError", "MARGIN"]
 
 MARGIN = 4
 """LR pixels of context kept around a patch that is degraded from its HR patch (blur kernels reach 6 HR pixels,
 MATLAB's antialiased x4 cubic 8), so that the patch's border is degraded as the inside of an image is."""
+
+
+class PatchError(EdgesrError, ValueError):
+    """Patches that the training images cannot give (a patch size larger than an image)."""
 
 
 class PatchSampler:
@@ -41,9 +46,13 @@ class PatchSampler:
         self.degradation = degradation
         if not pairs:
             raise ValueError("PatchSampler needs at least one image")
-        small = [p.name for p in pairs if min(p.lr.shape[:2]) < lr_patch]
+        small = [p for p in pairs if min(p.lr.shape[:2]) < lr_patch]
         if small:
-            raise ValueError(f"images smaller than the LR patch size {lr_patch}: {small}; lower patch_size")
+            fits = min(min(p.lr.shape[:2]) for p in pairs)
+            listed = ", ".join(f"{p.name} ({p.lr.shape[1]}x{p.lr.shape[0]})" for p in small[:4])
+            raise PatchError(f"data.patch_size {lr_patch} (LR pixels) is larger than {len(small)} of the {len(pairs)} "
+                             f"training images at x{scale} LR: {listed}{', ...' if len(small) > 4 else ''}. Lower "
+                             f"data.patch_size to at most {fits}, or leave those images out of the training folder.")
         self.pairs, self.scale, self.lr_patch = pairs, scale, lr_patch
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.min_std, self.max_tries = min_std, max_tries
