@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgesr.artifacts import Artifact, derived_manifest, write_artifact
+from edgesr.artifacts import Artifact, derived_manifest, last_quantization, write_artifact
+from edgesr.data.degradations import degradation_record
 from edgesr.stages import MODEL, ONNX, ONNX_FP32, StageContext, register_stage
 
 from .budget import check_budget
@@ -83,7 +84,8 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
     qmodel = nncf.quantize(model.eval(), nncf.Dataset(calib), **options, subset_size=len(calib),
                            fast_bias_correction=True)
     ptq_psnr = validate(qmodel, val_pairs, scale)
-    sampler = sampler_for(model, train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 3, ctx.min_patch_std)
+    sampler = sampler_for(model, train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 3, ctx.min_patch_std,
+                          ctx.degradation)
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), load_model(teacher) if teacher else None, cfg.alpha,
                            tuple(scales))
     result = fit(qmodel, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
@@ -120,7 +122,8 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
                 "type": "qat", "tool": f"nncf {nncf.__version__} (quantize + fine-tune + strip)", "format": "QDQ",
                 "target": cfg.target, "preset": str(preset.value), "steps": result.steps, "lr": cfg.lr,
                 "teacher": teacher.manifest.get("name") if teacher else None,
-                "calibration_images": cfg.calibration_images, **report}]
+                "calibration_images": cfg.calibration_images, **report,
+                **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {})}]
         budget = check_budget(f"qat {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
         manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget, "fp32_val_psnr": round(parent_psnr, 4),
                                "ptq_val_psnr": round(ptq_psnr, 4), "qat_torch_val_psnr": round(result.best_psnr, 4),
@@ -196,8 +199,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     from .ptq import quality_backend
 
     scales = tuple(int(s) for s in input.manifest["scales"])
-    quantized_by = next((t for t in reversed(input.manifest.get("transforms", []))
-                         if t.get("type") in ("quantize", "qat", "qat_onnx")), {})
+    quantized_by = last_quantization(input.manifest)
     target = quantized_by.get("target", "onnxruntime")
     runtime = quality_backend(target, f"qat_onnx {name}")  # OpenVINO for target openvino, as the quantize stage
     proto = onnx.load(str(input.payload))
@@ -212,7 +214,8 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
             distil_from = QdqGraph(onnx.load(str(reference.payload)), scales)
             for p in distil_from.parameters():
                 p.requires_grad_(False)
-    sampler = sampler_for(graph, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 5, ctx.min_patch_std)
+    sampler = sampler_for(graph, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 5, ctx.min_patch_std,
+                          ctx.degradation)
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), distil_from, cfg.alpha, scales)
     result = fit(graph, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
                  val_every=cfg.val_every, checkpoint_dir=out.with_name(f"{out.name}.ckpt"), checkpoint_every=250,
@@ -252,6 +255,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
             "alpha": cfg.alpha, "distilled_from": (teacher.manifest.get("name") if teacher is not None else
                                                    reference.manifest.get("name") if cfg.alpha > 0 else None),
             "weight_bits": weight_bits, "simulation_parity_db": parity,
+            **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {}),
             "kept_input": "training did not beat the input graph on the validation images" if kept_input else None,
             **report}]
         metrics = {"val_psnr": round(psnr, 4), "ptq_val_psnr": round(ptq_psnr, 4),
