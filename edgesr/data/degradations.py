@@ -159,11 +159,11 @@ TRAIN_DEGRADATIONS = ("bicubic", "general")
 of :func:`general_degradation`."""
 
 GENERAL_MIX = {
-    "blur": 0.3, "blur_sigma": (0.2, 2.0), "anisotropic": 0.5,
-    "resize": {"bicubic": 0.3, "cubic-aliased": 0.2, "cubic-aliased-0.5": 0.1, "bilinear-aliased": 0.15,
-               "area": 0.15, "nearest": 0.1},
-    "noise": 0.3, "noise_sigma": (1.0, 10.0), "poisson": 0.3, "poisson_peak": (30.0, 300.0),
-    "jpeg": 0.3, "jpeg_quality": (40, 95),
+    "blur": 0.15, "blur_sigma": (0.2, 2.0), "anisotropic": 0.5,
+    "resize": {"bicubic": 0.35, "cubic-aliased": 0.25, "cubic-aliased-0.5": 0.1, "bilinear-aliased": 0.1,
+               "area": 0.1, "nearest": 0.1},
+    "noise": 0.15, "noise_sigma": (1.0, 10.0), "poisson": 0.3, "poisson_peak": (30.0, 300.0),
+    "jpeg": 0.15, "jpeg_quality": (40, 95),
 }
 """The ``general`` mix, in the order applied (first-order, as the real-world SR literature degrades): a blur
 (isotropic or anisotropic Gaussian, sigma in HR pixels), one downscale drawn from the kernels named, noise
