@@ -2,7 +2,7 @@
 
 * ``bare``: the graph alone, a float32 N x 3 x H x W tensor in and out (what the latency columns time);
 * ``frames``: ``Upscaler.upscale`` of an 8-bit H x W x 3 frame to the 8-bit SR frame, the default path
-  (the 8-bit form, conversions inside the runtime: :mod:`edgesr.export.uint8_io`);
+  (the 8-bit form, conversions inside the runtime: :mod:`edgesr.runtime.uint8_io`);
 * ``frames_numpy``: the same call with ``io="float"``, the conversions in NumPy around the float graph (the
   path before the 8-bit form);
 

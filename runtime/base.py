@@ -160,7 +160,7 @@ class Backend:
     def run_uint8(self, frames: np.ndarray) -> np.ndarray:
         """``frames`` (N x H x W x 3 uint8 RGB, the layout frames arrive in) -> N x sH x sW x 3 uint8, rounded
         and clamped as :func:`edgesr.imaging.to_uint8` rounds. Inside the runtime where the backend can
-        (``uint8_native``: :mod:`edgesr.export.uint8_io` for ONNX graphs, on the device for torch); else through
+        (``uint8_native``: :mod:`edgesr.runtime.uint8_io` for ONNX graphs, on the device for torch); else through
         :meth:`run`. An output that held NaN or Inf raises :class:`OutputError` either way."""
         if self.artifact is None:
             raise RuntimeError(f"{self.name} backend: load() an artifact before run_uint8()")

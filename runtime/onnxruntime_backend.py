@@ -111,13 +111,13 @@ def ort_session(model: str | os.PathLike | bytes, *, threads: int = 0,
 
 
 def uint8_form(source) -> bytes | None:
-    """The serialized 8-bit form (:func:`edgesr.export.uint8_io.uint8_io`) of a graph file or serialized graph,
+    """The serialized 8-bit form (:func:`edgesr.runtime.uint8_io.uint8_io`) of a graph file or serialized graph,
     or None where it cannot be made (no ``onnx`` package in a runtime-only install, a graph outside the I/O
     convention): the backend then converts around the float graph, as before."""
     try:
         import onnx
 
-        from edgesr.export.uint8_io import uint8_io
+        from edgesr.runtime.uint8_io import uint8_io
     except ImportError:
         return None
     try:

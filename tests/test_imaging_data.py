@@ -127,5 +127,5 @@ def test_patches_are_aligned_deterministic_and_textured(builtin_train):
         down = imresize(hr[i].numpy().transpose(1, 2, 0).astype(np.float64), 0.5)
         assert np.abs(down - lr[i].numpy().transpose(1, 2, 0))[3:-3, 3:-3].mean() < 2 / 255
     assert (lr.flatten(1).std(dim=1) >= 0.04).float().mean() > 0.8
-    with pytest.raises(ValueError, match="smaller than the LR patch"):
+    with pytest.raises(ValueError, match=r"data.patch_size 4096 \(LR pixels\) is larger than 12 of the 12 training images"):
         PatchSampler(builtin_train, 2, 4096, 4)

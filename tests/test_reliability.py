@@ -884,6 +884,7 @@ def _normalise(text: str, ctx: Ctx) -> str:
     text = re.sub(r"\bcase\d\d/", "", text)
     text = re.sub(r"\b[0-9a-f]{16}\b", "<hash>", text)
     text = re.sub(r"pid \d+, started [0-9T:+-]+", "pid <pid>, started <time>", text)
+    text = re.sub(r"\bin \d+\.\d s\b", "in <t> s", text)  # elapsed times differ from run to run
     return text
 
 

@@ -1,4 +1,4 @@
-"""8-bit frames in and out inside the runtime (edgesr.export.uint8_io, Backend.run_uint8, the Upscaler's
+"""8-bit frames in and out inside the runtime (edgesr.runtime.uint8_io, Backend.run_uint8, the Upscaler's
 default path): the same pixels as the float path, on every CPU backend installed here, at odd sizes, tiled,
 batched, multi-scale and FP16; every value that differs is named and explained (a float32 tie)."""
 
@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from edgesr.artifacts import read_artifact
-from edgesr.export.uint8_io import Uint8IoError, uint8_io
+from edgesr.runtime.uint8_io import Uint8IoError, uint8_io
 from edgesr.imaging import to_float, to_uint8
 from edgesr.runtime import BACKENDS, Upscaler, open_backend
 from edgesr.runtime.base import InputError

@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgesr.errors import EdgesrError
+
 __all__ = ["uint8_io", "UINT8_INPUT", "uint8_output_names", "FINITE_OUTPUT", "Uint8IoError"]
 
 UINT8_INPUT = "frames"
 FINITE_OUTPUT = "finite"
-
-try:
-    from edgesr.errors import EdgesrError
-except ImportError:  # pragma: no cover - the module is used from within edgesr
-    EdgesrError = Exception
 
 
 class Uint8IoError(EdgesrError, ValueError):
