@@ -196,3 +196,27 @@ def test_gan_fine_tune_needs_the_users_vgg_file_and_runs_with_it(builtin_train, 
     assert "val_psnr_before" in art.manifest["metrics"] and len(art.manifest["metrics"]["history"]) == 1
     before, after = load_model(src).state_dict(), load_model(art).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_run_that_will_take_hours_says_so_once(monkeypatch, capsys):
+    """A typo'd `steps: 10000000` is named after the first half minute with its ETA, once; short runs say
+    nothing; log lines carry the ETA."""
+    import types
+
+    from edgesr import progress
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
+    assert not progress.console.is_terminal  # under pytest: the plain log lines
+    with progress.progress_bar("train big", total=10_000_000) as bar:
+        for step in range(1, 200):
+            clock["t"] = step * 0.25  # 4 steps a second
+            bar.update(step)
+    with progress.progress_bar("train small", total=100) as bar:
+        for step in range(1, 101):
+            clock["t"] = 1000 + step * 0.5
+            bar.update(step)
+    err = capsys.readouterr().err
+    assert err.count("at this rate the remaining") == 1 and "train big: at this rate" in err
+    assert "about 694.4 h" in err and "lower steps, or set max_minutes" in err
+    assert "train small: 10/100 (4 s, eta 45 s)" in err
