@@ -104,25 +104,31 @@ def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def onnx_latency_ms(model: torch.nn.Module, hw: tuple[int, int], threads: int = 0) -> float:
-    """p50 latency of a PyTorch model deployed as the benchmark deploys it: exported to ONNX, run by ONNX
-    Runtime (CPU) on a 1 x 3 x H x W input. What the prune stage's latency target measures."""
-    from .benchmarks.latency import measure_latency
+def _deployed(model: torch.nn.Module, folder: Path, key: str, backend: str, threads: int, **options):
+    """``model`` exported to ONNX in ``folder`` and opened by ``backend`` through the Backend contract (an
+    in-memory artifact record: nothing is written but the graph)."""
+    from .artifacts import Artifact
     from .export.onnx import export_onnx
     from .models import model_scales
-    from .runtime.onnxruntime_backend import ort_session
+    from .runtime import open_backend
+
+    scales = list(model_scales(model))
+    export_onnx(model.eval(), folder / f"{key}.onnx", scales=scales)
+    art = Artifact(folder, {"kind": "onnx", "name": key, "payload": f"{key}.onnx", "scales": scales,
+                            "precision": "fp32", "hash": key, "size_multiple": 1})
+    return open_backend(art, backend, threads=threads, **options)
+
+
+def onnx_latency_ms(model: torch.nn.Module, hw: tuple[int, int], threads: int = 0,
+                    backend: str = "onnxruntime") -> float:
+    """p50 latency of a PyTorch model deployed as the benchmark deploys it: exported to ONNX, run by ``backend``
+    (ONNX Runtime on the CPU by default) on a 1 x 3 x H x W input. What the prune stage's latency target
+    measures."""
+    from .benchmarks.latency import measure_latency
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "m.onnx"
-        export_onnx(model.eval(), onnx_path, scales=list(model_scales(model)))
-        sess = ort_session(onnx_path, threads=threads)
-
-        class _Run:
-            scale = model_scales(model)[0]
-
-            def run(self, x):
-                return sess.run(None, {"lr": x})[0]
-        return measure_latency(_Run(), hw, warmup=2, runs=10, max_seconds=5.0)["p50_ms"]
+        with _deployed(model, Path(tmp), "m", backend, threads) as runner:
+            return measure_latency(runner, hw, warmup=2, runs=10, max_seconds=5.0)["p50_ms"]
 
 
 def onnx_speedup(ref: torch.nn.Module, new: torch.nn.Module, hw: tuple[int, int], threads: int = 0,
@@ -131,25 +137,14 @@ def onnx_speedup(ref: torch.nn.Module, new: torch.nn.Module, hw: tuple[int, int]
     ``backend`` through the Backend contract with its interleaving settings), from one interleaved run: the ratio
     of medians ref / new with its bootstrap interval, and both medians. Raises BackendUnavailable where
     ``backend`` cannot run here."""
-    from .artifacts import Artifact
     from .benchmarks.latency import measure_interleaved, speedup
-    from .export.onnx import export_onnx
-    from .models import model_scales
-    from .runtime import BACKENDS, open_backend
+    from .runtime import BACKENDS
 
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = {}
-        for key, model in (("ref", ref), ("new", new)):
-            scales = list(model_scales(model))
-            export_onnx(model.eval(), Path(tmp) / f"{key}.onnx", scales=scales)
-            art = Artifact(Path(tmp), {"kind": "onnx", "name": key, "payload": f"{key}.onnx", "scales": scales,
-                                       "precision": "fp32", "hash": key, "size_multiple": 1})
-            runners[key] = open_backend(art, backend, threads=threads, **BACKENDS.get(backend).interleave_options)
-        try:
-            res = measure_interleaved(runners, hw, warmup=2, rounds=rounds, max_seconds=20.0)
-        finally:
-            for r in runners.values():
-                r.close()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        runners = {key: stack.enter_context(_deployed(model, Path(tmp), key, backend, threads,
+                                                      **BACKENDS.get(backend).interleave_options))
+                   for key, model in (("ref", ref), ("new", new))}
+        res = measure_interleaved(runners, hw, warmup=2, rounds=rounds, max_seconds=20.0)
     return {**speedup(res["times_ms"]["ref"], res["times_ms"]["new"]), "ref_p50_ms": res["latency"]["ref"]["p50_ms"],
             "new_p50_ms": res["latency"]["new"]["p50_ms"], "rounds": res["rounds"], "input": list(hw),
             "backend": backend}
