@@ -191,11 +191,8 @@ def _check_upscale_paths(src: Path, dst: Path, overwrite: bool) -> None:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from .artifacts import read_artifact
     from .batch import is_glob, plan_jobs, run_batch
     from .imaging import read_picture, write_picture
-    from .runtime import Upscaler, open_backend
-
     from .video import VIDEO_SUFFIXES
 
     if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
@@ -210,12 +207,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         from .batch import check_existing
 
         check_existing(jobs, skip_existing=args.skip_existing, overwrite=args.overwrite)  # before loading
-        art = read_artifact(args.artifact)
-        backend = open_backend(art, args.backend, threads=args.threads or 0, **_backend_options(args))
-        up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
+        up = _upscaler(args)
         res = run_batch(up, jobs, skip_existing=args.skip_existing, overwrite=args.overwrite,
                         max_pixels=args.max_pixels)
-        print(f"{args.input} -> {args.output}: {len(res.done)} upscaled x{backend.scale}, {len(res.skipped)} already "
+        print(f"{args.input} -> {args.output}: {len(res.done)} upscaled x{up.scale}, {len(res.skipped)} already "
               f"there, {len(res.failed)} failed, in {res.seconds:.1f} s")
         for src, why in res.failed:
             print(f"failed: {why}", file=sys.stderr)
@@ -223,15 +218,21 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     _check_upscale_paths(src, dst, args.overwrite)
     pic = read_picture(src, max_pixels=args.max_pixels)  # decoded before the model is loaded: bad input fails fast
-    art = read_artifact(args.artifact)
-    backend = open_backend(art, args.backend, threads=args.threads or 0, **_backend_options(args))
-    up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
+    up = _upscaler(args)
     write_picture(dst, up.upscale_picture(pic))
     extras = [f"tiles of {up.last_tile}"] if up.last_tile else []
     extras += ["alpha resized with bicubic"] if pic.alpha is not None else []
     extras += ["16-bit"] if pic.bits == 16 else []
-    print(f"{src} -> {dst} (x{backend.scale}{''.join(', ' + e for e in extras)})")
+    print(f"{src} -> {dst} (x{up.scale}{''.join(', ' + e for e in extras)})")
     return 0
+
+
+def _upscaler(args: argparse.Namespace):
+    """The Upscaler the upscale commands run: the artifact (verified) on the chosen backend, with --tile."""
+    from .runtime import Upscaler
+
+    return Upscaler.open(args.artifact, args.backend, threads=args.threads or 0, tile=args.tile,
+                         **_backend_options(args))
 
 
 def _backend_options(args: argparse.Namespace) -> dict:
@@ -246,8 +247,6 @@ def _backend_options(args: argparse.Namespace) -> dict:
 
 
 def _upscale_video(args: argparse.Namespace) -> int:
-    from .artifacts import read_artifact
-    from .runtime import Upscaler, open_backend
     from .video import VideoOptions, upscale_video
 
     src, dst = Path(args.input), Path(args.output)
@@ -255,10 +254,7 @@ def _upscale_video(args: argparse.Namespace) -> int:
         raise UsageError(f"{src}: no such video file. Check the path (relative paths start at {Path.cwd()}).")
     opts = VideoOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, lossless=args.lossless,
                         batch=args.batch, audio=not args.no_audio)
-    art = read_artifact(args.artifact)
-    backend = open_backend(art, args.backend, threads=args.threads or 0, **_backend_options(args))
-    up = Upscaler(backend, tile=args.tile, size_multiple=art.manifest.get("size_multiple", 1))
-    r = upscale_video(up, src, dst, opts, overwrite=args.overwrite)
+    r = upscale_video(_upscaler(args), src, dst, opts, overwrite=args.overwrite)
     print(f"{src} -> {dst}: {r.frames} frames {r.in_size[1]}x{r.in_size[0]} -> {r.out_size[1]}x{r.out_size[0]} at "
           f"{r.fps:g} fps ({r.codec}{', audio copied' if r.audio_packets else ''}); {r.end_to_end_fps:.1f} fps end to "
           f"end, {r.model_fps:.1f} fps in the model")

@@ -48,7 +48,7 @@ class Upscaler:
         """The tile side the last image was cut into (0: it ran whole)."""
 
     @classmethod
-    def open(cls, artifact, backend: str | None = None, *, threads: int = 0, tile: int = 0,
+    def open(cls, artifact, backend: str | None = None, *, threads: int = 0, tile: int = 0, io: str = "auto",
              **backend_options) -> "Upscaler":
         """An Upscaler on an artifact directory (model or ONNX) in one call::
 
@@ -60,7 +60,7 @@ class Upscaler:
         from .base import open_backend
 
         b = open_backend(artifact, backend, threads=threads, **backend_options)
-        return cls(b, tile=tile)
+        return cls(b, tile=tile, io=io)
 
     def frames(self, frames, batch: int = 4):
         """Upscale an iterable of H x W x 3 frames lazily, ``batch`` at a time through the backend; yields each
