@@ -227,6 +227,44 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_uint8_onnx(args: argparse.Namespace) -> int:
+    """The artifact's 8-bit form (what ONNX Runtime and OpenVINO run for 8-bit frames) as a standalone ONNX file,
+    for an application of one's own: uint8 N x H x W x 3 RGB in, uint8 N x sH x sW x 3 out, plus ``finite``."""
+    import json
+
+    import onnx
+
+    from .artifacts import read_artifact
+    from .files import atomic_write_bytes
+    from .runtime.uint8_io import uint8_io
+
+    art = read_artifact(args.artifact)
+    if art.kind != "onnx":
+        raise UsageError(f"{art.path}: is a {art.kind!r} artifact; the 8-bit form is made from an ONNX artifact (an "
+                         "export, fp16 or quantize stage's output, or a pretrained name such as msrep-s-x2-int8)")
+    dst = Path(args.output)
+    if dst.suffix.lower() != ".onnx":
+        raise UsageError(f"{dst}: give a file name ending in .onnx")
+    if dst.is_dir():
+        raise UsageError(f"{dst}: is a directory; give the output file's name")
+    if dst.exists() and dst.resolve() == art.payload.resolve():
+        raise UsageError(f"{dst}: is the artifact's own graph; refusing to overwrite it. Choose another path.")
+    if dst.exists() and not args.overwrite:
+        raise UsageError(f"{dst}: exists; refusing to overwrite it. Pass --overwrite, or choose another path.")
+    proto = uint8_io(onnx.load(str(art.payload)))
+    for key, value in (("edgesr.io", json.dumps({"input": "frames", "layout": "NHWC", "dtype": "uint8",
+                                                 "colour": "RGB", "outputs": [o.name for o in proto.graph.output]})),
+                       ("edgesr.source_hash", art.hash), ("edgesr.scales", json.dumps(art.manifest["scales"]))):
+        entry = next((m for m in proto.metadata_props if m.key == key), None) or proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write_bytes(dst, proto.SerializeToString())
+    outs = ", ".join(f"{o.name}" for o in proto.graph.output)
+    print(f"{art.path} -> {dst}: input frames (uint8 N x H x W x 3 RGB), outputs {outs} "
+          f"(x{'/x'.join(map(str, art.manifest['scales']))}, uint8 NHWC; finite: the sum of the float output, NaN "
+          f"or Inf when the model failed){'; H and W multiples of ' + str(art.manifest.get('size_multiple')) if int(art.manifest.get('size_multiple', 1)) > 1 else ''}")
+    return 0
+
+
 def _upscaler(args: argparse.Namespace):
     """The Upscaler the upscale commands run: the artifact (verified) on the chosen backend, with --tile."""
     from .runtime import Upscaler
@@ -864,6 +902,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_explain)
     p = sub.add_parser("models", help="list the architectures and the pretrained models (parameters, MACs, PSNR)")
     p.set_defaults(fn=cmd_models)
+    p = sub.add_parser("uint8-onnx", help="write an ONNX artifact's 8-bit form (uint8 NHWC frames in and out) as a "
+                                          "standalone .onnx file for your own application")
+    p.add_argument("artifact", help="ONNX artifact directory or pretrained name")
+    p.add_argument("output", help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(fn=cmd_uint8_onnx)
     p = sub.add_parser("doctor", help="list components and backends, and why any is unavailable")
     p.set_defaults(fn=lambda a: doctor())
     return parser

@@ -160,3 +160,26 @@ def test_the_benchmark_times_frames_beside_the_bare_graph(tiny_student, tmp_path
                                   min_rounds=3)
     assert res["latency"]["frames"]["output"] == [1, 3, 48, 80] == res["latency"]["bare"]["output"]
     assert len(res["times_ms"]["frames"]) == 3
+
+
+def test_the_8_bit_form_as_a_file_for_ones_own_application(tmp_path, capsys):
+    """`edgesr uint8-onnx` writes what the runtimes run: loaded in a bare ONNX Runtime session it gives the
+    backend's run_uint8 bytes; it never overwrites without --overwrite, nor takes a model artifact."""
+    import onnxruntime as ort
+
+    from edgesr.cli import main
+
+    out = tmp_path / "msrep_u8.onnx"
+    assert main(["uint8-onnx", "msrep-s-x2-int8", str(out)]) == 0
+    assert "input frames (uint8 N x H x W x 3 RGB), outputs frames_sr, finite" in capsys.readouterr().out
+    img = _photo(31, 45)
+    got, total = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"frames": img[None]})
+    b = open_backend(PRETRAINED / "msrep-s-x2-int8", "onnxruntime", threads=1)
+    assert np.array_equal(got, b.run_uint8(img[None])) and np.isfinite(total)
+    meta = {m.key: m.value for m in onnx.load(str(out)).metadata_props}
+    assert meta["edgesr.source_hash"] == b.artifact.hash and '"layout": "NHWC"' in meta["edgesr.io"]
+    before = out.read_bytes()
+    assert main(["uint8-onnx", "msrep-s-x2-int8", str(out)]) == 2
+    assert "exists; refusing to overwrite it" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["uint8-onnx", "msrep-s-x2", str(tmp_path / "m.onnx")]) == 2
+    assert "is a 'model' artifact" in capsys.readouterr().err
