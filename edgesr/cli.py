@@ -703,7 +703,29 @@ def _non_negative_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 (all cores) or a positive count")
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or a positive number")
+    return value
+
+
+def _threads(text: str) -> int:
+    import os
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    cores = os.cpu_count() or 1
+    if value < 0 or value > 4 * cores:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 (all {cores} cores) or a count from 1 to {4 * cores} "
+                                         "(more threads than cores only wait for each other)")
+    return value
+
+
+def _crf(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 63:
+        raise argparse.ArgumentTypeError(f"{value}: a CRF runs from 0 (lossless) to 51 for H.264/H.265 and 63 for "
+                                         "VP9/AV1; lower is better, 18 is visually lossless for H.264")
     return value
 
 
@@ -752,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="append", metavar="PATH",
                    help="evaluation set (benchmark folder with HR/, or 'builtin'); repeatable")
     p.add_argument("--train", metavar="PATH", help="training data (DIV2K root, image folder, or 'builtin')")
-    p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=_threads, help="intra-op threads (0 = all cores)")
     p.add_argument("--force", action="store_true", help="re-run stages even when their inputs are unchanged")
     p.add_argument("--only", action="append", metavar="STAGE[,STAGE]",
                    help="run only these stages (and what they need), no benchmark; repeatable. Under torchrun: "
@@ -772,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true",
                    help="folder/pattern input: keep outputs that exist (resume an interrupted batch)")
     p.add_argument("--codec", help="video: encoder (default libx264; libvpx-vp9 for .webm; ffv1/libx264rgb lossless)")
-    p.add_argument("--crf", type=_non_negative_int, default=18, help="video: quality, lower is better (default 18)")
+    p.add_argument("--crf", type=_crf, default=18, help="video: quality, lower is better (default 18)")
     p.add_argument("--pix-fmt", help="video: output pixel format (default yuv420p)")
     p.add_argument("--lossless", action="store_true", help="video: RGB without loss (FFV1 in .mkv, H.264 RGB in .mp4)")
     p.add_argument("--batch", type=_positive_int, default=4, help="video: frames per backend call (default 4)")
@@ -782,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
     p.add_argument("--tile", type=_tile, default=0,
                    help="LR tile size (0 = automatic: the whole image, or tiles when it is too large for memory)")
-    p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=_threads, help="intra-op threads (0 = all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse input images with more pixels than this (decompression-bomb guard; default "
@@ -794,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", action="append", type=_positive_int, help="multi-scale artifact: evaluate this output "
                                                                         "(repeatable; default: every output)")
     p.add_argument("--backend", choices=backends, help="default: the first available one for the artifact's kind")
-    p.add_argument("--threads", type=_non_negative_int, help="intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=_threads, help="intra-op threads (0 = all cores)")
     p.add_argument("--degradation", action="append", choices=EVAL_DEGRADATIONS, metavar="NAME",
                    help="make LR from the HR images this way instead of the set's LR (repeatable): "
                         f"{', '.join(EVAL_DEGRADATIONS)}; each beside bicubic upscaling of the same LR")
@@ -882,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="an ONNX artifact (directory or pretrained name)")
     p.add_argument("--input", type=_input_size, default=(360, 640), help="LR input HxW (default 360x640)")
     p.add_argument("--runs", type=_positive_int, default=20)
-    p.add_argument("--threads", type=_non_negative_int, default=0, help="intra-op threads (0: all cores)")
+    p.add_argument("--threads", type=_threads, default=0, help="intra-op threads (0: all cores)")
     p.add_argument("--top", type=_positive_int, default=10, help="slowest nodes listed")
     p.add_argument("--plain-shuffle", action="store_true", help="run DepthToSpace as written (the onnxruntime "
                                                                 "backend runs it as an exact ConvTranspose)")

@@ -9,7 +9,9 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
+"""Messages and progress on stderr; ``soft_wrap``: a line is never broken at the console width (logs redirected to
+a file or CI used to wrap mid-sentence at 80 columns)."""
 
 
 LONG_RUN_PROBE_S = 30.0

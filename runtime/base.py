@@ -39,7 +39,10 @@ BACKENDS: Registry = Registry("backend")
 
 
 def resolve_threads(threads: int) -> int:
-    return threads if threads > 0 else (os.cpu_count() or 1)
+    """0: all cores; a positive count as it is; anything else is refused (``threads=-2`` used to mean all cores)."""
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 0:
+        raise ValueError(f"threads={threads!r}: give 0 (all cores) or a positive number of threads")
+    return int(threads) if threads > 0 else (os.cpu_count() or 1)
 
 
 def check_input(lr: np.ndarray) -> np.ndarray:

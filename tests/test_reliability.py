@@ -233,9 +233,9 @@ def _input_as_output(c: Ctx) -> tuple[int, str]:
 
 CLI_CASES = [
     Case("cli-run-threads-negative", "cli", "`edgesr run --threads -3`",
-         lambda c: c.cli("run", "--threads", "-3"), 2, r"argument --threads: -3 is negative"),
+         lambda c: c.cli("run", "--threads", "-3"), 2, r"argument --threads: -3: give 0 \(all \d+ cores\) or a count from 1"),
     Case("cli-upscale-threads-negative", "cli", "`edgesr upscale ... --threads -1`",
-         lambda c: c.upscale(c.photo, "--threads", "-1"), 2, r"argument --threads: -1 is negative"),
+         lambda c: c.upscale(c.photo, "--threads", "-1"), 2, r"argument --threads: -1: give 0 \(all \d+ cores\)"),
     Case("cli-tile-too-small", "cli", "`edgesr upscale ... --tile 16`",
          lambda c: c.upscale(c.photo, "--tile", "16"), 2, r"argument --tile: 16 is too small"),
     Case("cli-tile-negative", "cli", "`edgesr upscale ... --tile -5`",
@@ -421,6 +421,12 @@ def _api(fn: Callable[[], object]) -> tuple[str, str]:
     except Exception as exc:  # the case asserts which class
         return type(exc).__name__, " ".join(str(exc).split())
     return "no error", ""
+
+
+def _open_with_threads(c: Ctx, threads: int):
+    from edgesr.runtime import open_backend
+
+    return open_backend(c.onnx, threads=threads)
 
 
 def _backend(c: Ctx):
@@ -748,6 +754,15 @@ def _model_variant_on_ort(c: Ctx) -> tuple[int, str]:
 
 
 LATE_CASES = [
+    Case("cli-threads-1000", "cli", "`edgesr upscale ... --threads 1000` on a small machine",
+         lambda c: c.upscale(c.photo, "--threads", "1000"), 2,
+         r"argument --threads: 1000: give 0 \(all \d+ cores\) or a count from 1 to \d+ \(more threads than cores"),
+    Case("cli-crf-99", "cli", "`edgesr upscale IN.mp4 OUT.mp4 --crf 99`",
+         lambda c: c.cli("upscale", c.onnx, c.fresh("in.mp4"), c.fresh("out.mp4"), "--crf", "99"), 2,
+         r"argument --crf: 99: a CRF runs from 0 \(lossless\) to 51 for H\.264"),
+    Case("api-threads-negative", "api", "`open_backend(artifact, threads=-2)`",
+         lambda c: _api(lambda: _open_with_threads(c, -2)), "ValueError",
+         r"threads=-2: give 0 \(all cores\) or a positive number of threads"),
     Case("recipe-patch-larger-than-images", "recipe", "`patch_size: 400` with the built-in training images (most are 256 px)",
          lambda c: _run_bad_recipe(c, {**_tiny(), "data": {"patch_size": 400}}), 2,
          r"data\.patch_size 400 \(LR pixels\) is larger than 10 of the 12 training images at x2 LR: astronaut "
