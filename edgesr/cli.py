@@ -212,6 +212,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                         max_pixels=args.max_pixels)
         print(f"{args.input} -> {args.output}: {len(res.done)} upscaled x{up.scale}, {len(res.skipped)} already "
               f"there, {len(res.failed)} failed, in {res.seconds:.1f} s")
+        left = _subfolders_with_images(Path(args.input), Path(args.output)) if not args.recursive else []
+        if left:
+            print(f"note: {len(left)} subfolder(s) of {args.input} hold images that were not included "
+                  f"({', '.join(d.name for d in left[:3])}{', ...' if len(left) > 3 else ''}); add --recursive to "
+                  "upscale them too (the tree is mirrored under the output folder)")
         for src, why in res.failed:
             print(f"failed: {why}", file=sys.stderr)
         return 1 if res.failed else 0
@@ -263,6 +268,17 @@ def cmd_uint8_onnx(args: argparse.Namespace) -> int:
           f"(x{'/x'.join(map(str, art.manifest['scales']))}, uint8 NHWC; finite: the sum of the float output, NaN "
           f"or Inf when the model failed){'; H and W multiples of ' + str(art.manifest.get('size_multiple')) if int(art.manifest.get('size_multiple', 1)) > 1 else ''}")
     return 0
+
+
+def _subfolders_with_images(folder: Path, out: Path) -> list[Path]:
+    """Direct subfolders of ``folder`` (not the output folder) with an image somewhere below them."""
+    from .imaging import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        return []
+    out_real = out.resolve()
+    return sorted(d for d in folder.iterdir() if d.is_dir() and d.resolve() != out_real
+                  and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.rglob("*") if p.is_file()))
 
 
 def _upscaler(args: argparse.Namespace):

@@ -423,6 +423,14 @@ def _api(fn: Callable[[], object]) -> tuple[str, str]:
     return "no error", ""
 
 
+def _subfolder_without_recursive(c: Ctx) -> tuple[int, str]:
+    src = c.fresh("album2")
+    (src / "more").mkdir(parents=True)
+    shutil.copy(c.photo, src / "a.png")
+    shutil.copy(c.photo, src / "more" / "b.png")
+    return c.cli("upscale", c.onnx, src, src.parent / "album2_sr")
+
+
 def _open_with_threads(c: Ctx, threads: int):
     from edgesr.runtime import open_backend
 
@@ -754,6 +762,8 @@ def _model_variant_on_ort(c: Ctx) -> tuple[int, str]:
 
 
 LATE_CASES = [
+    Case("batch-subfolders-not-recursive", "cli", "a folder with one photo and a subfolder of photos, no `--recursive`",
+         _subfolder_without_recursive, 0, r"note: 1 subfolder\(s\) of .* hold images that were not included \(more\); add --recursive"),
     Case("cli-threads-1000", "cli", "`edgesr upscale ... --threads 1000` on a small machine",
          lambda c: c.upscale(c.photo, "--threads", "1000"), 2,
          r"argument --threads: 1000: give 0 \(all \d+ cores\) or a count from 1 to \d+ \(more threads than cores"),
