@@ -431,6 +431,13 @@ def _subfolder_without_recursive(c: Ctx) -> tuple[int, str]:
     return c.cli("upscale", c.onnx, src, src.parent / "album2_sr")
 
 
+def _one_pixel_set(c: Ctx) -> tuple[int, str]:
+    folder = c.fresh("one_pixel_set")
+    folder.mkdir()
+    Image.new("RGB", (1, 1)).save(folder / "one.png")
+    return c.cli("eval", c.onnx, "--set", folder)
+
+
 def _open_with_threads(c: Ctx, threads: int):
     from edgesr.runtime import open_backend
 
@@ -762,6 +769,11 @@ def _model_variant_on_ort(c: Ctx) -> tuple[int, str]:
 
 
 LATE_CASES = [
+    Case("eval-set-is-a-file", "cli", "`edgesr eval ARTIFACT --set photo.png` (a file, not a folder)",
+         lambda c: c.cli("eval", c.onnx, "--set", c.photo), 2,
+         r"photo\.png: is a file; data sets are folders\. Put the image\(s\) in a folder"),
+    Case("eval-1x1-image", "cli", "`edgesr eval` on a folder holding a 1x1 image",
+         _one_pixel_set, 2, r"one\.png: 1x1 is too small for scale 2; remove it from the folder"),
     Case("batch-subfolders-not-recursive", "cli", "a folder with one photo and a subfolder of photos, no `--recursive`",
          _subfolder_without_recursive, 0, r"note: 1 subfolder\(s\) of .* hold images that were not included \(more\); add --recursive"),
     Case("cli-threads-1000", "cli", "`edgesr upscale ... --threads 1000` on a small machine",

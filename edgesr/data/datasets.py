@@ -81,6 +81,9 @@ def list_images(folder: Path) -> list[Path]:
 def find_layout(root: str | Path, scale: int, split: str = "train") -> tuple[Path, Path | None]:
     """Return (HR folder, LR folder or None) for ``root`` in any of the supported layouts."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: is a file; data sets are folders. Put the image(s) in a folder and give the folder "
+                        f"(e.g. {root.parent / 'my_set'}), or give a DIV2K root, a benchmark set (with HR/) or 'builtin'.")
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder. Give a DIV2K root, a benchmark set "
                                 "(with HR/), or a folder of images.")
@@ -125,9 +128,10 @@ def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: i
         return pairs
     hr_dir, lr_dir = find_layout(source, scale, "valid" if split in ("valid", "eval") else "train")
     for hr_path in list_images(hr_dir):
-        hr = modcrop(read_image(hr_path), scale)
+        full = read_image(hr_path)
+        hr = modcrop(full, scale)
         if min(hr.shape[:2]) < max(min_size, scale):
-            raise ImageError(f"{hr_path}: {hr.shape[1]}x{hr.shape[0]} is too small for scale {scale}"
+            raise ImageError(f"{hr_path}: {full.shape[1]}x{full.shape[0]} is too small for scale {scale}"
                              f"{f' and patches of {min_size} px' if min_size else ''}; remove it from the folder.")
         lr_path = _lr_file(lr_dir, hr_path, scale) if lr_dir is not None else None
         if lr_path is None:
