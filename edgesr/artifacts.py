@@ -118,6 +118,12 @@ def read_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
             close = difflib.get_close_matches(path.name, pretrained.names(), n=1, cutoff=0.6)
             hint = (f" Did you mean the pretrained model {close[0]!r}?" if close else
                     f" Pretrained models: {', '.join(pretrained.names()) or 'none shipped'} (edgesr models).")
+        foreign = [path] if path.is_file() else sorted(path.glob("*")) if path.is_dir() else []
+        foreign = [f for f in foreign if f.suffix.lower() in (".onnx", ".pth", ".pt", ".ckpt", ".safetensors", ".bin")]
+        if foreign:
+            hint = (f" {foreign[0].name} looks like a model file from elsewhere: bring it in with `edgesr import "
+                    f"{foreign[0]} --out DIR` (published checkpoints and ONNX files; see README, Importing published "
+                    "models), then use DIR.")
         raise ArtifactError(f"{path}: not an edgesr artifact ({what}). Point at a directory written by "
                             f"an edgesr stage, e.g. runs/quickstart/student, or name a pretrained model.{hint}")
     try:

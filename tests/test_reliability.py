@@ -438,6 +438,13 @@ def _one_pixel_set(c: Ctx) -> tuple[int, str]:
     return c.cli("eval", c.onnx, "--set", folder)
 
 
+def _bare_onnx(c: Ctx) -> tuple[int, str]:
+    bare = c.fresh("bare")
+    bare.mkdir()
+    shutil.copy(c.onnx / "model.onnx", bare / "model.onnx")
+    return c.upscale(c.photo, art=bare / "model.onnx")
+
+
 def _open_with_threads(c: Ctx, threads: int):
     from edgesr.runtime import open_backend
 
@@ -769,6 +776,8 @@ def _model_variant_on_ort(c: Ctx) -> tuple[int, str]:
 
 
 LATE_CASES = [
+    Case("artifact-bare-onnx", "artifact", "`edgesr upscale model.onnx ...` with an ONNX file from elsewhere (no manifest)",
+         _bare_onnx, 2, r"model\.onnx looks like a model file from elsewhere: bring it in with `edgesr import .*model\.onnx --out DIR`"),
     Case("eval-set-is-a-file", "cli", "`edgesr eval ARTIFACT --set photo.png` (a file, not a folder)",
          lambda c: c.cli("eval", c.onnx, "--set", c.photo), 2,
          r"photo\.png: is a file; data sets are folders\. Put the image\(s\) in a folder"),
