@@ -713,11 +713,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _non_negative_int(text: str) -> int:
+def _int(text: str) -> int:
+    """An integer command-line value, or argparse's error naming what was given."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or a positive number")
     return value
@@ -726,10 +731,7 @@ def _non_negative_int(text: str) -> int:
 def _threads(text: str) -> int:
     import os
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _int(text)
     cores = os.cpu_count() or 1
     if value < 0 or value > 4 * cores:
         raise argparse.ArgumentTypeError(f"{value}: give 0 (all {cores} cores) or a count from 1 to {4 * cores} "
@@ -748,10 +750,7 @@ def _crf(text: str) -> int:
 def _tile(text: str) -> int:
     from .runtime.upscaler import DEFAULT_OVERLAP
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _int(text)
     if value != 0 and value <= 2 * DEFAULT_OVERLAP:
         raise argparse.ArgumentTypeError(
             f"{value} is too small: a tile must exceed twice its {DEFAULT_OVERLAP}-pixel overlap (use {2 * DEFAULT_OVERLAP + 1} "
