@@ -166,14 +166,16 @@ def _conv_padding(x: torch.Tensor, a: dict, kernel: tuple[int, ...]) -> tuple[to
     return F.pad(x, pad), 0
 
 
-def _resize(x: torch.Tensor, node, a: dict, consts: dict) -> torch.Tensor:
+def _resize(x: torch.Tensor, node, a: dict, args: list) -> torch.Tensor:
+    """``args``: the node's inputs as computed (constants, or sizes computed from Shape, as RLFN's ESA resizes
+    its pooled map back to the size of its input)."""
     mode = a.get("mode", b"nearest").decode()
     ctm = a.get("coordinate_transformation_mode", b"half_pixel").decode()
-    inputs = list(node.input) + [""] * (4 - len(node.input))
-    scales = consts.get(inputs[2]) if inputs[2] else None
-    sizes = consts.get(inputs[3]) if inputs[3] else None
+    args = list(args) + [None] * (4 - len(args))
+    scales = args[2].tolist() if args[2] is not None and args[2].numel() else None
+    sizes = args[3].tolist() if args[3] is not None and args[3].numel() else None
     if scales is None and sizes is None:
-        raise QdqGraphError(f"Resize {node.name}: only constant scales or sizes are supported by the Q/DQ trainer")
+        raise QdqGraphError(f"Resize {node.name}: a Resize needs scales or sizes")
     if scales is not None and len(scales) and (scales[0] != 1 or scales[1] != 1):
         raise QdqGraphError(f"Resize {node.name}: resizing batch or channels is not supported")
     kw = {"scale_factor": tuple(float(s) for s in scales[2:])} if scales is not None and len(scales) else \
@@ -198,7 +200,7 @@ def _unsupported(n) -> torch.Tensor:
 
 
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div",
-                 "Clip", "Concat", "DepthToSpace", "Resize", "ReduceSum", "Identity", "Constant",
+                 "Clip", "Concat", "DepthToSpace", "Resize", "ReduceSum", "Identity", "Constant", "Shape", "MaxPool",
                  "Split", "Slice", "Gather", "QuantizeLinear", "DequantizeLinear")
 
 
@@ -425,7 +427,23 @@ class QdqGraph(nn.Module):
             nb, c, h, w = x[0].shape
             return x[0].reshape(nb, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2).reshape(nb, c // (b * b), h * b, w * b)
         if op == "Resize":
-            return _resize(x[0], n, a, self._consts)
+            return _resize(x[0], n, a, x)
+        if op == "Shape":
+            dims = list(x[0].shape)
+            return torch.tensor(dims[slice(a.get("start", 0), a.get("end"))], dtype=torch.int64)
+        if op == "MaxPool":
+            kernel = tuple(a["kernel_shape"])
+            if len(kernel) != 2 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or \
+                    a.get("storage_order", 0) or len(n.output) > 1:
+                raise QdqGraphError(f"MaxPool {n.name}: only 2-D pooling without auto_pad or indices is supported "
+                                    "by the Q/DQ trainer")
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            inp = x[0]
+            if pads[:2] != pads[2:]:  # asymmetric: pad with -inf (ONNX pads are never selected)
+                inp = F.pad(inp, [pads[1], pads[3], pads[0], pads[2]], value=float("-inf"))
+                pads = [0, 0, 0, 0]
+            return F.max_pool2d(inp, kernel, stride=tuple(a.get("strides", [1, 1])), padding=tuple(pads[:2]),
+                                dilation=tuple(a.get("dilations", [1, 1])), ceil_mode=bool(a.get("ceil_mode", 0)))
         if op == "ReduceSum":
             axes = [int(v) for v in (x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("axes", []))]
             if not axes:

@@ -226,6 +226,27 @@ def test_the_luma_classics_run_in_the_pytorch_graph(butterfly, builtin_train, bu
     assert _agreement_db(ort_session(written, threads=1).run(None, {"lr": butterfly})[0], sim) > 50
 
 
+def test_rlfns_attention_runs_in_the_pytorch_graph(butterfly, builtin_train, builtin_valid, tmp_path):
+    """RLFN in its authors' form (ESA: an unpadded MaxPool, then a bilinear Resize to a size taken from Shape;
+    0-255 range) quantized: the PyTorch graph computes what ONNX Runtime computes node by node, so qat_onnx can
+    train imported RLFNs (it refused MaxPool and Shape)."""
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    torch.manual_seed(0)
+    arch = {"type": "rlfn", "scale": 2, "channels": 12, "mid_channels": 12, "n_blocks": 1, "esa_channels": 8,
+            "pool_padding": 0, "data_range": 255.0}
+    src = save_model(tmp_path / "rlfn", build_model(arch), name="rlfn", arch=arch)
+    fp32 = call_stage(export_stage, ExportConfig(input="r"), name="r_onnx", out=tmp_path / "r_onnx", source=src)
+    q = call_stage(quantize_stage, QuantizeConfig(input="r_onnx", calibration_images=4, calibration_patch=48),
+                   name="rq", out=tmp_path / "rq", source=fp32, calib_pairs=builtin_train, val_pairs=builtin_valid[:1],
+                   scale=2, seed=0)
+    ops = {n.op_type for n in onnx.load(str(q.payload)).graph.node}
+    assert {"MaxPool", "Shape", "Resize"} <= ops
+    for art, floor in ((fp32, 100), (q, 50)):
+        ref = ort_session(art.payload, threads=1, optimize=False).run(None, {"lr": butterfly})[0]
+        assert _agreement_db(_simulated(art, butterfly), ref) > floor
+
+
 def _qdq_conv_graph(seed: int, halfway: bool):
     """lr -> Q/DQ (uint8) -> Conv (7-bit per-channel weights, INT32 bias) -> Q/DQ -> sr, 16 -> 16 channels 3x3,
     as the quantize stage writes one layer. ``halfway``: the output scale is 2 x input scale x weight scale, so
