@@ -26,8 +26,12 @@ __all__ = ["make_test_video"]
 
 
 def make_test_video(path: str | Path, frames: int = 30, size: tuple[int, int] = (72, 128), fps: int = 25,
-                    audio: bool = True) -> Path:
-    """An H.264 .mp4 (or any container PyAV writes) panning across a real photograph, with AAC audio."""
+                    audio: bool = True, vfr: bool = False) -> Path:
+    """An H.264 .mp4 (or any container PyAV writes) panning across a real photograph, with AAC audio.
+    ``vfr``: a variable frame rate as phones record (time base 1/90000; every third frame lasts twice as
+    long)."""
+    from fractions import Fraction
+
     import av
     from PIL import Image
 
@@ -41,6 +45,10 @@ def make_test_video(path: str | Path, frames: int = 30, size: tuple[int, int] = 
     with av.open(str(path), "w") as c:
         v = c.add_stream("libx264", rate=fps, options={"crf": "12", "preset": "ultrafast"})
         v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        tick = Fraction(1, 90000) if vfr else Fraction(1, fps)
+        if vfr:
+            v.codec_context.time_base = v.time_base = tick
+        t = 0
         a = None
         if audio:
             a = c.add_stream("aac", rate=48000)
@@ -49,10 +57,11 @@ def make_test_video(path: str | Path, frames: int = 30, size: tuple[int, int] = 
         for i in range(frames):
             y, x = (3 * i) % max(ph - h, 1), (5 * i) % max(pw - w, 1)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[y:y + h, x:x + w]), format="rgb24")
-            frame.pts = i
+            frame.pts, frame.time_base = t, tick
+            t += (2 if vfr and i % 3 == 2 else 1) * int(1 / (fps * tick))
             for p in v.encode(frame):
                 c.mux(p)
-            while a is not None and sample < (i + 1) * 48000 // fps:
+            while a is not None and sample < t * tick * 48000:
                 k = np.arange(sample, sample + 1024)
                 af = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * k / 48000)).astype(np.float32)[None],
                                                 format="fltp", layout="mono")

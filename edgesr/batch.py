@@ -113,7 +113,13 @@ def run_batch(upscaler, jobs: list[Job], *, skip_existing: bool = False, overwri
     """Upscale every job's image into its output (``upscaler``: an :class:`edgesr.runtime.Upscaler`)."""
     from .progress import console, progress_bar
 
+    from .files import remove_stale_temps_of
+
     check_existing(jobs, skip_existing=skip_existing, overwrite=overwrite)
+    stale = remove_stale_temps_of([j.dst for j in jobs])
+    if stale:
+        console.print(f"removed {len(stale)} temporary file(s) an interrupted run left beside its outputs "
+                      f"({stale[0]}{', ...' if len(stale) > 1 else ''})", highlight=False)
     res = BatchResult()
     t0 = time.perf_counter()
     with progress_bar("upscale", len(jobs), enabled=show_progress) as bar:

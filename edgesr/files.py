@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import EdgesrError
 
 __all__ = ["current_umask", "atomic_write_bytes", "atomic_path", "atomic_write_text", "make_temp_dir", "fix_mode",
-           "RunLock", "RunLocked", "remove_stale_temps"]
+           "RunLock", "RunLocked", "remove_stale_temps", "remove_stale_temps_of"]
 
 
 def current_umask() -> int:
@@ -38,11 +38,61 @@ def fix_mode(path: str | os.PathLike, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
+def _lock_fd(fd: int) -> None:
+    """Hold an exclusive lock on a temporary file while it is written: the kernel drops it when the writer
+    exits (kill -9 included), so :func:`remove_stale_temps_of` can tell a live writer's file from a dead one's."""
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _temp_pattern(name: str):
+    import re
+
+    return re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.tmp$")  # tempfile.mkstemp's names, as made below
+
+
+def remove_stale_temps_of(targets: list[Path] | Path) -> list[str]:
+    """Remove the temporary files that writers of ``targets`` (final paths) left when they were killed: only
+    names this module makes for those paths (``.<name>.XXXXXXXX.tmp`` beside them), and only when no live
+    process holds the file's lock. Returns the names removed."""
+    import fcntl
+
+    targets = [Path(targets)] if isinstance(targets, (str, os.PathLike)) else [Path(t) for t in targets]
+    by_dir: dict[Path, set[str]] = {}
+    for t in targets:
+        by_dir.setdefault(t.parent, set()).add(t.name)
+    removed = []
+    for directory, names in by_dir.items():
+        if not directory.is_dir():
+            continue
+        for p in directory.iterdir():
+            if not (p.name.startswith(".") and p.name.endswith(".tmp")):
+                continue
+            stem = p.name[1:-13]  # ".<name>.XXXXXXXX.tmp"
+            if stem not in names or not _temp_pattern(stem).match(p.name) or not p.is_file() or p.is_symlink():
+                continue
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            finally:
+                os.close(fd)  # (closing releases the lock taken just above too)
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _lock_fd(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -58,16 +108,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """For writers that need a file name (an encoder, a library): yields a temporary path beside ``path``;
-    on success the file gets the umask's mode and is renamed into place, on any error it is removed."""
+    on success the file gets the umask's mode and is renamed into place, on any error it is removed. The
+    temporary file is locked while the writer works, and what a killed writer of ``path`` left is removed first
+    (:func:`remove_stale_temps_of`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps_of(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
+        _lock_fd(fd)
         yield Path(tmp)
         fix_mode(tmp)
         os.replace(tmp, path)
     finally:
+        os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
 

@@ -114,9 +114,49 @@ def _encoder(suffix: str, opts: VideoOptions) -> tuple[str, str, dict]:
     options = {"crf": str(opts.crf)}
     if codec == "libx264":
         options["preset"] = "veryfast"
+        if suffix == ".avi":  # AVI stores no presentation times: reordered (B) frames would shift every frame
+            options["bf"] = "0"
     if codec == "libvpx-vp9":
         options.update({"b:v": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"})
     return codec, opts.pix_fmt or "yuv420p", options
+
+
+# Containers that cannot store a timestamp below zero: FFmpeg shifts the whole file so that the earliest packet
+# (the AAC encoder's priming, 1,024 samples before the first frame) starts at 0, which moved every frame by 21 ms.
+_NON_NEGATIVE_TS = (".mkv", ".webm", ".avi")
+# AVI has no timestamps, only a frame rate: a variable-rate input is written at its average rate.
+_CONSTANT_RATE = (".avi",)
+
+
+def _check_output(av, dst: Path, codec: str, pix_fmt: str, ain) -> None:
+    """Codec, pixel format and audio against the container, before anything is decoded (each failed only once
+    the pipeline ran, behind an unrelated thread error)."""
+    import io
+
+    fmt = _container_format(dst)
+    with av.open(io.BytesIO(), "w", format=fmt) as probe_out:
+        supported = set(probe_out.supported_codecs)
+    try:
+        enc = av.codec.Codec(codec, "w")
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        usual = [c for c in ("libx264", "libx265", "libvpx-vp9", "libsvtav1", "ffv1", "mpeg4") if c in supported]
+        raise UsageError(f"--codec {codec}: this FFmpeg (PyAV {av.__version__}) has no encoder of that name; for "
+                         f"{dst.suffix} use one of {', '.join(usual)}") from None
+    if enc.type != "video":
+        raise UsageError(f"--codec {codec}: is an {enc.type} encoder; give a video encoder (libx264, libvpx-vp9, ffv1)")
+    if enc.name not in supported:
+        usual = [c for c in ("libx264", "libx265", "libvpx-vp9", "libsvtav1", "ffv1") if c in supported]
+        raise UsageError(f"{dst}: a {dst.suffix} file cannot hold {codec} video; use --codec "
+                         f"{' / '.join(usual)}, or another container (.mkv holds all of them)")
+    formats = [f.name for f in (enc.video_formats or ())]
+    if formats and pix_fmt not in formats:
+        raise UsageError(f"--pix-fmt {pix_fmt}: {codec} does not encode it; it takes {', '.join(formats[:12])}"
+                         f"{' ...' if len(formats) > 12 else ''} (yuv420p plays everywhere)")
+    if ain is not None and ain.codec_context.name not in supported:
+        holds = [s for s in (".mp4", ".mkv", ".mov", ".webm") if s != dst.suffix.lower() and
+                 ain.codec_context.name in av.open(io.BytesIO(), "w", format=_container_format(Path("x" + s))).supported_codecs]
+        raise UsageError(f"{dst}: the input's audio is {ain.codec_context.name}, which a {dst.suffix} file cannot hold "
+                         f"(it is copied, not re-encoded); pass --no-audio, or write {' or '.join(holds) or '.mkv'}")
 
 
 def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOptions = VideoOptions(), *,
@@ -147,7 +187,16 @@ def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOpti
     ain = inp.streams.audio[0] if (options.audio and inp.streams.audio) else None
     total = vin.frames or 0
     codec, pix_fmt, codec_opts = _encoder(dst.suffix.lower(), options)
-    res = VideoResult(fps=float(vin.average_rate or 0), in_size=(vin.height, vin.width), codec=codec)
+    try:
+        _check_output(av, dst, codec, pix_fmt, ain)
+    except BaseException:
+        inp.close()
+        raise
+    rate = vin.average_rate or vin.guessed_rate or vin.base_rate
+    if not rate:
+        inp.close()
+        raise VideoError(f"{src}: its video stream declares no frame rate; remux it with one (ffmpeg -r)")
+    res = VideoResult(fps=float(rate), in_size=(vin.height, vin.width), codec=codec)
     s = upscaler.scale
     res.out_size = (vin.height * s, vin.width * s)
     q_dec: queue.Queue = queue.Queue(maxsize=options.queue_frames)
@@ -174,7 +223,7 @@ def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOpti
                         put(q_dec, ("audio", packet))
                     continue
                 for frame in packet.decode():
-                    put(q_dec, ("video", frame.to_ndarray(format="rgb24"), frame.pts, frame.time_base))
+                    put(q_dec, ("video", frame.to_ndarray(format="rgb24"), frame.pts, frame.time_base, frame.time))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             errors.append(VideoError(f"{src}: decoding failed ({exc}); the file may be truncated or corrupt"))
         finally:
@@ -191,7 +240,7 @@ def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOpti
                 outs = upscaler.upscale_batch([p[1] for p in pending])
                 res.model_seconds += time.perf_counter() - t0
                 for p, o in zip(pending, outs):
-                    put(q_enc, ("video", o, p[2], p[3]))
+                    put(q_enc, ("video", o, *p[2:]))
                 pending.clear()
 
             while True:
@@ -217,10 +266,14 @@ def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOpti
         with atomic_path(dst) as tmp:
             out = av.open(str(tmp), mode="w", format=_container_format(dst))
             try:
-                vout = out.add_stream(codec, rate=vin.average_rate, options=codec_opts)
+                vout = out.add_stream(codec, rate=rate, options=codec_opts)
                 vout.width, vout.height = vin.width * s, vin.height * s
                 vout.pix_fmt = pix_fmt
-                vout.time_base = vin.time_base
+                constant = dst.suffix.lower() in _CONSTANT_RATE
+                if not constant:  # each frame keeps its timestamp (variable frame rate, as phones record)
+                    vout.codec_context.time_base = vin.time_base
+                    vout.time_base = vin.time_base
+                last_pts = None
                 aout = out.add_stream_from_template(ain) if ain is not None else None
                 for t in threads:
                     t.start()
@@ -231,12 +284,24 @@ def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOpti
                             break
                         if item[0] == "audio":
                             packet = item[1]
+                            if dst.suffix.lower() in _NON_NEGATIVE_TS and packet.pts is not None and \
+                                    packet.pts + (packet.duration or 0) <= 0:
+                                continue  # encoder priming wholly before the first frame (see _NON_NEGATIVE_TS)
                             packet.stream = aout
                             out.mux(packet)
                             res.audio_packets += 1
                             continue
-                        _, img, pts, time_base = item
+                        _, img, pts, time_base, t = item
                         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                        if constant or pts is None:  # frame numbers at the (average) rate
+                            pts = round(t * rate) if t is not None else (last_pts + 1 if last_pts is not None else 0)
+                            time_base = 1 / rate
+                            if last_pts is not None and pts <= last_pts:
+                                pts = last_pts + 1
+                        elif last_pts is not None and pts <= last_pts:
+                            raise VideoError(f"{src}: frame {res.frames} has timestamp {pts} after {last_pts}; "
+                                             "the timestamps go backwards. Remux it first (ffmpeg -i IN -c copy OUT)")
+                        last_pts = pts
                         frame.pts, frame.time_base = pts, time_base
                         for packet in vout.encode(frame):
                             out.mux(packet)
@@ -252,13 +317,16 @@ def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOpti
                     out.mux(packet)
             finally:
                 out.close()
-    except BaseException:
+    except BaseException as exc:
         stop.set()
+        if errors and errors[0] is not exc:  # a pipeline thread failed first: that is the cause
+            raise errors[0] from exc
         raise
     finally:
         stop.set()
         for t in threads:
-            t.join(timeout=5)
+            if t.ident is not None:  # started (a failure before the start left them unstarted)
+                t.join(timeout=5)
         inp.close()
     res.seconds = time.perf_counter() - t_start
     return res

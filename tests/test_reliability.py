@@ -147,7 +147,63 @@ def _ok_upscale(ctx: Ctx, src: Path) -> tuple[int, str]:
     return code, text
 
 
+def _clip(ctx: Ctx, **kw) -> Path:
+    from edgesr.benchmarks.video_bench import make_test_video
+
+    return make_test_video(ctx.fresh("clip.mp4"), frames=12, size=(36, 64), fps=30, **kw)
+
+
+def _frame_times(path: Path) -> list[float]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [round(f.time, 3) for f in c.decode(video=0)]
+
+
+def _video_ok(ctx: Ctx, src: Path, name: str, *extra: str) -> tuple[object, str]:
+    """Upscale a clip; on success describe what was written: frames, declared rate and frame times."""
+    import av
+
+    out = ctx.fresh(name)
+    code, text = ctx.cli("upscale", ctx.onnx, src, out, *extra)
+    if code == 0:
+        with av.open(str(out)) as c:
+            v = c.streams.video[0]
+            declared = f"declares {float(v.average_rate):g} fps, {v.frames or 'no'} frame count"
+        got, want = _frame_times(out), _frame_times(src)
+        same = "the input's frame times" if got == want else f"frame times from {got[0]} s (input {want[0]} s)"
+        text = f"accepted: {len(got)} frames, {declared}, {same}"
+    return code, text
+
+
+def _video_killed(ctx: Ctx) -> tuple[object, str]:
+    """A video upscale killed with SIGKILL leaves its temporary; the next run of the same output."""
+    src = _clip(ctx)
+    out = src.parent / "out.mp4"
+    (src.parent / ".out.mp4.k1lled0x.tmp").write_bytes(b"\0" * 4096)  # what the killed encoder left
+    code, text = ctx.cli("upscale", ctx.onnx, src, out)
+    left = sorted(p.name for p in src.parent.iterdir() if p.name.startswith("."))
+    return code, f"{text.splitlines()[0] if text else ''}; temporaries left: {left or 'none'}"
+
+
 IMAGE_CASES = [
+    Case("video-vfr", "image", "a variable-frame-rate MP4 as phones record (every third frame twice as long)",
+         lambda c: _video_ok(c, _clip(c, vfr=True), "out.mp4"), 0, r"accepted: 12 frames, .*the input's frame times"),
+    Case("video-avi-rate", "image", "an MP4 (1/15360 clock) upscaled into `.avi`",
+         lambda c: _video_ok(c, _clip(c), "out.avi"), 0, r"accepted: 12 frames, declares 30 fps, 12 frame count"),
+    Case("video-mkv-start", "image", "lossless `.mkv` from an MP4 with AAC audio",
+         lambda c: _video_ok(c, _clip(c), "out.mkv", "--lossless"), 0, r"the input's frame times"),
+    Case("video-webm-aac", "image", "`.webm` output from an MP4 with AAC audio",
+         lambda c: c.cli("upscale", c.onnx, _clip(c), c.fresh("out.webm")), 2,
+         r"audio is aac, which a \.webm file cannot hold .*--no-audio"),
+    Case("video-bad-codec", "image", "`--codec h265x` (no such encoder)",
+         lambda c: c.cli("upscale", c.onnx, _clip(c), c.fresh("out.mp4"), "--codec", "h265x"), 2,
+         r"--codec h265x: this FFmpeg .* has no encoder of that name"),
+    Case("video-bad-pix-fmt", "image", "`--pix-fmt rgb48` for H.264",
+         lambda c: c.cli("upscale", c.onnx, _clip(c), c.fresh("out.mp4"), "--pix-fmt", "rgb48"), 2,
+         r"--pix-fmt rgb48: libx264 does not encode it"),
+    Case("video-killed-temp", "image", "a temporary file as a killed (SIGKILL) video upscale leaves it (`.out.mp4.XXXXXXXX.tmp`), at the next run of that output",
+         _video_killed, 0, r"temporaries left: none"),
     Case("video-truncated", "image", "a video cut after 300 bytes (interrupted download)",
          lambda c: c.cli("upscale", c.onnx, _image(c, "clip.mp4", lambda p: p.write_bytes(_video_bytes(c)[:300])),
                          c.fresh("out.mp4")), 2, r"clip\.mp4: (cannot open this video|decoding failed)"),

@@ -1,6 +1,9 @@
 """Video upscaling: frame count, rate and timestamps kept, audio copied, each frame exactly the single-image
 upscale of the decoded frame (lossless mode), bad input named. A short video made from a real photograph."""
 
+import os
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -84,3 +87,90 @@ def test_bad_videos_are_named_and_leave_nothing_behind(student, clip, tmp_path, 
     assert "names no video container" in capsys.readouterr().err
     assert main(["upscale", str(student.path), str(clip), str(tmp_path / "o.webm"), "--lossless"]) == 2
     assert "lossless output in .webm: use .mkv (FFV1)" in capsys.readouterr().err
+
+
+def _times(path):
+    with av.open(str(path)) as c:
+        return [f.time for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
+def test_a_variable_frame_rate_video_keeps_each_frames_time(student, tmp_path, suffix):
+    """As phones record: every third frame lasts twice as long (it crashed: 'Invalid argument ... returned 22',
+    the encoder's 1/rate clock cannot hold those times). Matroska starts at 0 too (the AAC priming before the
+    first frame shifted every frame by 21 ms)."""
+    phone = make_test_video(tmp_path / "phone.mp4", frames=24, size=(36, 64), fps=30, vfr=True)
+    ins = _times(phone)
+    assert len(set(np.round(np.diff(ins), 4))) == 2  # the input really is variable-rate
+    up = Upscaler(open_backend(student, threads=1))
+    r = upscale_video(up, phone, tmp_path / f"out{suffix}", VideoOptions(batch=5), show_progress=False)
+    assert r.frames == 24 and probe(tmp_path / f"out{suffix}")["audio"]
+    assert _times(tmp_path / f"out{suffix}") == pytest.approx(ins, abs=1e-3)
+
+
+def test_avi_declares_the_rate_and_frame_count_it_holds(student, clip, tmp_path):
+    """AVI has a frame rate and no timestamps: frames are numbered at the input's rate (it declared 600 fps and
+    1,800 frames for 90, from the input's 1/15360 clock)."""
+    up = Upscaler(open_backend(student, threads=1))
+    dst = tmp_path / "out.avi"
+    upscale_video(up, clip, dst, VideoOptions(batch=4), show_progress=False)
+    with av.open(str(dst)) as c:
+        v = c.streams.video[0]
+        assert (v.average_rate, v.frames, v.time_base) == (30, 40, Fraction(1, 30))
+    got, ins = _times(dst), _times(clip)
+    # (FFmpeg's AVI reader dates H.264 frames one frame late; the spacing is the input's)
+    assert len(got) == 40 and np.allclose(np.diff(got), np.diff(ins), atol=1e-3)
+
+
+def test_codec_container_and_audio_are_checked_before_decoding(student, clip, tmp_path, capsys):
+    """Each ended in 'RuntimeError: cannot join thread before it is started', which hid the cause."""
+    cases = [(["o.webm"], "the input's audio is aac, which a .webm file cannot hold (it is copied, not re-encoded); "
+                          "pass --no-audio, or write .mp4"),
+             (["o.mp4", "--codec", "h265x"], "--codec h265x: this FFmpeg"),
+             (["o.mp4", "--codec", "aac"], "--codec aac: is an audio encoder"),
+             (["o.webm", "--codec", "libx264", "--no-audio"], "a .webm file cannot hold libx264 video; use --codec"),
+             (["o.mp4", "--pix-fmt", "rgb48"], "--pix-fmt rgb48: libx264 does not encode it; it takes yuv420p")]
+    for args, message in cases:
+        assert main(["upscale", str(student.path), str(clip), str(tmp_path / args[0]), *args[1:]]) == 2, args
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err and "Traceback" not in err, (args, err)
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary left
+    # With the audio left out, the same .webm is written.
+    assert main(["upscale", str(student.path), str(clip), str(tmp_path / "o.webm"), "--no-audio"]) == 0
+    assert probe(tmp_path / "o.webm")["frames"] == 40
+
+
+def test_the_first_error_of_a_pipeline_thread_is_the_one_raised(clip, tmp_path):
+    from edgesr.errors import EdgesrError
+
+    class Failing:
+        scale = 2
+
+        def upscale_batch(self, frames):
+            raise EdgesrError("the model failed on frame 1")
+
+    with pytest.raises(EdgesrError, match="the model failed on frame 1"):
+        upscale_video(Failing(), clip, tmp_path / "o.mp4", show_progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_killed_upscales_temporary_file_is_removed_by_the_next_run(student, clip, tmp_path):
+    """kill -9 leaves '.out.mp4.XXXXXXXX.tmp' (no cleanup code runs); the next write of that output removes it.
+    A temporary a live writer holds (locked), and files edgesr did not make, are kept."""
+    import fcntl
+
+    stale = tmp_path / ".out.mp4.k1lled0x.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    live = tmp_path / ".out.mp4.w0rking1.tmp"
+    live.write_bytes(b"\0")
+    others = [tmp_path / ".out.mp4.notes.tmp", tmp_path / ".other.mp4.k1lled0x.tmp", tmp_path / "out.mp4.k1lled0x.tmp"]
+    for p in others:
+        p.write_text("mine")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert main(["upscale", str(student.path), str(clip), str(tmp_path / "out.mp4")]) == 0
+    finally:
+        os.close(fd)
+    assert not stale.exists() and live.exists() and all(p.read_text() == "mine" for p in others)
+    assert probe(tmp_path / "out.mp4")["frames"] == 40
