@@ -83,15 +83,24 @@ def measure_interleaved(backends: dict, input_hw: tuple[int, int], *, warmup: in
     in the same rounds, so ratios of medians stay put where block-by-block timing would shift them.
 
     ``backends`` maps a key to anything with ``run(x)``; returns ``{"latency": {key: stats}, "times_ms":
-    {key: [per round]}, "order": [[keys per round]], "rounds": n}``."""
+    {key: [per round]}, "order": [[keys per round]], "rounds": n}``. A backend whose artifact is bound to one
+    input size (``manifest["input_size"]``: an imported fixed-size ONNX graph) runs at that size, batch 1 where
+    it is bound to it, and its record says so (``input``); its frame-in/frame-out row (:class:`FrameInFrameOut`)
+    is what compares with the others at ``input_hw``."""
     keys = list(backends)
     h, w = input_hw
     x = np.random.default_rng(seed).random((batch, 3, h, w), dtype=np.float32)
+    inputs = {}
+    for k in keys:
+        m = getattr(getattr(backends[k], "artifact", None), "manifest", None) or {}
+        fixed = m.get("input_size")
+        inputs[k] = x if not fixed else np.random.default_rng(seed).random(
+            (1 if m.get("max_batch") == 1 else batch, 3, *fixed), dtype=np.float32)
     out_hw = {}
     for k in keys:
         out = None
         for _ in range(max(1, warmup)):
-            out = backends[k].run(x)
+            out = backends[k].run(inputs[k])
         out_hw[k] = tuple(int(s) for s in out.shape[-2:])
     rng = np.random.default_rng([seed, 7])
     times: dict = {k: [] for k in keys}
@@ -102,15 +111,16 @@ def measure_interleaved(backends: dict, input_hw: tuple[int, int], *, warmup: in
         order = [keys[i] for i in rng.permutation(len(keys))] if shuffle else list(keys)
         for k in order:
             t0 = clock()
-            backends[k].run(x)
+            backends[k].run(inputs[k])
             times[k].append((clock() - t0) * 1e3)
         order_log.append(order)
         n += 1
     latency = {}
     for k in keys:
         oh, ow = out_hw[k]
-        latency[k] = {"input": [batch, 3, h, w], "output": [batch, 3, oh, ow], "warmup": warmup,
-                      **latency_stats(times[k], batch, (oh, ow))}
+        n_in = inputs[k].shape[0]
+        latency[k] = {"input": list(inputs[k].shape), "output": [n_in, 3, oh, ow], "warmup": warmup,
+                      **latency_stats(times[k], n_in, (oh, ow))}
     return {"latency": latency, "times_ms": {k: [round(v, 4) for v in times[k]] for k in keys},
             "order": order_log, "rounds": n}
 

@@ -25,19 +25,25 @@ class QuantizeError(EdgesrError, RuntimeError):
     """A quantisation or FP16 step that cannot run or failed its checks; the message names the fix."""
 
 
-def calibration_batches(pairs: list[ImagePair], n: int, patch: int, seed: int = 0) -> list[np.ndarray]:
+def calibration_batches(pairs: list[ImagePair], n: int, patch, seed: int = 0, *,
+                        input_size=None) -> list[np.ndarray]:
     """``n`` LR crops (1 x 3 x patch x patch float32) from the training images, most textured first picked
-    at random positions (seeded)."""
+    at random positions (seeded). ``input_size`` (a graph bound to one input size): crops of exactly that
+    size instead, images smaller than it mirrored out to it (as the Upscaler feeds such a graph)."""
     rng = np.random.default_rng([seed, 77])
     out = []
-    usable = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
+    ph, pw = (int(input_size[0]), int(input_size[1])) if input_size else (patch, patch)
+    usable = [p for p in pairs if p.lr.shape[0] >= ph and p.lr.shape[1] >= pw] or (pairs if input_size else [])
     if not usable:
         raise QuantizeError(f"no calibration image is at least {patch} px; lower calibration_patch")
     for i in range(n):
         p = usable[i % len(usable)]
         h, w = p.lr.shape[:2]
-        y, x = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
-        out.append(np.ascontiguousarray(to_float(p.lr[y:y + patch, x:x + patch]).transpose(2, 0, 1)[None]))
+        y, x = int(rng.integers(0, max(h - ph, 0) + 1)), int(rng.integers(0, max(w - pw, 0) + 1))
+        crop = p.lr[y:y + ph, x:x + pw]
+        if crop.shape[:2] != (ph, pw):
+            crop = np.pad(crop, ((0, ph - crop.shape[0]), (0, pw - crop.shape[1]), (0, 0)), mode="reflect")
+        out.append(np.ascontiguousarray(to_float(crop).transpose(2, 0, 1)[None]))
     return out
 
 

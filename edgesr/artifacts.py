@@ -293,6 +293,8 @@ def derived_manifest(source: Artifact, *, kind: str, name: str, precision: str, 
     return {"kind": kind, "name": name, "arch": arch, "scales": list(source.manifest["scales"]),
             "precision": precision, "params": source.manifest.get("params"),
             "size_multiple": source.manifest.get("size_multiple", 1),
+            # a graph bound to one input size (and batch) stays bound in every form made from it
+            **{k: source.manifest[k] for k in ("input_size", "max_batch") if k in source.manifest},
             "transforms": derived_transforms(source, arch, transform),
             "parent": parent_record(source), **fields}
 

@@ -549,7 +549,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         probe = m["metrics"]["probe"]
         print(f"{src} -> {art.path}: ONNX graph ({m['source']['input']} {m['source']['input_shape']}, {args.range or '0-1'} "
               f"{args.channels or 'rgb'}) as lr -> {', '.join(m['source']['outputs'])} as x{'/x'.join(map(str, m['scales']))}"
-              f"{', made dynamic' if m['source']['made_dynamic'] else ''}; parity {m['metrics']['parity']['max_abs']:.1e}; "
+              f"{', made dynamic' if m['source']['made_dynamic'] else ''}"
+              f"{f', bound to {fixed[1]}x{fixed[0]} (images are tiled to it)' if (fixed := m.get('input_size')) else ''}"
+              f"; parity {m['metrics']['parity']['max_abs']:.1e}; "
               f"probe photo {probe['psnr_y']:.2f} dB (bicubic {probe['bicubic_psnr_y']:.2f})")
         other = "bgr" if (args.channels or "rgb") == "rgb" else "rgb"
         alt = probe["alternatives"].get(f"{args.range or '0-1'} {other}")
@@ -861,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="artifact directory (default: beside the file, named after it)")
     p.add_argument("--overwrite", action="store_true", help="replace an artifact of the same kind at --out")
     p.add_argument("--range", choices=["0-1", "0-255"], help="ONNX file: its input/output range (default 0-1)")
-    p.add_argument("--channels", choices=["rgb", "bgr"], help="ONNX file: its channel order (default rgb)")
+    p.add_argument("--channels", choices=["rgb", "bgr", "y"], help="ONNX file: its channel order (default rgb; y: a luminance-only network, colour from bicubic)")
     p.add_argument("--output", help="ONNX file: keep only this output of a graph with several")
     p.set_defaults(fn=cmd_import)
     p = sub.add_parser("check", help="TensorRT readiness of an ONNX artifact: rules, then the real RTX parser and "

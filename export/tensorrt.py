@@ -26,7 +26,7 @@ import json
 import platform
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -67,9 +67,13 @@ class EngineConfig:
     directory). RTX has none: it picks kernels at run time."""
 
 
-def check_profile(cfg: EngineConfig, size_multiple: int = 1) -> dict:
+def check_profile(cfg: EngineConfig, size_multiple: int = 1, input_size=None, max_batch: int | None = None) -> dict:
     """The optimization profile, validated before anything is built: every side >= 1, min <= opt <= max,
-    and multiples of the model's size multiple."""
+    and multiples of the model's size multiple. A graph bound to one input size (``input_size``, an imported
+    ONNX file) gets exactly that size (and batch 1 with ``max_batch`` 1) whatever the shapes asked."""
+    if input_size:
+        hw = tuple(int(v) for v in input_size)
+        cfg = replace(cfg, shapes=(hw, hw, hw), batch=1 if max_batch == 1 else cfg.batch)
     (h0, w0), (h1, w1), (h2, w2) = cfg.shapes
     problems = []
     if cfg.batch < 1:
@@ -193,7 +197,8 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
                               "`target: tensorrt` in the quantize (or qat) stage for the form TensorRT builds.")
     trt = flavour_module(cfg.flavour)
     version = trt.__version__
-    profile = check_profile(cfg, int(onnx_art.manifest.get("size_multiple", 1)))
+    profile = check_profile(cfg, int(onnx_art.manifest.get("size_multiple", 1)), onnx_art.manifest.get("input_size"),
+                            onnx_art.manifest.get("max_batch"))
     targets = _targets(cfg)
     workspace = _workspace_mb(cfg)
     key = engine_key(onnx_art.hash, cfg, version, profile, targets, workspace)

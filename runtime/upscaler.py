@@ -38,9 +38,13 @@ class Upscaler:
         if io not in ("auto", "float"):
             raise ValueError(f"io {io!r}: use 'auto' (8-bit in the runtime where it can) or 'float'")
         self.io = io
+        art = getattr(backend, "artifact", None)
         if size_multiple is None:
-            art = getattr(backend, "artifact", None)
             size_multiple = int(art.manifest.get("size_multiple", 1)) if art is not None else 1
+        fixed = art.manifest.get("input_size") if art is not None else None
+        self.input_size = tuple(int(v) for v in fixed) if fixed else None
+        """A graph bound to one input size (an imported ONNX file): every image is cut into (or padded to)
+        tiles of exactly that size."""
         self.backend, self.tile, self.overlap, self.size_multiple = backend, tile, overlap, size_multiple
         self.max_pixels = max_pixels
         self.scale = backend.scale
@@ -126,6 +130,8 @@ class Upscaler:
         return check_finite(self.backend, sr)
 
     def _tile_for(self, h: int, w: int) -> int:
+        if self.input_size:
+            return 0 if (h, w) == self.input_size else max(self.input_size)
         if self.tile:
             return self.tile if (h > self.tile or w > self.tile) else 0
         return AUTO_TILE if h * w > self.max_pixels else 0
@@ -140,6 +146,8 @@ class Upscaler:
             run = lambda part: self._run_padded_uint8(part[None])[0]  # noqa: E731
         else:
             run = lambda part: convert(self._run_padded(to_float(part).transpose(2, 0, 1))).transpose(1, 2, 0)  # noqa: E731
+        if tile and self.input_size:
+            return self._upscale_fixed(img, out, run)
         if not tile:
             if convert is None:  # the runtime's own output array, not a copy into ``out``
                 return np.ascontiguousarray(run(img))
@@ -154,6 +162,41 @@ class Upscaler:
                 yb, xb = min(y1 + self.overlap, h), min(x1 + self.overlap, w)
                 sr = run(img[ya:yb, xa:xb])
                 out[y0 * s:y1 * s, x0 * s:x1 * s] = sr[(y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
+        return out
+
+    def _upscale_fixed(self, img: np.ndarray, out: np.ndarray, run) -> np.ndarray:
+        """Tiles of exactly the graph's input size: an image smaller than it (in a dimension) is mirrored out to
+        it and cropped back; a larger one is cut into tiles that overlap by a margin on each inner side, the
+        last one moved back inside the image, and each tile's output pasted from the end of the previous tile's
+        (so that every pasted row and column is at least the margin away from an inner tile edge)."""
+        th, tw = self.input_size
+        h, w = img.shape[:2]
+        s = self.scale
+        ph, pw = max(th - h, 0), max(tw - w, 0)
+        src = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect") if (ph or pw) else img  # (NumPy reflects
+        # again and again where the pad is longer than the image)
+
+        def spans(n: int, t: int) -> list[tuple[int, int, int]]:
+            margin = min(self.overlap, (t - 1) // 4)
+            core = t - 2 * margin
+            starts = list(range(0, n - t + 1, core))
+            if starts[-1] != n - t:
+                starts.append(n - t)
+            out, begin = [], 0
+            for k, a in enumerate(starts):
+                end = n if k == len(starts) - 1 else a + t - margin
+                out.append((a, begin, end))  # tile start, first and last+1 row it pastes
+                begin = end
+            return out
+
+        H, W = src.shape[:2]
+        full = out if (H, W) == (h, w) else np.empty((H * s, W * s, 3), out.dtype)
+        for y0, ya, yb in spans(H, th):
+            for x0, xa, xb in spans(W, tw):
+                sr = run(src[y0:y0 + th, x0:x0 + tw])
+                full[ya * s:yb * s, xa * s:xb * s] = sr[(ya - y0) * s:(yb - y0) * s, (xa - x0) * s:(xb - x0) * s]
+        if full is not out:
+            out[:] = full[: h * s, : w * s]
         return out
 
     def upscale_float(self, img: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SHARED, WEIGHTS, call_stage, published_weights, set5_psnr
+from conftest import REPO, SHARED, WEIGHTS, call_stage, published_weights, set5_psnr
 from edgesr.artifacts import read_artifact
 from edgesr.cli import main
 from edgesr.importing import ImportError_, detect_layouts, import_checkpoint, load_checkpoint_model, read_checkpoint
@@ -234,3 +234,110 @@ def test_an_imported_onnx_goes_on_through_int8_and_upscaling(tmp_path):
     with Upscaler.open(q.path, threads=1) as up:
         out = up.upscale(np.full((20, 24, 3), 128, np.uint8))
     assert out.shape == (80, 96, 3)
+
+
+def _luma_network_onnx(tmp_path: Path, fixed: tuple[int, int] | None = None) -> tuple[Path, object]:
+    """A trained luminance network as its authors would export it: FSRCNN's Y core (N x 1 x H x W -> Y x2), in
+    [0, 1]; with ``fixed``, a static input size and no dynamic axes."""
+    import torch
+
+    from edgesr.modelio import load_model
+
+    model = load_model(read_artifact(REPO / "tests" / "data" / "int8_property" / "fsrcnn")).eval()
+    h, w = fixed or (24, 32)
+    p = tmp_path / ("y_fixed.onnx" if fixed else "y.onnx")
+    dyn = None if fixed else {"y_in": {0: "n", 2: "h", 3: "w"}, "y_out": {0: "n", 2: "H", 3: "W"}}
+    torch.onnx.export(model.network, torch.rand(1, 1, h, w), str(p), input_names=["y_in"], output_names=["y_out"],
+                      dynamic_axes=dyn, opset_version=17, dynamo=False)
+    return p, model
+
+
+def test_a_luminance_network_imports_with_channels_y_and_scores_what_edgesr_scores_with_it(tmp_path):
+    """SRCNN/FSRCNN/VDSR are published on Y: --channels y computes Y in the graph, runs the network on it and
+    takes the colour from the bicubic-upscaled input; the network's Y is the output's Y, so PSNR-Y is the
+    network's (measured: equal to edgesr's own Y wrapper of the same weights, whose chroma is bilinear)."""
+    path, model = _luma_network_onnx(tmp_path)
+    code, _, err = _cli("import", path, "--out", tmp_path / "rgb")
+    assert code == 2 and "has one channel" in err and "--channels y" in err
+    art = read_artifact(_cli_ok("import", path, "--channels", "y", "--out", tmp_path / "y"))
+    assert art.manifest["source"]["channels"] == "y" and art.manifest["metrics"]["parity"]["max_abs"] < 1e-5
+    got = set5_psnr(art.path, 2, backend="onnxruntime")
+    ref = set5_psnr(REPO / "tests" / "data" / "int8_property" / "fsrcnn", 2)
+    assert got == pytest.approx(ref, abs=0.02) and got > 33.70  # (bicubic: 33.68)
+
+
+def _fixed_size_upsampler(tmp_path: Path) -> Path:
+    """A real x2 upsampler bound to 1 x 3 x 24 x 32, as old exporters leave graphs: a Reshape to constant shapes
+    (it fails at any other size or batch), then the cubic Resize and Clip of :func:`_upsampler`."""
+    consts = [numpy_helper.from_array(np.array([1, 3, 24 * 32], np.int64), "flat"),
+              numpy_helper.from_array(np.array([1, 3, 24, 32], np.int64), "shape"),
+              numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+              numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(1.0, np.float32), "hi")]
+    return _graph(tmp_path, "fixed", [1, 3, 24, 32], [1, 3, 48, 64],
+                  [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("Reshape", ["f", "shape"], ["r"]),
+                   helper.make_node("Resize", ["r", "", "scales"], ["u"], mode="cubic"),
+                   helper.make_node("Clip", ["u", "lo", "hi"], ["y"])], consts)
+
+
+def test_a_graph_bound_to_its_input_size_imports_and_the_runtime_tiles_to_it(tmp_path):
+    """It was refused ('does not run at other sizes'); now its size is recorded, the backend refuses other sizes
+    with the fix, and the Upscaler cuts every image into tiles of exactly that size (mirroring small ones)."""
+    from edgesr.errors import EdgesrError
+    from edgesr.runtime import Upscaler, open_backend
+
+    art = read_artifact(_cli_ok("import", _fixed_size_upsampler(tmp_path), "--out", tmp_path / "fixed"))
+    assert art.manifest["input_size"] == [24, 32] and art.manifest["max_batch"] == 1
+    assert not art.manifest["source"]["made_dynamic"] and art.manifest["scales"] == [2]
+    dyn = read_artifact(_cli_ok("import", _upsampler(tmp_path), "--out", tmp_path / "dyn"))  # the same cubic Resize
+    from edgesr.data.datasets import builtin_images
+
+    img = builtin_images("valid")[0][1][:50, :71]
+    for backend in ("onnxruntime", "openvino"):
+        b = open_backend(art, backend, threads=1)
+        with pytest.raises(EdgesrError, match=r"runs at 32x24 only .*, got 20x20; use edgesr.runtime.Upscaler"):
+            b.run(np.zeros((1, 3, 20, 20), np.float32))
+        x = np.random.default_rng(0).random((3, 3, 24, 32), dtype=np.float32)
+        whole = open_backend(dyn, backend, threads=1).run(x)
+        np.testing.assert_allclose(b.run(x), whole, atol=1e-5)  # batch 3 through a batch-1 graph
+        ref = Upscaler(open_backend(dyn, backend, threads=1))
+        for io in ("auto", "float"):
+            up = Upscaler(b, io=io)
+            big = up.upscale(img)  # 50 x 71: 3 x 3 tiles, the last ones moved back inside the image
+            assert up.last_tile and big.shape == (100, 142, 3)
+            # a cubic Resize needs 2 px of context: with the tiles' 5 px margins, tiled = whole (but for a value on
+            # a rounding tie, where the runtime sums in another order: 1 of 42,600 seen)
+            diff = np.abs(big.astype(int) - ref.upscale(img))
+            assert diff.max() <= 1 and np.count_nonzero(diff) <= 5
+            small = up.upscale(img[:10, :13])  # mirrored out to 24 x 32 and cropped back
+            assert small.shape == (20, 26, 3)
+            np.testing.assert_array_equal(small[:16, :20], ref.upscale(img[:10, :13])[:16, :20])
+    code, out, err = _cli("eval", art.path, "--set", SET5)
+    assert code == 0 and out.startswith("Set5: PSNR-Y 3"), err  # (every Set5 image tiled or mirrored to 32x24)
+
+
+def test_a_fixed_size_graph_goes_on_through_int8_engine_profiles_and_timing(tmp_path):
+    """Every form made from it stays bound to its size: INT8 calibrates on crops of exactly that size (images
+    mirrored out where smaller), the engine profile is that size, the latency harness times the bare graph at
+    it (and says so) beside frame-in/frame-out at the benchmark's size."""
+    from edgesr.benchmarks.latency import FrameInFrameOut, measure_interleaved
+    from edgesr.compress.ptq import QuantizeConfig, quantize_stage
+    from edgesr.data.datasets import load_pairs
+    from edgesr.export.tensorrt import EngineConfig, check_profile
+    from edgesr.runtime import Upscaler, open_backend
+
+    src = read_artifact(_cli_ok("import", _fixed_size_upsampler(tmp_path), "--out", tmp_path / "fixed"))
+    pairs = load_pairs("builtin", 2, "train")[:2]
+    q = call_stage(quantize_stage, QuantizeConfig(input="fixed", calibration_images=3, calibration_patch=96),
+                   name="q", out=tmp_path / "q", source=src, calib_pairs=pairs, val_pairs=pairs, scale=2)
+    assert q.manifest["input_size"] == [24, 32] and q.manifest["max_batch"] == 1
+    img = pairs[0].lr[:40, :50]
+    with Upscaler.open(q.path, threads=1) as up, Upscaler.open(src.path, threads=1) as ref:
+        got, want = up.upscale(img), ref.upscale(img)
+    assert got.shape == (80, 100, 3) and np.abs(got.astype(int) - want).mean() < 2  # INT8 of a cubic Resize
+    profile = check_profile(EngineConfig(input="q", shapes=((16, 16), (360, 640), (1080, 1920)), batch=4),
+                            1, q.manifest["input_size"], q.manifest["max_batch"])
+    assert profile["min"] == profile["opt"] == profile["max"] == [1, 3, 24, 32]
+    b = open_backend(q, "onnxruntime", threads=1)
+    t = measure_interleaved({"bare": b, "frames": FrameInFrameOut(b, (36, 64))}, (36, 64), warmup=1, rounds=2,
+                            min_rounds=2)
+    assert t["latency"]["bare"]["input"] == [1, 3, 24, 32] and t["latency"]["frames"]["output"][2:] == [72, 128]
