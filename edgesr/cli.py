@@ -28,7 +28,9 @@ OPTIONAL = [
                      "pip install 'edgesr[rtx]')"),
     ("tensorrt", "TensorRT 10/11 (engine flavour tensorrt: data-centre GPUs, Jetson; pip install 'edgesr[tensorrt]' "
                  "on a machine with an NVIDIA GPU)"),
-    ("pycuda", "PyCUDA (TensorRT buffers; needs an NVIDIA driver)"),
+    ("cuda.bindings", "cuda-python (the tensorrt backend's buffers, streams, events; pip install 'edgesr[gpu]', "
+                      "needs an NVIDIA driver)"),
+    ("pynvml", "NVML (GPU record, board power while timing; pip install 'edgesr[gpu]')"),
 ]
 
 
@@ -146,13 +148,15 @@ def _builtin_recipe() -> Path:
     return Path(str(importlib.resources.files("edgesr.benchmarks") / "recipes" / "quickstart.yaml"))
 
 
-def _needs_training_extra(command: str) -> None:
+def _needs_training_extra(command: str, modules=("torch", "torch_pruning", "yaml", "safetensors"),
+                          extra: str = "train") -> None:
     import importlib.util
 
-    missing = [m for m in ("torch", "torch_pruning", "yaml", "safetensors") if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise UsageError(f"`edgesr {command}` needs the training extra, which is not installed here (missing: "
-                         f"{', '.join(missing)}): pip install 'edgesr[train]'. Without it edgesr runs ONNX artifacts "
+        what = "the training extra" if extra == "train" else f"the {extra} extra"
+        raise UsageError(f"`edgesr {command}` needs {what}, which is not installed here (missing: "
+                         f"{', '.join(missing)}): pip install 'edgesr[{extra}]'. Without it edgesr runs ONNX artifacts "
                          "(edgesr upscale, edgesr eval, edgesr doctor).")
 
 
@@ -330,7 +334,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         from .models import MODELS, build_model
     except ImportError:
-        console.print("architectures: need PyTorch (pip install 'edgesr[train]')")
+        console.print("architectures: need PyTorch (pip install 'edgesr[train]')", markup=False)
     else:
         from .models import deploy_form
 
@@ -502,11 +506,14 @@ def _shapes(text: str) -> tuple:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    _needs_training_extra("build-engine")
+    # an engine from an ONNX artifact (a shipped one, say) needs ONNX and TensorRT for RTX, not PyTorch
+    _needs_training_extra("build-engine", ("onnx",), "rtx")
     from .artifacts import read_artifact
     from .export.tensorrt import EngineConfig, build_engine
 
     art = read_artifact(args.artifact)
+    if art.kind != "onnx":
+        _needs_training_extra(f"build-engine {art.path} (a model artifact: exported to ONNX first)")
     cfg = EngineConfig(input=art.manifest.get("name", "onnx"), flavour=args.flavour,
                        **({"shapes": args.shapes} if args.shapes else {}), workspace_mb=args.workspace,
                        opt_level=args.opt_level, compute_capabilities=tuple(args.compute_capability or ()),
@@ -575,7 +582,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _needs_training_extra("check")
+    _needs_training_extra("check", ("onnx",), "rtx")
     from .artifacts import read_artifact
     from .export.tensorrt import check_tensorrt
 

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,36 @@ def call_stage(fn, cfg, *, name: str, out, **kw):
     inputs = {k: v for k, v in kw.items() if k not in CONTEXT_KEYS and v is not None}
     with replacing(Path(out)):  # as the runner does: the stage's earlier artifact is replaced when it runs again
         return fn(cfg, ctx, **inputs)
+
+
+# ------------------------------------------------------------------ the runtime-only install, simulated
+
+BLOCKER = '''
+import os, sys
+BLOCKED = {"torch", "torchvision", "torchao", "torch_pruning", "nncf", "safetensors", "yaml", "onnx", "onnxscript",
+           "onnxconverter_common", "sklearn", "matplotlib"} - set(os.environ.get("EDGESR_TEST_ALLOW", "").split(","))
+
+class Hide:
+    """Wraps a finder so that the training extra's packages are not found: as if never installed."""
+    def __init__(self, inner):
+        self.inner = inner
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            return None
+        return self.inner.find_spec(name, path, target)
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+from edgesr.cli import main
+code = main(sys.argv[1:])
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print("LEAKED", leaked)
+sys.exit(code)
+'''
+
+
+def without_extras(*argv: str, allow: str = "") -> subprocess.CompletedProcess:
+    """``edgesr ARGV`` as if only the base install were there (``allow``: training-extra packages present)."""
+    return subprocess.run([sys.executable, "-c", BLOCKER, *map(str, argv)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env={**os.environ, "COLUMNS": "250", "EDGESR_TEST_ALLOW": allow})

@@ -7,12 +7,12 @@ import ast
 import importlib.resources
 import json
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from conftest import without_extras
 
 REPO = Path(__file__).resolve().parents[1]
 AREAS = ["train", "compress", "export", "runtime", "benchmarks"]
@@ -154,38 +154,6 @@ def test_backends_come_from_one_registry_that_says_what_is_available(capfd):
     assert "backend: onnxruntime" in out and "backend: torch" in out and "backend: tensorrt" in out
 
 
-BLOCKER = '''
-import sys
-BLOCKED = {"torch", "torchvision", "torchao", "torch_pruning", "nncf", "safetensors", "yaml", "onnx", "onnxscript",
-           "onnxconverter_common", "sklearn", "matplotlib"}
-
-class Hide:
-    """Wraps a finder so that the training extra's packages are not found: as if never installed."""
-    def __init__(self, inner):
-        self.inner = inner
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            return None
-        return self.inner.find_spec(name, path, target)
-    def __getattr__(self, attr):
-        return getattr(self.inner, attr)
-
-sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
-from edgesr.cli import main
-code = main(sys.argv[1:])
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-print("LEAKED", leaked)
-sys.exit(code)
-'''
-
-
-def _without_torch(*argv: str) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run([sys.executable, "-c", BLOCKER, *map(str, argv)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300, env={**os.environ, "COLUMNS": "250"})
-
-
 @pytest.fixture(scope="module")
 def onnx_artifact(tmp_path_factory):
     from conftest import call_stage
@@ -203,17 +171,17 @@ def onnx_artifact(tmp_path_factory):
     return root, src, art
 
 
-def test_upscale_eval_and_doctor_run_without_torch(onnx_artifact):
+def test_upscale_eval_and_doctor_runwithout_extras(onnx_artifact):
     root, src, art = onnx_artifact
-    up = _without_torch("upscale", art.path, SKIMAGE / "coffee.png", root / "sr.png")
+    up = without_extras("upscale", art.path, SKIMAGE / "coffee.png", root / "sr.png")
     assert up.returncode == 0, up.stderr
     assert "LEAKED []" in up.stdout and (root / "sr.png").is_file()
     from edgesr.imaging import read_image
     assert read_image(root / "sr.png").shape == (800, 1200, 3)
-    ev = _without_torch("eval", art.path, "--set", root / "set")
+    ev = without_extras("eval", art.path, "--set", root / "set")
     assert ev.returncode == 0, ev.stderr
     assert "set: PSNR-Y" in ev.stdout and "LEAKED []" in ev.stdout
-    doc = _without_torch("doctor")
+    doc = without_extras("doctor")
     assert doc.returncode == 0, doc.stderr
     out = " ".join(doc.stdout.split())
     assert "backend: torch" in out and "PyTorch is not installed" in out and "LEAKED []" in out
@@ -221,9 +189,28 @@ def test_upscale_eval_and_doctor_run_without_torch(onnx_artifact):
 
 def test_commands_that_need_the_training_extra_say_so(onnx_artifact):
     root, src, art = onnx_artifact
-    run = _without_torch("run")
+    run = without_extras("run")
     assert run.returncode == 2 and "needs the training extra" in run.stderr and "pip install 'edgesr[train]'" in run.stderr
-    model = _without_torch("upscale", src.path, SKIMAGE / "coffee.png", root / "sr2.png")
+    model = without_extras("upscale", src.path, SKIMAGE / "coffee.png", root / "sr2.png")
     assert model.returncode == 2
     assert "the torch backend cannot run here: PyTorch is not installed. Install PyTorch" in " ".join(model.stderr.split())
     assert "Traceback" not in run.stderr + model.stderr
+    listing = without_extras("models")  # rich took '[train]' for markup: it printed pip install 'edgesr'
+    assert "architectures: need PyTorch (pip install 'edgesr[train]')" in listing.stdout
+
+
+def test_engines_build_and_check_from_an_onnx_artifact_with_the_rtx_extra_alone(onnx_artifact, tmp_path):
+    """`pip install 'edgesr[rtx]'` (TensorRT for RTX and ONNX, no PyTorch): build-engine and check run on an ONNX
+    artifact (they asked for the training extra); a model artifact, which must be exported first, still says so."""
+    pytest.importorskip("tensorrt_rtx")
+    root, src, art = onnx_artifact
+    chk = without_extras("check", art.path, allow="onnx")
+    assert chk.returncode == 0 and "ready for TensorRT" in chk.stdout and "LEAKED []" in chk.stdout, chk.stderr
+    eng = without_extras("build-engine", art.path, "--out", tmp_path / "engine", allow="onnx")
+    assert eng.returncode == 0 and (tmp_path / "engine" / "model.engine").is_file(), eng.stderr
+    assert "LEAKED []" in eng.stdout
+    model = without_extras("build-engine", src.path, "--out", tmp_path / "e2", allow="onnx")
+    assert model.returncode == 2 and "(a model artifact: exported to ONNX first)` needs the training extra" in \
+        " ".join(model.stderr.split())
+    bare = without_extras("check", art.path)  # without ONNX: the extra that brings it
+    assert bare.returncode == 2 and "pip install 'edgesr[rtx]'" in bare.stderr

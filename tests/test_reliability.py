@@ -919,11 +919,44 @@ LOSS_CASES = [
          "whose last bias is NaN", _nan_output_uint8, "OutputError", r"output holds NaN or Inf among its [\d,]+ values"),
 ]
 
-CASES = IMAGE_CASES + CLI_CASES + ARTIFACT_CASES + RECIPE_CASES + API_CASES + RUN_CASES + LOSS_CASES + LATE_CASES
+# ------------------------------------------------------------------------------------ runtime-only install
+
+def _bare(ctx: Ctx, *argv: str, allow: str = "", line: str = "") -> tuple[object, str]:
+    """``edgesr ARGV`` in a process where the training extra's packages cannot be imported (``allow``: the ones
+    an extra such as [rtx] brings); the message is the error line, or the last output line (holding ``line``)."""
+    from conftest import without_extras
+
+    r = without_extras(*argv, allow=allow)
+    err = r.stderr.split("edgesr: error:", 1)
+    text = " ".join(err[1].split()) if len(err) > 1 else [ln for ln in r.stdout.splitlines() if ln.strip() and
+                                                           line in ln and not ln.startswith("LEAKED")][-1].strip()
+    return r.returncode, text
+
+
+INSTALL_CASES = [
+    Case("install-models-hint", "install", "`edgesr models` on the runtime-only install",
+         lambda c: _bare(c, "models", line="architectures"), 0, r"architectures: need PyTorch \(pip install 'edgesr\[train\]'\)", slow=True),
+    Case("install-rtx-check", "install", "`edgesr check ONNX_ARTIFACT` with the [rtx] extra alone (ONNX, no PyTorch)",
+         lambda c: _bare(c, "check", c.onnx, allow="onnx"), 0, r"ready for TensorRT", slow=True),
+    Case("install-rtx-build", "install", "`edgesr build-engine ONNX_ARTIFACT` with the [rtx] extra alone",
+         lambda c: _bare(c, "build-engine", c.onnx, "--out", c.fresh("engine"), allow="onnx"), 0,
+         r"-> .*engine \(rtx ", slow=True),
+    Case("install-rtx-model", "install", "`edgesr build-engine MODEL_ARTIFACT` with the [rtx] extra alone",
+         lambda c: _bare(c, "build-engine", c.model, "--out", c.fresh("engine"), allow="onnx"), 2,
+         r"a model artifact: exported to ONNX first\)` needs the training extra.*pip install 'edgesr\[train\]'",
+         slow=True),
+    Case("install-check-no-onnx", "install", "`edgesr check` on the runtime-only install (no ONNX)",
+         lambda c: _bare(c, "check", c.onnx), 2, r"needs the rtx extra.*\(missing: onnx\): pip install 'edgesr\[rtx\]'",
+         slow=True),
+]
+
+
+CASES = IMAGE_CASES + CLI_CASES + ARTIFACT_CASES + RECIPE_CASES + API_CASES + RUN_CASES + LOSS_CASES + LATE_CASES + INSTALL_CASES
 GROUPS = {"image": "Image files (`edgesr upscale ARTIFACT IMAGE OUT`)", "cli": "Command-line values",
           "artifact": "Artifacts (`edgesr eval` / `edgesr upscale`)", "recipe": "Recipes (`edgesr run RECIPE`)",
           "api": "Python API (`edgesr.runtime` backends)", "run": "Runs: concurrency and interruption",
-          "loss": "Data loss and silent errors (each failed on the code before it was fixed)"}
+          "loss": "Data loss and silent errors (each failed on the code before it was fixed)",
+          "install": "The runtime-only install and its extras (PyTorch and the training extra made unimportable)"}
 RESULTS: dict[str, tuple[object, str]] = {}
 
 
