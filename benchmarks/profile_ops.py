@@ -89,13 +89,13 @@ def profile_onnx(art: Artifact, *, input_hw: tuple[int, int] = (360, 640), runs:
     """Profile ``art`` (an ONNX artifact) at ``input_hw`` as the onnxruntime backend runs it (``fast_shuffle``:
     pixel shuffles as ConvTranspose): per-operator and per-node kernel time per run, the median wall time of
     the same runs, and achieved GOP/s when ``macs`` (per run) is given."""
-    import onnx
-
-    from edgesr.onnxutil import shuffle_as_conv_transpose
-
     x = np.random.default_rng(0).random((1, 3, *input_hw), dtype=np.float32)
     source: str | bytes = str(art.payload)
     if fast_shuffle:
+        import onnx
+
+        from edgesr.onnxutil import shuffle_as_conv_transpose
+
         proto = onnx.load(str(art.payload))
         if shuffle_as_conv_transpose(proto):
             source = proto.SerializeToString()

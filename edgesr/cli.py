@@ -649,15 +649,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if art.kind != "onnx":
         raise UsageError(f"{art.path}: is a {art.kind!r} artifact; the profiler runs ONNX graphs on ONNX Runtime. "
                          "Export it first (an export stage, or a pretrained name ending in -fp32/-int8)")
-    macs = onnx_macs(art.payload, args.input)
-    res = profile_onnx(art, input_hw=args.input, runs=args.runs, threads=args.threads, macs=macs,
-                       fast_shuffle=not args.plain_shuffle)
+    import importlib.util
+
+    fixed = art.manifest.get("input_size")
+    hw = tuple(int(v) for v in fixed) if fixed else tuple(args.input)  # a graph bound to one size runs at it
+    has_onnx = importlib.util.find_spec("onnx") is not None
+    # without the onnx package (the runtime-only install) the graph is profiled as written, with no MAC count
+    macs = onnx_macs(art.payload, hw) if has_onnx else None
+    res = profile_onnx(art, input_hw=hw, runs=args.runs, threads=args.threads, macs=macs,
+                       fast_shuffle=not args.plain_shuffle and has_onnx)
     res["machine"] = device_info()
     console = Console()
     console.width = max(console.width, 120)
-    console.print(f"{art.path}: {res['precision']}, {args.input[0]}x{args.input[1]}, {args.runs} runs, median "
-                  f"{res['median_ms']:.2f} ms (kernels {res['kernel_ms_per_run']:.2f} ms), {res['gops']:.0f} GOP/s "
-                  f"({macs / 1e9:.2f} GMACs of convolution) on {device_label(res['machine'])}")
+    rate = (f"{res['gops']:.0f} GOP/s ({macs / 1e9:.2f} GMACs of convolution)" if macs else
+            "GOP/s not counted (the MAC count needs the onnx package: pip install onnx)")
+    console.print(f"{art.path}: {res['precision']}, {hw[0]}x{hw[1]}{' (its fixed size)' if fixed else ''}, "
+                  f"{args.runs} runs, median {res['median_ms']:.2f} ms (kernels {res['kernel_ms_per_run']:.2f} ms), "
+                  f"{rate} on {device_label(res['machine'])}", markup=False)
     table = Table(title="time by operator")
     for col in ("operator", "ms / run", "share"):
         table.add_column(col, justify="left" if col == "operator" else "right")

@@ -933,6 +933,13 @@ def _bare(ctx: Ctx, *argv: str, allow: str = "", line: str = "") -> tuple[object
     return r.returncode, text
 
 
+def _stable_profile(result: tuple[object, str]) -> tuple[object, str]:
+    """The profile line without what differs from run to run and host to host (times, the CPU)."""
+    code, text = result
+    text = re.sub(r"median [\d.]+ ms \(kernels [\d.]+ ms\)", "median <t> ms (kernels <t> ms)", text)
+    return code, re.sub(r"\) on .*$", ") on <host>", text)
+
+
 INSTALL_CASES = [
     Case("install-models-hint", "install", "`edgesr models` on the runtime-only install",
          lambda c: _bare(c, "models", line="architectures"), 0, r"architectures: need PyTorch \(pip install 'edgesr\[train\]'\)", slow=True),
@@ -945,6 +952,10 @@ INSTALL_CASES = [
          lambda c: _bare(c, "build-engine", c.model, "--out", c.fresh("engine"), allow="onnx"), 2,
          r"a model artifact: exported to ONNX first\)` needs the training extra.*pip install 'edgesr\[train\]'",
          slow=True),
+    Case("install-profile", "install", "`edgesr profile ONNX_ARTIFACT` on the runtime-only install (no ONNX)",
+         lambda c: _stable_profile(_bare(c, "profile", c.onnx, "--runs", "2", "--input", "24x32",
+                                         line="runs, median")), 0,
+         r"GOP/s not counted \(the MAC count needs the onnx package", slow=True),
     Case("install-check-no-onnx", "install", "`edgesr check` on the runtime-only install (no ONNX)",
          lambda c: _bare(c, "check", c.onnx), 2, r"needs the rtx extra.*\(missing: onnx\): pip install 'edgesr\[rtx\]'",
          slow=True),
