@@ -13,7 +13,7 @@ from edgesr.errors import UsageError
 from edgesr.files import atomic_write_text
 
 from .devices import device_label
-from .report import pareto_front
+from .report import pareto_front, save_figure
 
 __all__ = ["merge_runs"]
 
@@ -119,6 +119,5 @@ def _plot(rows: list[dict], set_name: str, path: Path) -> None:
     ax.set_ylabel(f"PSNR-Y on {set_name} (dB)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -57,6 +57,35 @@ def _fastest_table(rows: list[dict], set_names: list[str]) -> list[str]:
     return lines + [""]
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lay out and save a Matplotlib figure; characters its font cannot draw (a stage named in Chinese, say) make one note
+    naming them instead of one warning per glyph per draw (hundreds), and are drawn as boxes in the picture
+    (report.md keeps the names)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        fig.savefig(path)
+    missing, other = [], []
+    for w in caught:
+        text = str(w.message)
+        if "missing from font" in text:  # "Glyph 23398 (\\N{CJK UNIFIED IDEOGRAPH-5B66}) missing from font(s) ..."
+            code = text.split()[1] if text.startswith("Glyph ") else ""
+            missing.append(chr(int(code)) if code.isdigit() else "?")
+        else:
+            other.append(w)
+    for w in other:  # anything else is still shown
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        from edgesr.progress import console
+
+        chars = "".join(dict.fromkeys(missing))
+        console.print(f"note: {path.name}: the plot's font cannot draw {len(chars)} character(s) ({chars[:20]}"
+                      f"{' ...' if len(chars) > 20 else ''}), used in its labels; they show as boxes there, report.md "
+                      "has the names", highlight=False, markup=False)
+
+
 def _plot(rows: list[dict], set_name: str, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -81,8 +110,7 @@ def _plot(rows: list[dict], set_name: str, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

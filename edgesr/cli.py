@@ -209,11 +209,13 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         if Path(args.output).is_file():
             raise UsageError(f"{args.output}: is a file; a folder or pattern of inputs needs an output folder")
         from .batch import check_existing
+        from .files import folder_lock
 
-        check_existing(jobs, skip_existing=args.skip_existing, overwrite=args.overwrite)  # before loading
-        up = _upscaler(args)
-        res = run_batch(up, jobs, skip_existing=args.skip_existing, overwrite=args.overwrite,
-                        max_pixels=args.max_pixels)
+        with folder_lock(args.output, "edgesr upscale"):  # two batches into one folder: the second is refused
+            check_existing(jobs, skip_existing=args.skip_existing, overwrite=args.overwrite)  # before loading
+            up = _upscaler(args)
+            res = run_batch(up, jobs, skip_existing=args.skip_existing, overwrite=args.overwrite,
+                            max_pixels=args.max_pixels)
         print(f"{args.input} -> {args.output}: {len(res.done)} upscaled x{up.scale}, {len(res.skipped)} already "
               f"there, {len(res.failed)} failed, in {res.seconds:.1f} s")
         left = _subfolders_with_images(Path(args.input), Path(args.output)) if not args.recursive else []
@@ -783,9 +785,10 @@ def _positive_int(text: str) -> int:
 
 
 def _pixels(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("0 pixels: give the largest image size to accept, e.g. 400000000")
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} pixels: give the largest image size to accept in pixels (a "
+                                         "positive number), e.g. 400000000")
     return value
 
 

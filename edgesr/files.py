@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import EdgesrError
 
 __all__ = ["current_umask", "atomic_write_bytes", "atomic_path", "atomic_write_text", "make_temp_dir", "fix_mode",
-           "RunLock", "RunLocked", "remove_stale_temps", "remove_stale_temps_of"]
+           "RunLock", "RunLocked", "remove_stale_temps", "remove_stale_temps_of", "folder_lock"]
 
 
 def current_umask() -> int:
@@ -148,6 +148,33 @@ def remove_stale_temps(directory: Path) -> list[str]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str | os.PathLike, command: str):
+    """Hold an exclusive lock on ``directory`` itself (its file descriptor: no file is created in it) while
+    ``command`` writes there; a second writer is refused with :class:`RunLocked` instead of doing the same work
+    again. The kernel releases it when the process ends, however it ends. A folder made here and left empty
+    (the command refused before writing) is removed."""
+    import fcntl
+
+    directory = Path(directory)
+    made = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunLocked(f"{directory}: another `{command}` is writing into this folder now; wait for it to end, "
+                            "or write elsewhere (run again with --skip-existing afterwards to finish what it left)") \
+                from None
+        yield directory
+    finally:
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty
 
 
 class RunLocked(EdgesrError):

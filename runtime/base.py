@@ -51,6 +51,9 @@ def check_input(lr: np.ndarray) -> np.ndarray:
     over the input: a fraction of a percent of a network's time.)"""
     if not isinstance(lr, np.ndarray):
         raise InputError(f"expected a numpy array, got {type(lr).__name__}")
+    if lr.size == 0:
+        raise InputError(f"the input array is empty (shape {lr.shape}); give N x 3 x H x W with at least one image "
+                         "of at least 1 x 1 pixels")
     if lr.ndim != 4 or lr.shape[1] != 3 or lr.shape[2] < 1 or lr.shape[3] < 1:
         raise InputError(f"expected an N x 3 x H x W array (RGB, channels first), got shape {lr.shape}; "
                          "transpose an H x W x 3 image with img.transpose(2, 0, 1)[None]")
@@ -181,6 +184,9 @@ class Backend:
             raise InputError(f"run_uint8 takes N x H x W x 3 uint8 frames, got "
                              f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}; "
                              "float or 16-bit images go through run() (or edgesr.runtime.Upscaler, which picks)")
+        if frames.size == 0:
+            raise InputError(f"the frames array is empty (shape {frames.shape}); give N x H x W x 3 with at least one "
+                             "frame of at least 1 x 1 pixels")
         m = int(self.artifact.manifest.get("size_multiple", 1))
         if m > 1 and (frames.shape[1] % m or frames.shape[2] % m):
             raise InputError(f"{self.artifact.path}: this model needs H and W to be multiples of {m} (its manifest's "

@@ -255,6 +255,11 @@ IMAGE_CASES = [
     Case("image-bomb", "image", "70-byte PNG declaring 100000x100000 pixels (decompression bomb)",
          lambda c: c.upscale(_image(c, "bomb.png", lambda p: _bomb_png(p, 100_000, 100_000))), 2,
          r"bomb\.png: declares 100000x100000 = 10,000,000,000 pixels, over the limit.*--max-pixels"),
+    Case("cli-max-pixels-negative", "cli", "`--max-pixels -1`",
+         lambda c: c.upscale(c.photo, "--max-pixels", "-1"), 2,
+         r"-1 pixels: give the largest image size to accept in pixels \(a positive number\)"),
+    Case("cli-max-pixels-zero", "cli", "`--max-pixels 0`",
+         lambda c: c.upscale(c.photo, "--max-pixels", "0"), 2, r"0 pixels: give the largest image size"),
     Case("image-over-limit", "image", "a real photo over a lowered --max-pixels",
          lambda c: c.upscale(c.photo, "--max-pixels", "1000"), 2, r"declares 64x48 = 3,072 pixels, over the limit of 1,000"),
 ]
@@ -433,7 +438,27 @@ def _run_bad_recipe(c: Ctx, recipe) -> tuple[int, str]:
     return code, text
 
 
+def _cjk_report(c: Ctx) -> tuple[int, str]:
+    """The report's Pareto plot of variants named in Chinese and Japanese: hundreds of Matplotlib warnings
+    (one per glyph per draw) flooded the log."""
+    import warnings
+
+    from edgesr.benchmarks.report import _plot
+
+    rows = [{"latency": {"p50_ms": 10.0 + i}, "quality": {"Set5": {"psnr": 30.0 + i}}, "backend": "onnxruntime",
+             "precision": "fp32", "variant": v} for i, v in enumerate(["学生", "教師モデル", "int8"])]
+    out, err = io.StringIO(), io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        warnings.simplefilter("always")
+        _plot(rows, "Set5", c.fresh("pareto.png"), "蒸馏 x2")
+    notes = " ".join((out.getvalue() + err.getvalue()).split())
+    return 0, f"{len(caught)} warnings; printed: {notes}"
+
+
 RECIPE_CASES = [
+    Case("recipe-cjk-names", "recipe", "variants and a recipe named in Chinese/Japanese (the report's plot)",
+         _cjk_report, 0, r"^0 warnings; printed: note: pareto\.png: the plot's font cannot draw 9 character\(s\)"),
     Case("recipe-unknown-architecture", "recipe", "student `model: {type: edsrr}`",
          lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [_tiny()["stages"][0], {**_tiny()["stages"][1], "model": {"type": "edsrr"}}]}),
          2, r"stages\[1\] \(student\)\.model\.type: unknown architecture 'edsrr' \(did you mean 'edsr'\?\)"),
@@ -529,6 +554,12 @@ API_CASES = [
          lambda c: _api(lambda: _backend(c).run(_lr(255.0))), "InputError", r"outside \[0, 1\].*divide 8-bit images by 255"),
     Case("api-hwc", "api", "`backend.run` on an H x W x 3 image",
          lambda c: _api(lambda: _backend(c).run(np.zeros((8, 8, 3), np.float32))), "InputError", r"N x 3 x H x W.*transpose"),
+    Case("api-empty", "api", "`backend.run` on an empty batch (0 x 3 x 8 x 8)",
+         lambda c: _api(lambda: _backend(c).run(np.zeros((0, 3, 8, 8), np.float32))), "InputError",
+         r"the input array is empty \(shape \(0, 3, 8, 8\)\)"),
+    Case("api-empty-frames", "api", "`backend.run_uint8` on frames 0 pixels high",
+         lambda c: _api(lambda: _backend(c).run_uint8(np.zeros((1, 0, 8, 3), np.uint8))), "InputError",
+         r"the frames array is empty"),
     Case("api-uint8", "api", "`backend.run` on a uint8 array",
          lambda c: _api(lambda: _backend(c).run(_lr(dtype=np.uint8))), "InputError", r"dtype uint8.*divide 8-bit images"),
     Case("api-size-multiple", "api", "`backend.run` on 9x9 for a model whose manifest says sizes are multiples of 4",
@@ -657,7 +688,30 @@ def _crashed_lock_holder(c: Ctx) -> tuple[int, str]:
         return 0, "the lock of a killed run is free: the next run takes it at once"
 
 
+def _concurrent_batches(c: Ctx) -> tuple[int, str]:
+    """A folder upscale writing into OUT (another process, holding the folder as a batch does) and a second
+    `--skip-existing` batch into the same folder: it used to redo every image beside the first."""
+    src = c.fresh("shots")
+    src.mkdir()
+    for i in range(3):
+        shutil.copy(c.photo, src / f"s{i}.png")
+    out = src.parent / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from edgesr.files import folder_lock; "
+                               "l = folder_lock(sys.argv[1], 'edgesr upscale'); l.__enter__(); print('locked', "
+                               "flush=True); time.sleep(600)", str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, text = c.cli("upscale", c.onnx, src, out, "--skip-existing")
+    finally:
+        holder.kill()
+        holder.wait()
+    return code, f"{text} [outputs written by the second: {len(list(out.glob('*.png')))}]"
+
+
 RUN_CASES = [
+    Case("run-concurrent-batches", "run", "two `edgesr upscale FOLDER OUT --skip-existing` into one folder at once",
+         _concurrent_batches, 2, r"out: another `edgesr upscale` is writing into this folder now; wait for it.*"
+         r"\[outputs written by the second: 0\]"),
     Case("run-second-writer", "run", "a second `edgesr run` on a run directory in use",
          _second_writer, 2, r"another edgesr run is writing this run directory \(pid \d+, started .*\)\. Wait for it"),
     Case("run-lock-after-crash", "run", "the run holding the lock is killed (SIGKILL)",
