@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -230,12 +231,36 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     _check_upscale_paths(src, dst, args.overwrite)
     pic = read_picture(src, max_pixels=args.max_pixels)  # decoded before the model is loaded: bad input fails fast
     up = _upscaler(args)
-    write_picture(dst, up.upscale_picture(pic))
+    with _tile_progress(up, src.name):
+        sr = up.upscale_picture(pic)
+    write_picture(dst, sr)
     extras = [f"tiles of {up.last_tile}"] if up.last_tile else []
     extras += ["alpha resized with bicubic"] if pic.alpha is not None else []
     extras += ["16-bit"] if pic.bits == 16 else []
     print(f"{src} -> {dst} (x{up.scale}{''.join(', ' + e for e in extras)})")
     return 0
+
+
+@contextlib.contextmanager
+def _tile_progress(up, label: str):
+    """A progress bar (tiles done, ETA) for an image large enough to be tiled; nothing for one that runs whole."""
+    from .progress import progress_bar
+
+    state: dict = {}
+
+    def on_tile(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["cm"] = progress_bar(f"upscale {label}", total)
+            state["bar"] = state["cm"].__enter__()
+        state["bar"].update(done, f"{done}/{total} tiles")
+
+    up.on_tile = on_tile
+    try:
+        yield
+    finally:
+        up.on_tile = None
+        if "cm" in state:
+            state["cm"].__exit__(None, None, None)
 
 
 def cmd_uint8_onnx(args: argparse.Namespace) -> int:
@@ -706,11 +731,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sets = {set_name(s): load_pairs(s, scale, "eval") for s in args.set}
         tag = f" x{scale}" if len(scales) > 1 else ""
         if not args.degradation:
-            for name, q in measure_quality(backend, sets, scale, art.manifest.get("size_multiple", 1)).items():
+            for name, q in measure_quality(backend, sets, scale, art.manifest.get("size_multiple", 1),
+                                           show_progress=True).items():
                 print(f"{name}{tag}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  ({len(q['per_image'])} images)")
         else:
             res = measure_degradations(backend, sets, scale, list(dict.fromkeys(args.degradation)),
-                                       art.manifest.get("size_multiple", 1))
+                                       art.manifest.get("size_multiple", 1), show_progress=True)
             for name, per in res.items():
                 for d, q in per.items():
                     print(f"{name}{tag} {d}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  bicubic of the same LR "

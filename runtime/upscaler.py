@@ -50,6 +50,9 @@ class Upscaler:
         self.scale = backend.scale
         self.last_tile = 0
         """The tile side the last image was cut into (0: it ran whole)."""
+        self.on_tile = None
+        """Called as ``on_tile(done, total)`` after each tile of a tiled image (a progress bar for large
+        images); ``None``: nothing is called."""
 
     @classmethod
     def open(cls, artifact, backend: str | None = None, *, threads: int = 0, tile: int = 0, io: str = "auto",
@@ -155,6 +158,7 @@ class Upscaler:
             out[:] = convert(self._run_padded(to_float(img).transpose(2, 0, 1))).transpose(1, 2, 0)
             return out
         core = tile - 2 * self.overlap
+        total, done = -(-h // core) * -(-w // core), 0
         for y0 in range(0, h, core):
             for x0 in range(0, w, core):
                 y1, x1 = min(y0 + core, h), min(x0 + core, w)
@@ -162,6 +166,9 @@ class Upscaler:
                 yb, xb = min(y1 + self.overlap, h), min(x1 + self.overlap, w)
                 sr = run(img[ya:yb, xa:xb])
                 out[y0 * s:y1 * s, x0 * s:x1 * s] = sr[(y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
+                done += 1
+                if self.on_tile is not None:
+                    self.on_tile(done, total)
         return out
 
     def _upscale_fixed(self, img: np.ndarray, out: np.ndarray, run) -> np.ndarray:
@@ -191,10 +198,15 @@ class Upscaler:
 
         H, W = src.shape[:2]
         full = out if (H, W) == (h, w) else np.empty((H * s, W * s, 3), out.dtype)
-        for y0, ya, yb in spans(H, th):
-            for x0, xa, xb in spans(W, tw):
+        rows, cols = spans(H, th), spans(W, tw)
+        done = 0
+        for y0, ya, yb in rows:
+            for x0, xa, xb in cols:
                 sr = run(src[y0:y0 + th, x0:x0 + tw])
                 full[ya * s:yb * s, xa * s:xb * s] = sr[(ya - y0) * s:(yb - y0) * s, (xa - x0) * s:(xb - x0) * s]
+                done += 1
+                if self.on_tile is not None:
+                    self.on_tile(done, len(rows) * len(cols))
         if full is not out:
             out[:] = full[: h * s, : w * s]
         return out

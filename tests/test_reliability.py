@@ -708,7 +708,31 @@ def _concurrent_batches(c: Ctx) -> tuple[int, str]:
     return code, f"{text} [outputs written by the second: {len(list(out.glob('*.png')))}]"
 
 
+def _eval_set(c: Ctx) -> Path:
+    hr = c.fresh("set") / "HR"
+    hr.mkdir(parents=True)
+    for i in range(4):
+        Image.open(SKIMAGE / "chelsea.png").crop((8 * i, 0, 8 * i + 60, 44)).save(hr / f"i{i}.png")
+    return hr.parent
+
+
+def _progress_lines(c: Ctx, *argv: str) -> tuple[int, str]:
+    """A CLI call whose stderr is a log (not a terminal): the progress lines it printed."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main([str(a) for a in argv])
+    lines = [ln for ln in err.getvalue().splitlines() if re.match(r"^(upscale|eval) .*: \d+/\d+ ", ln)]
+    last = re.sub(r"\(\d+ s(, eta [^)]*)?\)", "(<t>)", lines[-1]) if lines else "none"
+    return code, f"{len(lines)} progress lines, the last: {last}"
+
+
 RUN_CASES = [
+    Case("run-progress-large-image", "run", "a large image, tiled (`--tile 40` on 64x48: 48 tiles), logged to a file",
+         lambda c: _progress_lines(c, "upscale", c.onnx, c.photo, c.fresh("out.png"), "--tile", "40"), 0,
+         r"^\d+ progress lines, the last: upscale photo\.png: 48/48 \(<t>\) 48/48 tiles"),
+    Case("run-progress-eval", "run", "`edgesr eval` over a folder, logged to a file",
+         lambda c: _progress_lines(c, "eval", c.onnx, "--set", _eval_set(c)), 0,
+         r"^\d+ progress lines, the last: eval set: 4/4 \(<t>\)"),
     Case("run-concurrent-batches", "run", "two `edgesr upscale FOLDER OUT --skip-existing` into one folder at once",
          _concurrent_batches, 2, r"out: another `edgesr upscale` is writing into this folder now; wait for it.*"
          r"\[outputs written by the second: 0\]"),
