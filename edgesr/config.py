@@ -294,6 +294,17 @@ def _check_numbers(cfg: Any, where: str) -> None:
         if f.name in LEARNING_RATES and isinstance(value, float) and not (math.isfinite(value) and value > 0):
             raise RecipeError(f"{where}.{f.name}: {value}; a learning rate must be a finite number above 0 "
                               f"(e.g. {f.default})")
+        if f.name == "device" and value == "cuda":
+            import importlib.util
+
+            import_ok = importlib.util.find_spec("torch") is not None
+            if import_ok:
+                import torch
+
+                import_ok = torch.cuda.is_available()
+            if not import_ok:
+                raise RecipeError(f"{where}.device: cuda, but PyTorch sees no CUDA GPU here; use device: auto (the "
+                                  "GPU where there is one) or cpu, or install a CUDA build of PyTorch")
 
 
 def _check_loaded_scale(path: str, scale: int, where: str) -> None:

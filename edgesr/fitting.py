@@ -28,7 +28,7 @@ from .artifacts import Artifact
 from .config import TrainConfig
 from .data.datasets import ImagePair, make_lr
 from .data.patches import PatchSampler
-from .errors import EdgesrError
+from .errors import EdgesrError, UsageError
 from .imaging import image_to_tensor, modcrop
 from .metrics import evaluate_pairs
 from .modelio import load_model
@@ -117,8 +117,8 @@ class Schedule:
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for, but PyTorch sees no CUDA GPU (torch.cuda.is_available() "
-                           "is False); use device: auto or cpu, or install a CUDA build of PyTorch.")
+        raise UsageError("device: cuda was asked for, but PyTorch sees no CUDA GPU (torch.cuda.is_available() "
+                         "is False); use device: auto or cpu, or install a CUDA build of PyTorch.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -87,6 +87,9 @@ def evaluate_pairs(upscale: Callable[[np.ndarray], np.ndarray], pairs: Iterable[
             raise EvaluationError(f"{name}: {hr.shape[1]}x{hr.shape[0]} is too small to evaluate at x{scale}: the "
                                   f"protocol crops {scale} pixels on each side and SSIM needs 7 more (at least "
                                   f"{need}x{need}). Remove it from the evaluation set.")
+        if name in per:
+            raise EvaluationError(f"{name}: two images of the set have this name; each would hide the other's score. "
+                                  "Rename one.")
         sr = upscale(lr)
         if sr.dtype != np.uint8:
             sr = to_uint8(sr)

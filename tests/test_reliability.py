@@ -899,6 +899,29 @@ def _tiny_eval_set(c: Ctx) -> Path:
     return d
 
 
+def _same_stem_set(c: Ctx) -> tuple[int, str]:
+    """An evaluation folder holding shot.png and shot.jpg: the two shared one name and one score was lost."""
+    d = c.fresh("shots")
+    d.mkdir()
+    Image.open(c.photo).save(d / "shot.png")
+    Image.open(c.photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(d / "shot.jpg", quality=90)
+    return c.cli("eval", c.onnx, "--set", d)
+
+
+def _cuda_without_gpu(c: Ctx) -> tuple[int, str]:
+    """A stage asking for device: cuda where PyTorch sees no GPU (made so on a GPU host too)."""
+    import torch
+
+    recipe = _tiny()
+    recipe["stages"][0] = {**recipe["stages"][0], "device": "cuda"}
+    real = torch.cuda.is_available
+    torch.cuda.is_available = lambda: False
+    try:
+        return _run_bad_recipe(c, recipe)
+    finally:
+        torch.cuda.is_available = real
+
+
 def _load_other_scale(c: Ctx) -> tuple[int, str]:
     recipe = {**_tiny(), "scale": 3, "stages": [{"name": "teacher", "stage": "load", "path": "msrep-m-x2"},
                                                 {**_tiny()["stages"][1], "teacher": "teacher"}]}
@@ -948,6 +971,11 @@ LATE_CASES = [
          r"dot: 4x4 is too small to evaluate at x2: .*Remove it from the evaluation set"),
     Case("check-model-artifact", "artifact", "`edgesr check` on a model artifact (not ONNX)",
          lambda c: c.cli("check", c.model), 2, r"model: is a 'model' artifact; export it first"),
+    Case("eval-same-stem", "artifact", "`edgesr eval` on a folder holding `shot.png` and `shot.jpg`",
+         _same_stem_set, 0, r"shots: PSNR-Y .* \(2 images\)"),
+    Case("recipe-cuda-without-gpu", "recipe", "`device: cuda` on a machine where PyTorch sees no GPU (checked at "
+         "load; it was a RuntimeError traceback when the stage started)", _cuda_without_gpu, 2,
+         r"stages\[0\] \(teacher\)\.device: cuda, but PyTorch sees no CUDA GPU here; use device: auto"),
     Case("recipe-load-other-scale", "recipe", "x3 recipe loading an x2 teacher (checked at load, not when distill starts)",
          _load_other_scale, 2, r"msrep-m-x2 is a x2 model artifact and the recipe's scale is 3"),
     Case("recipe-variant-wrong-kind", "recipe", "a model stage benchmarked on ONNX Runtime with no export stage",

@@ -127,7 +127,9 @@ def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: i
             pairs.append(ImagePair(name, make_lr(hr, scale), hr))
         return pairs
     hr_dir, lr_dir = find_layout(source, scale, "valid" if split in ("valid", "eval") else "train")
-    for hr_path in list_images(hr_dir):
+    paths = list_images(hr_dir)
+    stems = [p.stem for p in paths]  # an image is named by its stem; two files with one stem by their full names
+    for hr_path in paths:
         full = read_image(hr_path)
         hr = modcrop(full, scale)
         if min(hr.shape[:2]) < max(min_size, scale):
@@ -144,7 +146,7 @@ def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: i
                     f"{lr_path}: LR is {lr.shape[1]}x{lr.shape[0]} but {hr_path.name} mod-cropped to x{scale} "
                     f"needs {want[1]}x{want[0]}. The LR file belongs to another scale or image; fix or remove it "
                     "(without LR files, edgesr synthesises LR with MATLAB bicubic).")
-        pairs.append(ImagePair(hr_path.stem, lr, hr))
+        pairs.append(ImagePair(hr_path.stem if stems.count(hr_path.stem) == 1 else hr_path.name, lr, hr))
     if not pairs:
         raise DataError(f"{hr_dir}: no images found")
     return pairs
