@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from edgesr.artifacts import Artifact, ArtifactError, read_artifact
-from edgesr.config import Recipe
+from edgesr.config import BASELINES, Recipe
 from edgesr.data.bicubic import imresize
 from edgesr.data.datasets import ImagePair
 from edgesr.metrics import evaluate_pairs
@@ -24,7 +24,7 @@ from edgesr.progress import console
 from edgesr.runtime import BACKENDS, BackendUnavailable, open_backend
 from edgesr.stages import stage_table
 
-from .baseline import PillowBicubic, bicubic_artifact
+from .baseline import bicubic_artifact
 from .devices import device_info
 from .latency import FrameInFrameOut, measure_interleaved, peak_throughput, speedup
 from .quality import measure_quality
@@ -101,13 +101,9 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     with contextlib.ExitStack() as stack:
         for variant, b, art in pairs:
             console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
-            if b == "pillow":
-                backend = stack.enter_context(PillowBicubic())
-                backend.load(art)
-            else:
-                options = {**BACKENDS.get(b).run_dir_options(out),
-                           **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
-                backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
+            options = {**BACKENDS.get(b).run_dir_options(out),
+                       **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
+            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
             opened[(variant, b)] = backend
             quality = measure_quality(backend, evals, recipe.scale, art.manifest.get("size_multiple", 1))
             rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,
@@ -141,7 +137,7 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     for r in rows:
         art = r.pop("_art")
         if r["variant"] not in macs_of:
-            model_art = model_of(art) if r["variant"] not in ("bicubic", "bicubic_pillow") else None
+            model_art = model_of(art) if r["variant"] not in BASELINES else None
             macs = params = None
             if model_art is not None:
                 # Count what is deployed: re-parameterizable students in their collapsed (exported) form.

@@ -5,7 +5,7 @@ the runtime it runs), never torch, training, compression or the exporter: an ONN
 Adding a backend is one file that registers a :class:`Backend` subclass, plus its import below.
 """
 
-from . import onnxruntime_backend, openvino_backend, tensorrt_backend, torch_backend  # noqa: F401  (registration: one line per backend)
+from . import onnxruntime_backend, openvino_backend, pillow_backend, tensorrt_backend, torch_backend  # noqa: F401  (registration: one line per backend)
 from .base import (BACKENDS, Backend, BackendUnavailable, InputError, check_input, default_backend,
                    open_backend)
 from .onnxruntime_backend import OnnxRuntimeBackend, ort_session

@@ -98,6 +98,9 @@ class Backend:
     package = ""
     fix = ""
     """How to make the backend available (shown with ``available()``'s reason)."""
+    baseline = False
+    """A baseline (Pillow's resize): it runs only the bicubic baseline artifact, so it is never the default for an
+    artifact and never suggested for one; the benchmark times it beside the models like any backend."""
     @classmethod
     def run_dir_options(cls, run_dir) -> dict:
         """Keyword arguments for a backend opened inside a run directory (the benchmark), e.g. a cache of
@@ -127,7 +130,8 @@ class Backend:
     def load(self, artifact: Artifact) -> None:
         if artifact.kind not in self.kinds:
             runs = " or ".join(repr(k) for k in self.kinds)
-            others = [n for n in BACKENDS.names() if artifact.kind in BACKENDS.get(n).kinds]
+            others = [n for n in BACKENDS.names() if artifact.kind in BACKENDS.get(n).kinds
+                      and not BACKENDS.get(n).baseline]
             raise ArtifactError(f"{artifact.path}: the {self.name} backend runs {runs} artifacts; this is "
                                 f"{artifact.kind!r}. Use the {' or '.join(others) or 'matching'} backend"
                                 + (" for ONNX." if artifact.kind == "onnx" else ", or export it first (stage: export)."))
@@ -252,7 +256,7 @@ def check_finite(backend, sr: np.ndarray) -> np.ndarray:
 def default_backend(art: Artifact) -> str:
     """The backend an artifact runs on when none is named: the first registered one that takes its kind and
     is available here."""
-    fits = [n for n in BACKENDS.names() if art.kind in BACKENDS.get(n).kinds]
+    fits = [n for n in BACKENDS.names() if art.kind in BACKENDS.get(n).kinds and not BACKENDS.get(n).baseline]
     for n in fits:
         if BACKENDS.get(n).available()[0]:
             return n

@@ -140,12 +140,22 @@ def test_backends_come_from_one_registry_that_says_what_is_available(capfd):
     from edgesr.cli import build_parser, main
     from edgesr.runtime import BACKENDS
 
-    assert BACKENDS.names() == ["onnxruntime", "openvino", "tensorrt", "torch"]
+    assert BACKENDS.names() == ["onnxruntime", "openvino", "pillow", "tensorrt", "torch"]
     for name in BACKENDS.names():
         ok, info = BACKENDS.get(name).available()
         assert info  # a version, or the reason it cannot run
         # the CPU ones are installed here (their reasons are tested without torch below); TensorRT needs a GPU
         assert ok or (name == "tensorrt" and "GPU" in info)
+    # Pillow's resize is a registered baseline backend: it runs the bicubic baseline only, is never the default
+    # for an artifact, and a model given to it is told which backends run it
+    from edgesr.artifacts import read_artifact
+    from edgesr.errors import EdgesrError
+    from edgesr.runtime import default_backend, open_backend
+
+    assert [n for n in BACKENDS.names() if BACKENDS.get(n).baseline] == ["pillow"]
+    assert default_backend(read_artifact("msrep-s-x2-fp32")) == "onnxruntime"
+    with pytest.raises(EdgesrError, match="runs the bicubic baseline artifact only"):
+        open_backend("msrep-s-x2-fp32", "pillow")
     upscale = build_parser()._subparsers._group_actions[0].choices["upscale"]
     backend_opt = next(a for a in upscale._actions if a.dest == "backend")
     assert list(backend_opt.choices) == BACKENDS.names()
