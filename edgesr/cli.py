@@ -119,7 +119,9 @@ def doctor() -> int:
         cls = BACKENDS.get(name)
         ok, info = cls.available()
         table.add_row(f"backend: {name}", f"[green]available: {escape(info)}[/]" if ok else
-                      f"[yellow]unavailable: {escape(info)}. {escape(cls.fix)}[/]", f"runs {', '.join(cls.kinds)} artifacts")
+                      f"[yellow]unavailable: {escape(info)}. {escape(cls.fix)}[/]",
+                      "the bicubic baseline (benchmark variant bicubic_pillow)" if cls.baseline else
+                      f"runs {', '.join(cls.kinds)} artifacts")
     import shutil
 
     from .benchmarks.devices import gpu_info, jetson_info
