@@ -39,9 +39,8 @@ def power_sampler(interval_s: float = 0.02):
 
 
 def _is_gpu_backend(backend) -> bool:
-    if not all(hasattr(backend, a) for a in GPU_STAGES):
-        return False
-    return getattr(backend, "_cuda", True)
+    """Whether ``backend`` offers the GPU timing protocol (declared on Backend as ``gpu_timing``)."""
+    return bool(getattr(backend, "gpu_timing", False)) and all(hasattr(backend, a) for a in GPU_STAGES)
 
 
 def measure_gpu(backend, input_hw: tuple[int, int], *, batch: int = 1, warmup: int = 10, iterations: int = 200,
@@ -142,8 +141,8 @@ def measure_gpu(backend, input_hw: tuple[int, int], *, batch: int = 1, warmup: i
                          "timer": "host wall clock around Upscaler.upscale of one 8-bit H x W x 3 frame, interleaved: "
                                   "uint8 = bytes over the bus, converted on the GPU; float = converted in NumPy, "
                                   "float32 over the bus"}
-    if hasattr(backend, "layer_traffic"):
-        t = backend.layer_traffic((batch, 3, h, w))
+    t = backend.layer_traffic((batch, 3, h, w)) if hasattr(backend, "layer_traffic") else None
+    if t is not None:
         sec = res["compute"]["p50_ms"] / 1e3
         res["traffic"] = {"bytes_per_frame": t["bytes"] // batch, "macs_per_frame": t["macs"] // batch,
                           "layers": t["layers"], "achieved_gb_per_s": round(t["bytes"] / sec / 1e9, 1),

@@ -98,6 +98,17 @@ class Backend:
     package = ""
     fix = ""
     """How to make the backend available (shown with ``available()``'s reason)."""
+    gpu_timing = False
+    """The GPU timing protocol (optional): a backend that, as loaded, runs on an NVIDIA GPU offers the stages the
+    GPU harness times with CUDA events (:data:`edgesr.benchmarks.gpu_latency.GPU_STAGES`): ``prepare(lr)``
+    (input into a pinned host buffer), ``upload()``, ``compute()``, ``download() -> output``,
+    ``synchronize()``, ``gpu_event()`` (a CUDA event on its stream), and says so here (the torch backend on
+    CUDA, TensorRT). ``layer_traffic`` adds bytes and MACs per frame where the backend can count them."""
+
+    def layer_traffic(self, lr_shape: tuple) -> dict | None:
+        """``{"bytes", "macs", "layers"}`` one inference of ``lr_shape`` moves and computes, or None (unknown)."""
+        return None
+
     baseline = False
     """A baseline (Pillow's resize): it runs only the bicubic baseline artifact, so it is never the default for an
     artifact and never suggested for one; the benchmark times it beside the models like any backend."""

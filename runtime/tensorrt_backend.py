@@ -95,6 +95,7 @@ def check_engine(art: Artifact, *, flavour_version: str | None = None, compute_c
 
 @BACKENDS.register("tensorrt")
 class TensorRtBackend(Backend):
+    gpu_timing = True  # the GPU timing protocol (Backend.gpu_timing)
     name = "tensorrt"
     kinds = ("engine",)
     module, package = "tensorrt", "TensorRT (10/11 or for RTX)"

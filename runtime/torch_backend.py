@@ -136,6 +136,10 @@ class TorchBackend(Backend):
     def _cuda(self) -> bool:
         return str(self.device).startswith("cuda")
 
+    @property
+    def gpu_timing(self) -> bool:  # the GPU timing protocol (Backend.gpu_timing): on CUDA only
+        return self._cuda
+
     def gpu_event(self):
         import torch
 

@@ -44,6 +44,7 @@ class _Event:
 
 
 class StandIn:
+    gpu_timing = True  # the GPU timing protocol, as Backend declares it
     """A backend with the GPU stages whose 'GPU' takes 0.5 ms up, 2 ms compute (4 ms from the 50th call on), 1 ms down."""
 
     cuda_graphs = False
