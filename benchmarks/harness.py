@@ -105,7 +105,7 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
                        **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
             backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
             opened[(variant, b)] = backend
-            quality = measure_quality(backend, evals, recipe.scale, art.manifest.get("size_multiple", 1))
+            quality = measure_quality(backend, evals, recipe.scale, art.manifest.size_multiple)
             rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,
                          "backend_info": backend.describe(), "precision": art.manifest["precision"],
                          "threads": backend.describe()["threads"], "quality": quality,

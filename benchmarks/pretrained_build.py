@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         # Measured on the runtime the artifact is made for: OpenVINO for target openvino, else the default.
         backend = chosen.get(name) or ("openvino" if last.get("target") == "openvino" else default_backend(art))
         with open_backend(art, backend, threads=0) as b:
-            quality = measure_quality(b, sets, scale, art.manifest.get("size_multiple", 1))
+            quality = measure_quality(b, sets, scale, art.manifest.size_multiple)
         model_art = art
         while model_art is not None and model_art.kind != "model":
             up = (model_art.manifest.get("parent") or {}).get("path")

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     src = make_test_video(work / f"in_{args.frames}_{h}x{w}.mp4", args.frames, (h, w))
     art = read_artifact(args.artifact)
     backend = open_backend(art, args.backend, threads=args.threads)
-    up = Upscaler(backend, size_multiple=art.manifest.get("size_multiple", 1))
+    up = Upscaler(backend, size_multiple=art.manifest.size_multiple)
     alone_fps = _model_alone_fps(up, src, args.batch)
     print(f"model alone (decoded frames in memory, batch {args.batch}, nothing else running): {alone_fps:.2f} fps")
     rows = {"model_alone": {"fps": round(alone_fps, 2), "frames": 200, "batch": args.batch}}

@@ -98,7 +98,7 @@ def onnx_quality(art: Artifact, pairs: list[ImagePair], scale: int, threads: int
     """Mean PSNR-Y of an ONNX artifact on ``pairs`` through a backend (ONNX Runtime unless the stage targets
     another runtime: the same INT8 file can score differently on two runtimes)."""
     backend = open_backend(art, backend_name, threads=threads)
-    up = Upscaler(backend, size_multiple=art.manifest.get("size_multiple", 1))
+    up = Upscaler(backend, size_multiple=art.manifest.size_multiple)
     try:
         return evaluate_pairs(up.upscale_float, ((p.name, p.lr, p.hr) for p in pairs), scale, with_ssim=False).psnr
     finally:

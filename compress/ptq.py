@@ -188,7 +188,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
         raise QuantizeError(f"quantize {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
     runtime = quality_backend(cfg.target, f"quantize {name}")
     batches = calibration_batches(ctx.train_pairs, cfg.calibration_images, cfg.calibration_patch, ctx.seed,
-                                  input_size=source.manifest.get("input_size"))
+                                  input_size=source.manifest.input_size)
     manifest = derived_manifest(source, kind="onnx", name=name, precision="int8")
 
     # Drafts (graphs measured before the artifact is written) carry their weight range, so that the runtimes

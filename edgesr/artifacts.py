@@ -26,7 +26,7 @@ from .errors import EdgesrError
 from .files import atomic_write_text, fix_mode, make_temp_dir
 
 __all__ = [
-    "Artifact", "ArtifactError", "read_artifact", "write_artifact", "content_hash", "update_metrics",
+    "Artifact", "ArtifactError", "Manifest", "read_artifact", "write_artifact", "content_hash", "update_metrics",
     "atomic_write_text", "verify_payload", "parent_record", "derived_manifest", "derived_transforms",
     "check_destination", "artifact_files",
 ]
@@ -41,10 +41,56 @@ class ArtifactError(EdgesrError, ValueError):
     """An artifact that cannot be used; the message names the directory and the fix."""
 
 
+class Manifest(dict):
+    """An artifact's manifest: the JSON object on disk (a ``dict``, written unchanged), read through typed
+    accessors with the defaults old manifests need, the same way everywhere."""
+
+    @property
+    def kind(self) -> str:
+        return self["kind"]
+
+    @property
+    def precision(self) -> str:
+        return str(self.get("precision", "fp32"))
+
+    @property
+    def scales(self) -> list[int]:
+        return [int(s) for s in self["scales"]]
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (pad and crop back); 1 when the manifest says nothing."""
+        return int(self.get("size_multiple", 1))
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) a graph is bound to (an imported fixed-size ONNX file), or None (any size)."""
+        v = self.get("input_size")
+        return (int(v[0]), int(v[1])) if v else None
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the graph runs at once (1 for a graph bound to batch 1), or None (any)."""
+        v = self.get("max_batch")
+        return int(v) if v else None
+
+    @property
+    def transforms(self) -> list[dict]:
+        return list(self.get("transforms", []))
+
+    def last_quantization(self) -> dict[str, Any]:
+        """See :func:`last_quantization`."""
+        return last_quantization(self)
+
+
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
+
+    def __post_init__(self):
+        if not isinstance(self.manifest, Manifest):
+            self.manifest = Manifest(self.manifest)
 
     @property
     def kind(self) -> str:

@@ -680,7 +680,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          "Export it first (an export stage, or a pretrained name ending in -fp32/-int8)")
     import importlib.util
 
-    fixed = art.manifest.get("input_size")
+    fixed = art.manifest.input_size
     hw = tuple(int(v) for v in fixed) if fixed else tuple(args.input)  # a graph bound to one size runs at it
     has_onnx = importlib.util.find_spec("onnx") is not None
     # without the onnx package (the runtime-only install) the graph is profiled as written, with no MAC count
@@ -733,12 +733,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sets = {set_name(s): load_pairs(s, scale, "eval") for s in args.set}
         tag = f" x{scale}" if len(scales) > 1 else ""
         if not args.degradation:
-            for name, q in measure_quality(backend, sets, scale, art.manifest.get("size_multiple", 1),
+            for name, q in measure_quality(backend, sets, scale, art.manifest.size_multiple,
                                            show_progress=True).items():
                 print(f"{name}{tag}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  ({len(q['per_image'])} images)")
         else:
             res = measure_degradations(backend, sets, scale, list(dict.fromkeys(args.degradation)),
-                                       art.manifest.get("size_multiple", 1), show_progress=True)
+                                       art.manifest.size_multiple, show_progress=True)
             for name, per in res.items():
                 for d, q in per.items():
                     print(f"{name}{tag} {d}: PSNR-Y {q['psnr']:.3f} dB  SSIM-Y {q['ssim']:.4f}  bicubic of the same LR "

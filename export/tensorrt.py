@@ -197,8 +197,8 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
                               "`target: tensorrt` in the quantize (or qat) stage for the form TensorRT builds.")
     trt = flavour_module(cfg.flavour)
     version = trt.__version__
-    profile = check_profile(cfg, int(onnx_art.manifest.get("size_multiple", 1)), onnx_art.manifest.get("input_size"),
-                            onnx_art.manifest.get("max_batch"))
+    profile = check_profile(cfg, onnx_art.manifest.size_multiple, onnx_art.manifest.input_size,
+                            onnx_art.manifest.max_batch)
     targets = _targets(cfg)
     workspace = _workspace_mb(cfg)
     key = engine_key(onnx_art.hash, cfg, version, profile, targets, workspace)
@@ -284,7 +284,7 @@ def check_tensorrt(art: Artifact, shapes: tuple | None = None, *, build: bool = 
     if shapes is not None:
         try:
             profile = check_profile(EngineConfig(input="x", shapes=tuple(tuple(s) for s in shapes)),
-                                    int(art.manifest.get("size_multiple", 1)))
+                                    art.manifest.size_multiple)
         except EngineError as exc:
             findings.append(_finding("error", "profile", str(exc).split(": ", 1)[-1], "fix the engine shapes"))
             profile = None

@@ -167,18 +167,18 @@ class Backend:
         if self.artifact is None:
             raise RuntimeError(f"{self.name} backend: load() an artifact before run()")
         lr = check_input(lr)
-        m = int(self.artifact.manifest.get("size_multiple", 1))
+        m = self.artifact.manifest.size_multiple
         if m > 1 and (lr.shape[2] % m or lr.shape[3] % m):
             raise InputError(f"{self.artifact.path}: this model needs H and W to be multiples of {m} (its manifest's "
                              f"size_multiple), got {lr.shape[2]}x{lr.shape[3]}; pad the input, or use "
                              "edgesr.runtime.Upscaler, which pads and crops back")
         self._check_fixed(lr.shape[2:])
-        if self.artifact.manifest.get("max_batch") == 1 and lr.shape[0] > 1:  # a graph bound to batch 1
+        if self.artifact.manifest.max_batch == 1 and lr.shape[0] > 1:  # a graph bound to batch 1
             return np.concatenate([self._run(lr[i:i + 1]) for i in range(lr.shape[0])])
         return self._run(lr)
 
     def _check_fixed(self, hw) -> None:
-        fixed = self.artifact.manifest.get("input_size")
+        fixed = self.artifact.manifest.input_size
         if fixed and tuple(hw) != tuple(fixed):
             raise InputError(f"{self.artifact.path}: this graph runs at {fixed[1]}x{fixed[0]} only (its authors exported "
                              f"it at a fixed size), got {hw[1]}x{hw[0]}; use edgesr.runtime.Upscaler (and the CLI), "
@@ -202,13 +202,13 @@ class Backend:
         if frames.size == 0:
             raise InputError(f"the frames array is empty (shape {frames.shape}); give N x H x W x 3 with at least one "
                              "frame of at least 1 x 1 pixels")
-        m = int(self.artifact.manifest.get("size_multiple", 1))
+        m = self.artifact.manifest.size_multiple
         if m > 1 and (frames.shape[1] % m or frames.shape[2] % m):
             raise InputError(f"{self.artifact.path}: this model needs H and W to be multiples of {m} (its manifest's "
                              f"size_multiple), got {frames.shape[1]}x{frames.shape[2]}; pad the input, or use "
                              "edgesr.runtime.Upscaler, which pads and crops back")
         self._check_fixed(frames.shape[1:3])
-        if self.artifact.manifest.get("max_batch") == 1 and frames.shape[0] > 1:
+        if self.artifact.manifest.max_batch == 1 and frames.shape[0] > 1:
             return np.concatenate([self.run_uint8(frames[i:i + 1]) for i in range(frames.shape[0])])
         frames = np.ascontiguousarray(frames)
         if not self.uint8_native:

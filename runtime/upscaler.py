@@ -40,8 +40,8 @@ class Upscaler:
         self.io = io
         art = getattr(backend, "artifact", None)
         if size_multiple is None:
-            size_multiple = int(art.manifest.get("size_multiple", 1)) if art is not None else 1
-        fixed = art.manifest.get("input_size") if art is not None else None
+            size_multiple = art.manifest.size_multiple if art is not None else 1
+        fixed = art.manifest.input_size if art is not None else None
         self.input_size = tuple(int(v) for v in fixed) if fixed else None
         """A graph bound to one input size (an imported ONNX file): every image is cut into (or padded to)
         tiles of exactly that size."""

@@ -127,3 +127,23 @@ def test_an_artifact_is_never_written_over_other_files_or_its_input(tmp_path):
     with pytest.raises(ArtifactError, match=r"weights hold NaN or Inf in 1 tensor"):
         save_model(tmp_path / "nan", bad, name="nan", arch=TINY[0])
     assert not (tmp_path / "nan").exists()
+
+
+def test_manifests_are_read_through_typed_accessors_and_written_unchanged(tmp_path):
+    """A typed Manifest (issue 30): accessors with the defaults old manifests need (the shipped files have no
+    input_size), the same JSON on disk."""
+    import json
+
+    from edgesr.artifacts import Manifest, read_artifact
+
+    art = read_artifact("msrep-s-x2-int8")
+    m = art.manifest
+    assert isinstance(m, Manifest) and m.kind == "onnx" and m.precision.startswith("int8")
+    assert m.scales == [2] and m.size_multiple == int(json.loads((art.path / "manifest.json").read_text()).get(
+        "size_multiple", 1)) and m.input_size is None and m.max_batch is None
+    assert m.last_quantization()["type"] in ("quantize", "qat", "qat_onnx")
+    assert json.dumps(m, sort_keys=True) == json.dumps(json.loads((art.path / "manifest.json").read_text()),
+                                                       sort_keys=True)
+    old = Manifest({"kind": "model", "scales": ["4"]})  # what an older manifest may lack
+    assert (old.precision, old.scales, old.size_multiple, old.transforms, old.last_quantization()) == \
+        ("fp32", [4], 1, [], {})
