@@ -26,10 +26,18 @@ class QuantizeError(EdgesrError, RuntimeError):
 
 
 def calibration_batches(pairs: list[ImagePair], n: int, patch, seed: int = 0, *,
-                        input_size=None) -> list[np.ndarray]:
+                        input_size=None, degradation: str = "bicubic", scale: int = 0) -> list[np.ndarray]:
     """``n`` LR crops (1 x 3 x patch x patch float32) from the training images, most textured first picked
     at random positions (seeded). ``input_size`` (a graph bound to one input size): crops of exactly that
-    size instead, images smaller than it mirrored out to it (as the Upscaler feeds such a graph)."""
+    size instead, images smaller than it mirrored out to it (as the Upscaler feeds such a graph).
+    ``degradation`` other than the protocol's (a recipe's ``data.degradation: general``): LR patches made from
+    the HR images by that mix, as the model was trained, so that the activation ranges are those of the frames
+    it is meant for (seeded by ``seed``; ``scale``: the pairs' scale)."""
+    if degradation != "bicubic" and not input_size:
+        from edgesr.data.patches import PatchSampler
+
+        sampler = PatchSampler(pairs, scale, patch, 1, seed=seed + 77, min_std=0.04, degradation=degradation)
+        return [np.ascontiguousarray(sampler.batch(i)[0].numpy()) for i in range(n)]
     rng = np.random.default_rng([seed, 77])
     out = []
     ph, pw = (int(input_size[0]), int(input_size[1])) if input_size else (patch, patch)

@@ -136,7 +136,8 @@ def fp16_stage(cfg: Fp16Config, ctx: StageContext, input: Artifact) -> Artifact:
         raise QuantizeError(f"{source.path}: fp16 takes an FP32 ONNX artifact (an export stage's output), got "
                             f"{source.kind} {source.manifest['precision']}")
     batches = calibration_batches(ctx.train_pairs, cfg.calibration_images, cfg.calibration_patch, ctx.seed,
-                                  input_size=source.manifest.input_size)
+                                  input_size=source.manifest.input_size, degradation=ctx.degradation,
+                                  scale=ctx.scale)
     ranges = activation_ranges(source.payload, batches)
     limit = cfg.saturation * FP16_MAX
     hot_tensors = {t for t, (_, peak) in ranges.items() if peak > limit}

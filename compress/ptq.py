@@ -188,7 +188,8 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
         raise QuantizeError(f"quantize {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
     runtime = quality_backend(cfg.target, f"quantize {name}")
     batches = calibration_batches(ctx.train_pairs, cfg.calibration_images, cfg.calibration_patch, ctx.seed,
-                                  input_size=source.manifest.input_size)
+                                  input_size=source.manifest.input_size, degradation=ctx.degradation,
+                                  scale=ctx.scale)
     manifest = derived_manifest(source, kind="onnx", name=name, precision="int8")
 
     # Drafts (graphs measured before the artifact is written) carry their weight range, so that the runtimes
@@ -230,6 +231,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
             "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits),
             "activations": "int8 symmetric" if cfg.target == "tensorrt" else "uint8/int8 asymmetric",
             "calibration_images": cfg.calibration_images, "calibration_patch": cfg.calibration_patch,
+            **({"calibration_lr": ctx.degradation} if ctx.degradation != "bicubic" else {}),
             "excluded_nodes": list(cfg.exclude), "mixed_precision": mixed, "quality_measured_on": runtime,
             "runtime_agreement": agreement,
             **report}]

@@ -128,3 +128,26 @@ def test_a_recipe_evaluates_every_set_under_each_named_degradation():
     assert _data_identity(recipe.data) == _data_identity(plain.data)
     with pytest.raises(RecipeError, match="eval_degradations: 'cubic' is not one"):
         parse_recipe({**base, "data": {**base["data"], "eval_degradations": ["cubic"]}})
+
+
+def test_int8_of_a_general_model_calibrates_on_the_mix(builtin_train, builtin_valid, tmp_path):
+    """A model trained on degraded LR is calibrated on degraded LR too (the activation ranges of the frames it
+    is for: noise and JPEG widen them), seeded; the protocol's calibration is unchanged; the manifest says so."""
+    from conftest import call_stage
+    from edgesr.compress.common import calibration_batches
+    from edgesr.compress.ptq import QuantizeConfig, quantize_stage
+
+    clean = calibration_batches(builtin_train, 4, 24, 0)
+    mixed = calibration_batches(builtin_train, 4, 24, 0, degradation="general", scale=2)
+    again = calibration_batches(builtin_train, 4, 24, 0, degradation="general", scale=2)
+    assert all(a.shape == b.shape == (1, 3, 24, 24) for a, b in zip(clean, mixed))
+    assert all(np.array_equal(a, b) for a, b in zip(mixed, again))
+    assert not any(np.array_equal(a, b) for a, b in zip(clean, mixed))
+    assert all(np.array_equal(a, b) for a, b in zip(clean, calibration_batches(builtin_train, 4, 24, 0)))
+    from edgesr.artifacts import read_artifact
+
+    src = read_artifact("msrep-s-x2-fp32")
+    q = call_stage(quantize_stage, QuantizeConfig(input="f", calibration_images=4, calibration_patch=32),
+                   name="q", out=tmp_path / "q", source=src, calib_pairs=builtin_train, val_pairs=builtin_valid[:1],
+                   scale=2, degradation="general")
+    assert q.manifest.last_quantization()["calibration_lr"] == "general"
