@@ -161,7 +161,9 @@ class QatOnnxConfig:
     on_budget_exceeded: Literal["fail", "warn"] = "fail"
     min_parity_db: float = 50.0
     """The lowest PSNR (peak 1.0) allowed between the trained graph's output in ONNX Runtime and in the
-    PyTorch simulation that trained it, on the parity image: below it, what trained is not what runs."""
+    PyTorch simulation that trained it, on the parity image: below it, what trained is not what runs, unless
+    ONNX Runtime agrees no better with itself (fused kernels against node-by-node execution: a graph without an
+    image skip amplifies single rounding flips) and the simulation is within 1 dB of that agreement."""
 
 
 @register_stage("qat_onnx", QatOnnxConfig, makes=ONNX, takes={"input": ONNX, "reference": ONNX_FP32, "teacher": MODEL},
@@ -234,11 +236,22 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
         sim = (sim if isinstance(sim, tuple) else (sim,))[0].numpy()
         sess = ort_session(str(path), threads=threads, exact_u8s8=saturation_risk(manifest))
         run = sess.run(None, {"lr": x.numpy()})[0]
-        parity = round(float(10 * np.log10(1.0 / max(float(np.mean((run - sim) ** 2)), 1e-20))), 2)
+        db = lambda a, b: round(float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-20))), 2)  # noqa: E731
+        parity, self_db = db(run, sim), None
         if parity < cfg.min_parity_db:
-            raise QuantizeError(f"{path}: ONNX Runtime runs the trained graph differently from the PyTorch simulation "
-                                f"that trained it ({parity} dB < min_parity_db {cfg.min_parity_db}); report the graph "
-                                "(its operators) so that the simulation can be fixed")
+            # A graph without an image skip (RLFN, IMDN-RTC) carries the image through every quantizer, and one
+            # value rounded the other way anywhere moves its output: ONNX Runtime disagrees with itself between
+            # its fused integer kernels and its node-by-node execution at that level (RLFN x4: 44.9 dB). The
+            # simulation is held to that: as close to the runtime as the runtime is to itself (1 dB margin).
+            plain = ort_session(str(path), threads=threads, optimize=False,
+                                exact_u8s8=saturation_risk(manifest)).run(None, {"lr": x.numpy()})[0]
+            self_db = db(run, plain)
+            if parity < self_db - 1.0:
+                raise QuantizeError(f"{path}: ONNX Runtime runs the trained graph differently from the PyTorch "
+                                    f"simulation that trained it ({parity} dB < min_parity_db {cfg.min_parity_db}, "
+                                    f"and below ONNX Runtime's own agreement between its fused and node-by-node "
+                                    f"execution, {self_db} dB); report the graph (its operators) so that the "
+                                    "simulation can be fixed")
         kept_input = psnr <= ptq_psnr
         if kept_input:  # training did not help on the validation images: ship the post-training graph
             onnx.save_model(proto, str(path))
@@ -255,6 +268,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
             "alpha": cfg.alpha, "distilled_from": (teacher.manifest.get("name") if teacher is not None else
                                                    reference.manifest.get("name") if cfg.alpha > 0 else None),
             "weight_bits": weight_bits, "simulation_parity_db": parity,
+            **({"runtime_self_agreement_db": self_db} if self_db is not None else {}),
             **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {}),
             "kept_input": "training did not beat the input graph on the validation images" if kept_input else None,
             **report}]
