@@ -103,15 +103,31 @@ def quantize_onnx(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, me
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        exclude = list(exclude) + (_scalar_arithmetic(pre) if symmetric else [])
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         reduce_range=weight_bits_for(target, weight_bits) == 7,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                        nodes_to_exclude=list(exclude) or None,
+                        nodes_to_exclude=exclude or None,
                         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                                        "CalibMovingAverage": False,
                                        # TensorRT takes biases in float and fuses them; it has no INT32 Q/DQ.
                                        "QuantizeBias": not symmetric})
+
+
+def _scalar_arithmetic(path: Path) -> list[str]:
+    """Element-wise nodes with a one-value constant operand (an imported graph's ``x * 255`` / ``y / 255``): left
+    in float for TensorRT, whose builder refuses the one-value INT8 constant ONNX Runtime's quantizer would make
+    of it ("Quantized constant ... is only allowed before DQ"; measured on an imported RLFN); TensorRT fuses
+    such scaling into the neighbouring INT8 layers anyway."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    scalars = {i.name for i in proto.graph.initializer if int(np.prod(i.dims)) == 1}
+    scalars |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant"
+                and all(int(np.prod(a.t.dims)) == 1 for a in n.attribute if a.name == "value")}
+    return [n.name for n in proto.graph.node
+            if n.op_type in ("Mul", "Div", "Add", "Sub") and any(i in scalars for i in n.input) and n.name]
 
 
 def quantize_onnx_nncf(src: Path, dst: Path, calibration: Iterable[np.ndarray], *, target: str = "onnxruntime",

@@ -322,3 +322,28 @@ def test_tensorrt_form_places_qdq_as_explicit_quantization_wants(graphs):
         assert len(n.input) < 3 or n.input[2] not in producer  # a bias is a float initializer, not an INT32 Q/DQ
     for n in adds:
         assert [producer[i].op_type for i in n.input] == ["DequantizeLinear", "DequantizeLinear"]
+
+
+def test_a_graph_scaling_by_a_constant_builds_as_tensorrt_int8(builtin_train, builtin_valid, tmp_path):
+    """RLFN in its authors' form multiplies its input by 255 and divides its output by 255: ONNX Runtime's
+    quantizer made that one-value constant an INT8 initializer, which TensorRT's builder refuses ('Quantized
+    constant ... is only allowed before DQ'); for TensorRT such scalar arithmetic stays in float."""
+    import onnx
+    import numpy as np
+
+    arch = {"type": "rlfn", "scale": 2, "channels": 8, "mid_channels": 8, "n_blocks": 1, "esa_channels": 4,
+            "pool_padding": 0, "data_range": 255.0}
+    torch.manual_seed(0)
+    src = save_model(tmp_path / "rlfn", build_model(arch), name="rlfn", arch=arch)
+    fp32 = call_stage(export_stage, ExportConfig(input="rlfn"), name="fp32", out=tmp_path / "fp32", source=src)
+    q = call_stage(quantize_stage, QuantizeConfig(input="fp32", calibration_images=3, calibration_patch=48,
+                                                  target="tensorrt"), name="q", out=tmp_path / "q", source=fp32,
+                   calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    proto = onnx.load(str(q.payload))
+    scalars = {i.name for i in proto.graph.initializer if int(np.prod(i.dims)) == 1}
+    dq_of_scalar = [n.name for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in scalars
+                    and proto.graph.initializer[[i.name for i in proto.graph.initializer].index(n.input[0])].data_type
+                    == onnx.TensorProto.INT8]
+    assert dq_of_scalar == []
+    eng = _build(q, tmp_path / "engine")
+    assert eng.payload.stat().st_size > 0
