@@ -233,14 +233,53 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     _check_upscale_paths(src, dst, args.overwrite)
     pic = read_picture(src, max_pixels=args.max_pixels)  # decoded before the model is loaded: bad input fails fast
     up = _upscaler(args)
-    with _tile_progress(up, src.name):
-        sr = up.upscale_picture(pic)
-    write_picture(dst, sr)
+    from .imaging import STREAM_PIXELS
+
+    h, w = pic.rgb.shape[:2]
+    if pic.alpha is None and pic.bits == 8 and dst.suffix.lower() == ".png" and h * w * up.scale ** 2 > STREAM_PIXELS:
+        _upscale_to_png_rows(up, pic, dst, src.name)  # an output larger than memory may hold
+    else:
+        with _tile_progress(up, src.name):
+            sr = up.upscale_picture(pic)
+        write_picture(dst, sr)
     extras = [f"tiles of {up.last_tile}"] if up.last_tile else []
     extras += ["alpha resized with bicubic"] if pic.alpha is not None else []
     extras += ["16-bit"] if pic.bits == 16 else []
     print(f"{src} -> {dst} (x{up.scale}{''.join(', ' + e for e in extras)})")
     return 0
+
+
+def _upscale_to_png_rows(up, pic, dst: Path, label: str) -> None:
+    """A very large 8-bit PNG output: the SR image is assembled tile by tile in a memory-mapped temporary file
+    beside ``dst`` (locked while written, removed after, a killed run's is removed by the next), then written as
+    PNG a band of rows at a time, so memory holds the input, one tile and one band (ICC profile kept)."""
+    import fcntl
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from .files import remove_stale_temps_of
+    from .imaging import write_png_rows
+
+    h, w = pic.rgb.shape[:2]
+    s = up.scale
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps_of(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, h * s * w * s * 3)
+        sr = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(h * s, w * s, 3))
+        with _tile_progress(up, label):
+            up.upscale(pic.rgb, out=sr)
+        sr.flush()
+        write_png_rows(dst, sr, pic.icc)
+        del sr
+    finally:
+        os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -217,13 +217,22 @@ class Upscaler:
         out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.float32)
         return self._upscale_into(img, out, lambda x: np.clip(x, 0.0, 1.0))
 
-    def upscale(self, img: np.ndarray) -> np.ndarray:
+    def upscale(self, img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """H x W x 3 image -> sH x sW x 3, ``uint16`` for ``uint16`` input, else ``uint8`` (clamped and rounded
-        tile by tile). 8-bit images take the backend's 8-bit form where it has one (``io``)."""
+        tile by tile). 8-bit images take the backend's 8-bit form where it has one (``io``). ``out``: the array
+        to fill (a memory map, for an output larger than memory), returned."""
         h, w = img.shape[:2]
         wide = img.dtype == np.uint16
-        out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.uint16 if wide else np.uint8)
-        return self._upscale_into(img, out, None if self._bytes_path(img) else to_uint16 if wide else to_uint8)
+        shape, dtype = (h * self.scale, w * self.scale, 3), np.uint16 if wide else np.uint8
+        if out is not None and (out.shape != shape or out.dtype != dtype):
+            raise ValueError(f"out is {out.dtype} {out.shape}; this image needs {np.dtype(dtype)} {shape}")
+        given = out
+        out = np.empty(shape, dtype=dtype) if out is None else out
+        res = self._upscale_into(img, out, None if self._bytes_path(img) else to_uint16 if wide else to_uint8)
+        if given is not None and res is not given:  # the 8-bit path returned the runtime's own array
+            given[:] = res
+            return given
+        return res
 
     def upscale_batch(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         """Several H x W x 3 images of one size (video frames) -> their ``uint8``/``uint16`` SR images, in one

@@ -209,3 +209,24 @@ def test_onnxruntime_providers_by_name_with_the_fix_when_missing(student, tmp_pa
     assert main(["upscale", str(student.path), str(photo), str(tmp_path / "o3.png"), "--backend", "openvino",
                  "--providers", "cpu"]) == 2
     assert "--providers chooses ONNX Runtime's execution providers" in capsys.readouterr().err
+
+
+def test_an_output_too_large_for_memory_is_assembled_on_disk_and_written_in_bands(tmp_path, monkeypatch):
+    """Above edgesr.imaging.STREAM_PIXELS (lowered here) an 8-bit PNG output is assembled tile by tile in a
+    memory-mapped temporary file and written a band of rows at a time: the same pixels as the in-memory path,
+    the ICC profile kept, nothing left beside the output (issue 27: a 196 MP image reached 6.4 GB)."""
+    from PIL import Image, ImageCms
+
+    from edgesr import imaging
+    from edgesr.cli import main
+
+    src = tmp_path / "big.png"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(SKIMAGE / "astronaut.png").convert("RGB").crop((0, 0, 300, 220)).save(src, icc_profile=icc)
+    assert main(["upscale", "msrep-s-x2-int8", str(src), str(tmp_path / "ram.png"), "--tile", "128"]) == 0
+    monkeypatch.setattr(imaging, "STREAM_PIXELS", 10_000)
+    assert main(["upscale", "msrep-s-x2-int8", str(src), str(tmp_path / "disk.png"), "--tile", "128"]) == 0
+    ram, disk = Image.open(tmp_path / "ram.png"), Image.open(tmp_path / "disk.png")
+    np.testing.assert_array_equal(np.asarray(disk), np.asarray(ram))
+    assert disk.info.get("icc_profile") == icc == ram.info.get("icc_profile")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "disk.png", "ram.png"]
