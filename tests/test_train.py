@@ -95,7 +95,9 @@ def test_time_budget_ends_the_run_and_its_schedule(builtin_train, tmp_path):
 def test_asking_for_cuda_without_a_gpu_says_so():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(RuntimeError, match="no CUDA GPU.*device: auto or cpu"):
+    from edgesr.errors import UsageError
+
+    with pytest.raises(UsageError, match="no CUDA GPU.*device: auto or cpu"):  # one line and exit 2, no traceback
         resolve_device("cuda")
 
 
