@@ -272,9 +272,16 @@ def check_model_spec(spec: dict, where: str, scale: int | None = None) -> None:
                           "gives the model; remove model.scale (or change the recipe's scale)")
     try:
         with torch.device("meta"):
-            MODELS.build({**spec, **({"scale": scale} if scale is not None and "scale" in params else {})})
+            model = MODELS.build({**spec, **({"scale": scale} if scale is not None and "scale" in params else {})})
     except (ValueError, TypeError, KeyError, AssertionError, NotImplementedError) as exc:
         raise RecipeError(f"{where}: {arch} does not accept {spec}: {exc}") from None
+    from .models import model_scales
+
+    scales = list(model_scales(model))
+    if any(max(scales) % s for s in scales):  # the patch sampler makes every head's target from the x-top patch
+        raise RecipeError(f"{where}: {arch} emits x{scales}, which cannot train together: each training patch is cut "
+                          f"at x{max(scales)} and the other heads' targets are made from it by integer downscaling, so "
+                          "every head must divide the largest. Use heads [2, 4], or train x3 in a model of its own.")
 
 
 POSITIVE_COUNTS = ("steps", "batch_size", "calibration_images")

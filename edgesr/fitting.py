@@ -338,6 +338,10 @@ def sampler_for(model: nn.Module, train_pairs: list[ImagePair], scale: int, patc
     if scale not in scales:
         raise ValueError(f"the model emits x{list(scales)}; the recipe trains x{scale}")
     top = max(scales)
+    if any(top % s for s in scales):
+        raise UsageError(f"the model's heads x{list(scales)} cannot train together: each training patch is cut at x{top} "
+                         f"and its targets for the other heads are made from it by integer downscaling, so every head "
+                         f"must divide x{top}. Use heads [2, 4] (or x3 alone, or [3] + [2] in two models)")
     pairs = train_pairs if top == scale else pairs_at_scale(train_pairs, top, min_size=patch_size * top)
     if not pairs:
         raise ValueError(f"no training image is at least {patch_size * top} px for x{top} patches of {patch_size}")

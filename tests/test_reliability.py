@@ -974,6 +974,11 @@ LATE_CASES = [
          lambda c: c.cli("check", c.model), 2, r"model: is a 'model' artifact; export it first"),
     Case("eval-same-stem", "artifact", "`edgesr eval` on a folder holding `shot.png` and `shot.jpg`",
          _same_stem_set, 0, r"shots: PSNR-Y .* \(2 images\)"),
+    Case("recipe-heads-x3-x4", "recipe", "a multi-scale student with x2, x3 and x4 heads (checked at load; it was a "
+         "ValueError traceback from the patch sampler when training started)",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [{"name": "teacher", "stage": "train", "steps": 5,
+                                                             "model": {"type": "msrep", "size": "s", "heads": [2, 3, 4]}}]}),
+         2, r"msrep emits x\[2, 3, 4\], which cannot train together.*Use heads \[2, 4\]"),
     Case("recipe-cuda-without-gpu", "recipe", "`device: cuda` on a machine where PyTorch sees no GPU (checked at "
          "load; it was a RuntimeError traceback when the stage started)", _cuda_without_gpu, 2,
          r"stages\[0\] \(teacher\)\.device: cuda, but PyTorch sees no CUDA GPU here; use device: auto"),
