@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from edgesr.errors import EdgesrError
 from edgesr.progress import console
 
-__all__ = ["QualityBudgetExceeded", "check_budget"]
+__all__ = ["Budget", "QualityBudgetExceeded", "check_budget"]
 
 
 class QualityBudgetExceeded(EdgesrError, RuntimeError):
@@ -28,3 +30,32 @@ def check_budget(step: str, parent_psnr: float, psnr: float, max_drop_db: float 
             raise QualityBudgetExceeded(msg)
         console.print(f"[yellow]warning:[/] {msg}")
     return record
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The quality budget of a lossy stage (the stage table's ``lossy=True``), read once from its config
+    (``max_psnr_drop_db``, ``on_budget_exceeded``) and applied the same way by every such stage.
+
+    ``on_exceeded``: ``fail`` (the artifact never lands), ``warn``, or ``fallback`` (the stage first tries a
+    gentler form it knows, e.g. mixed precision, and the result is then held to the budget as ``fail``)."""
+
+    max_drop_db: float | None = None
+    on_exceeded: str = "fail"
+
+    @classmethod
+    def of(cls, cfg) -> "Budget":
+        return cls(getattr(cfg, "max_psnr_drop_db", None), getattr(cfg, "on_budget_exceeded", "fail"))
+
+    def exceeded(self, parent_psnr: float, psnr: float) -> bool:
+        return self.max_drop_db is not None and parent_psnr - psnr > self.max_drop_db
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether an over-budget result should first be made gentler by the stage (``fallback``)."""
+        return self.on_exceeded == "fallback"
+
+    def check(self, step: str, parent_psnr: float, psnr: float) -> dict:
+        """The budget record; raises :class:`QualityBudgetExceeded` over budget unless the policy is ``warn``."""
+        return check_budget(step, parent_psnr, psnr, self.max_drop_db,
+                            "warn" if self.on_exceeded == "warn" else "fail")

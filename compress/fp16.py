@@ -19,7 +19,7 @@ from edgesr.onnxutil import op_counts
 from edgesr.runtime.onnxruntime_backend import ort_session
 from edgesr.stages import ONNX, ONNX_FP32, StageContext, register_stage
 
-from .budget import check_budget
+from .budget import Budget
 from .common import QuantizeError, calibration_batches, onnx_quality
 
 __all__ = ["Fp16Config", "FP16_MAX", "activation_ranges", "fp16_onnx", "fp16_stage"]
@@ -170,8 +170,8 @@ def fp16_stage(cfg: Fp16Config, ctx: StageContext, input: Artifact) -> Artifact:
             psnr = onnx_quality(draft, val_pairs, scale, threads)
         else:  # FP16 I/O: the protocol feeds FP32, so convert at the edges for measuring only
             psnr = _fp16_io_quality(path, val_pairs, scale, threads)
-        budget = check_budget(f"fp16 {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
-        manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget}
+        manifest["metrics"] = {"val_psnr": round(psnr, 4),
+                               "budget": Budget.of(cfg).check(f"fp16 {name}", parent_psnr, psnr)}
 
     parent_psnr = onnx_quality(source, val_pairs, scale, threads)
     return write_artifact(out, writer, "model.onnx", manifest)

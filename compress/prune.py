@@ -39,7 +39,7 @@ from edgesr.models import count_macs, deploy_form, model_scales, pick_output
 from edgesr.progress import console
 from edgesr.stages import MODEL, StageContext, register_stage
 
-from .budget import check_budget
+from .budget import Budget
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -309,6 +309,6 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
                                   transforms=derived_transforms(source, arch, final),
                                   metrics={"val_psnr": round(parent_psnr, 4), "budget": "fallback: not pruned",
                                            "finetune_seconds": round(seconds, 1)})
-    budget = check_budget(f"prune {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
+    budget = Budget.of(cfg).check(f"prune {name}", parent_psnr, psnr)
     return save_model(out, model, name=name, arch=arch, parent=source, transforms=derived_transforms(source, arch, final),
                       metrics={"val_psnr": round(psnr, 4), "budget": budget, "finetune_seconds": round(seconds, 1)})

@@ -25,7 +25,7 @@ import onnx
 from edgesr.artifacts import Artifact, derived_manifest, write_artifact
 from edgesr.stages import ONNX, ONNX_FP32, StageContext, register_stage
 
-from .budget import check_budget
+from .budget import Budget
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
                      require_tensorrt_form)
 
@@ -217,6 +217,8 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
         return onnx_quality(Artifact(path.parent, {**draft, "payload": path.name}), val_pairs, scale, threads,
                             runtime)
 
+    budget = Budget.of(cfg)
+
     def writer(path: Path) -> None:
         quantize_graph(source.payload, path, batches, cfg)
         psnr = quality(path)
@@ -224,7 +226,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
         if cfg.target == "openvino":
             agreement = _runtime_agreement(source.payload, path, batches, cfg, draft, val_pairs, threads)
             psnr = quality(path)
-        if cfg.on_budget_exceeded == "fallback" and parent_psnr - psnr > cfg.max_psnr_drop_db:
+        if budget.falls_back and budget.exceeded(parent_psnr, psnr):
             mixed = _mixed_precision(source.payload, path, batches,
                                      dataclasses.replace(cfg, exclude=tuple(cfg.exclude) + tuple(
                                          (agreement or {}).get("fp_layers", ()))), parent_psnr, psnr, quality)
@@ -252,9 +254,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
             "runtime_agreement": agreement,
             **report}]
         # Measured before the artifact is moved into place: a graph over budget never lands.
-        policy = "warn" if cfg.on_budget_exceeded == "warn" else "fail"
-        budget = check_budget(f"quantize {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, policy)
-        manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget}
+        manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget.check(f"quantize {name}", parent_psnr, psnr)}
 
     parent_psnr = onnx_quality(source, val_pairs, scale, threads, runtime)
     return write_artifact(out, writer, "model.onnx", manifest)

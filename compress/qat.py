@@ -10,7 +10,7 @@ from edgesr.artifacts import Artifact, derived_manifest, last_quantization, writ
 from edgesr.data.degradations import degradation_record
 from edgesr.stages import MODEL, ONNX, ONNX_FP32, StageContext, register_stage
 
-from .budget import check_budget
+from .budget import Budget
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
                      require_tensorrt_form, u8s8_pair_sum_max)
 
@@ -124,7 +124,7 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
                 "teacher": teacher.manifest.get("name") if teacher else None,
                 "calibration_images": cfg.calibration_images, **report,
                 **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {})}]
-        budget = check_budget(f"qat {name}", parent_psnr, psnr, cfg.max_psnr_drop_db, cfg.on_budget_exceeded)
+        budget = Budget.of(cfg).check(f"qat {name}", parent_psnr, psnr)
         manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget, "fp32_val_psnr": round(parent_psnr, 4),
                                "ptq_val_psnr": round(ptq_psnr, 4), "qat_torch_val_psnr": round(result.best_psnr, 4),
                                "train_seconds": round(result.seconds, 1), "history": result.history}
@@ -277,8 +277,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
                    "train_seconds": round(result.seconds, 1), "history": result.history}
         if parent_psnr is not None:
             metrics["fp32_val_psnr"] = round(parent_psnr, 4)
-            metrics["budget"] = check_budget(f"qat_onnx {name}", parent_psnr, psnr, cfg.max_psnr_drop_db,
-                                             cfg.on_budget_exceeded)
+            metrics["budget"] = Budget.of(cfg).check(f"qat_onnx {name}", parent_psnr, psnr)
         manifest["metrics"] = metrics
 
     return write_artifact(out, writer, "model.onnx", manifest)

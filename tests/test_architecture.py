@@ -85,6 +85,14 @@ def test_stage_table_is_the_one_list_of_stages():
                              "qat", "qat_onnx", "quantize", "train"]
     assert table.get("import").makes == MODEL and table.get("import_onnx").makes == ONNX_FP32
     assert {n for n in table.names() if table.get(n).lossy} == {"prune", "quantize", "fp16", "qat", "qat_onnx"}
+    import dataclasses
+
+    from edgesr.compress.budget import Budget
+
+    for n in table.names():  # every lossy stage declares its budget in its config, read by one Budget type
+        fields = {f.name for f in dataclasses.fields(table.get(n).config)}
+        assert ({"max_psnr_drop_db", "on_budget_exceeded"} <= fields) == table.get(n).lossy, n
+    assert Budget(0.1, "fallback").exceeded(30.0, 29.8) and not Budget(None, "fail").exceeded(30.0, 20.0)
     assert {n for n in table.names() if table.get(n).trains} == {"train", "distill"}
     assert table.get("quantize").takes == {"input": ONNX_FP32} and table.get("export").makes == ONNX_FP32
     assert table.get("qat").makes == ONNX and table.get("prune").takes == {"input": MODEL, "teacher": MODEL}
