@@ -2,11 +2,13 @@
 
 import importlib.resources
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from edgesr.cli import main
@@ -266,3 +268,19 @@ def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert "sr.png: the disk is full (No space left on device). Free some space" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_every_recipe_of_the_project_loads():
+    """benchmarks/recipes: each one is checked as `edgesr run` checks it at load (keywords, heads, scales,
+    loaded artifacts); the ones that need another run's output or a GPU say exactly that."""
+    needs = {"compress_x2.yaml": "runs/zoo_x2/msrep_s: not an edgesr artifact",
+             "fsrcnn_tail_x2.yaml": "runs/qat_onnx_x2/fsrcnn_res_onnx: not an edgesr artifact",
+             "distill_gpu_x2.yaml": "PyTorch sees no CUDA GPU here"}
+    recipes = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "recipes").glob("*.yaml"))
+    assert len(recipes) > 25
+    for path in recipes:
+        if path.name in needs and not (path.name == "distill_gpu_x2.yaml" and torch.cuda.is_available()):
+            with pytest.raises(RecipeError, match=re.escape(needs[path.name])):
+                load_recipe(path)
+        else:
+            load_recipe(path)
