@@ -153,8 +153,11 @@ def _check_output(av, dst: Path, codec: str, pix_fmt: str, ain) -> None:
         raise UsageError(f"--pix-fmt {pix_fmt}: {codec} does not encode it; it takes {', '.join(formats[:12])}"
                          f"{' ...' if len(formats) > 12 else ''} (yuv420p plays everywhere)")
     if ain is not None and ain.codec_context.name not in supported:
-        holds = [s for s in (".mp4", ".mkv", ".mov", ".webm") if s != dst.suffix.lower() and
-                 ain.codec_context.name in av.open(io.BytesIO(), "w", format=_container_format(Path("x" + s))).supported_codecs]
+        holds = []
+        for s in (".mp4", ".mkv", ".mov", ".webm"):
+            with av.open(io.BytesIO(), "w", format=_container_format(Path("x" + s))) as other:
+                if s != dst.suffix.lower() and ain.codec_context.name in other.supported_codecs:
+                    holds.append(s)
         raise UsageError(f"{dst}: the input's audio is {ain.codec_context.name}, which a {dst.suffix} file cannot hold "
                          f"(it is copied, not re-encoded); pass --no-audio, or write {' or '.join(holds) or '.mkv'}")
 
@@ -298,9 +301,8 @@ def upscale_video(upscaler, src: str | Path, dst: str | Path, options: VideoOpti
                             time_base = 1 / rate
                             if last_pts is not None and pts <= last_pts:
                                 pts = last_pts + 1
-                        elif last_pts is not None and pts <= last_pts:
-                            raise VideoError(f"{src}: frame {res.frames} has timestamp {pts} after {last_pts}; "
-                                             "the timestamps go backwards. Remux it first (ffmpeg -i IN -c copy OUT)")
+                        elif last_pts is not None and pts <= last_pts:  # a repeated or backward timestamp (a
+                            pts = last_pts + 1  # sloppy muxer): one tick later, as players show it, not refused
                         last_pts = pts
                         frame.pts, frame.time_base = pts, time_base
                         for packet in vout.encode(frame):

@@ -717,6 +717,26 @@ def _eval_set(c: Ctx) -> Path:
     return hr.parent
 
 
+def _banded_png(c: Ctx) -> tuple[int, str]:
+    """An output over the in-memory limit (edgesr.imaging.STREAM_PIXELS, lowered here to 10,000 pixels so a small
+    photo stands for a 196 MP one): assembled on disk, written in bands; the same pixels as in memory."""
+    from edgesr import imaging
+
+    ram = c.fresh("ram.png")
+    code, _ = c.cli("upscale", c.onnx, c.photo, ram)
+    old = imaging.STREAM_PIXELS
+    imaging.STREAM_PIXELS = 10_000
+    try:
+        disk = c.fresh("disk.png")
+        code2, text = c.cli("upscale", c.onnx, c.photo, disk)
+    finally:
+        imaging.STREAM_PIXELS = old
+    same = np.array_equal(np.asarray(Image.open(ram)), np.asarray(Image.open(disk)))
+    left = sorted(p.name for p in disk.parent.iterdir() if p.name != "disk.png")
+    return code2, (f"written in bands: {'the same pixels as in memory' if same and code == 0 else 'DIFFERENT'}; "
+                   f"left beside it: {left or 'nothing'}")
+
+
 def _progress_lines(c: Ctx, *argv: str) -> tuple[int, str]:
     """A CLI call whose stderr is a log (not a terminal): the progress lines it printed."""
     err, out = io.StringIO(), io.StringIO()
@@ -731,6 +751,9 @@ RUN_CASES = [
     Case("run-progress-large-image", "run", "a large image, tiled (`--tile 40` on 64x48: 48 tiles), logged to a file",
          lambda c: _progress_lines(c, "upscale", c.onnx, c.photo, c.fresh("out.png"), "--tile", "40"), 0,
          r"^\d+ progress lines, the last: upscale photo\.png: 48/48 \(<t>\) 48/48 tiles"),
+    Case("run-large-png-banded", "run", "an 8-bit PNG output larger than memory should hold (limit lowered for the "
+         "test; a 196 MP input reached 6.4 GB)", _banded_png, 0,
+         r"written in bands: the same pixels as in memory; left beside it: nothing"),
     Case("run-progress-eval", "run", "`edgesr eval` over a folder, logged to a file",
          lambda c: _progress_lines(c, "eval", c.onnx, "--set", _eval_set(c)), 0,
          r"^\d+ progress lines, the last: eval set: 4/4 \(<t>\)"),
