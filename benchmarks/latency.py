@@ -189,3 +189,43 @@ def peak_throughput(threads: int = 0, n: int = 1024, seconds: float = 2.0) -> di
             times.append(time.perf_counter() - t0)
         result[f"{name}_gops"] = round(2 * n ** 3 / float(np.median(times)) / 1e9, 1)
     return result
+
+
+def _graph_backend(path, scales, backend: str, threads: int, **options):
+    """An FP32 ONNX graph file (edgesr's I/O, emitting ``scales``) opened by ``backend`` through the Backend
+    contract (an in-memory artifact record: the graph is the only file)."""
+    from pathlib import Path
+
+    from edgesr.artifacts import Artifact
+    from edgesr.runtime import open_backend
+
+    path = Path(path)
+    art = Artifact(path.parent, {"kind": "onnx", "name": path.stem, "payload": path.name, "scales": list(scales),
+                                 "precision": "fp32", "hash": path.stem, "size_multiple": 1})
+    return open_backend(art, backend, threads=threads, **options)
+
+
+def graph_latency_ms(path, scales, hw: tuple[int, int], *, threads: int = 0, backend: str = "onnxruntime") -> float:
+    """p50 latency of an ONNX graph file on ``backend`` for a 1 x 3 x H x W input (the measurement service the
+    runner injects into stages as ``StageContext.latency_fn``, after exporting the model)."""
+    with _graph_backend(path, scales, backend, threads) as runner:
+        return measure_latency(runner, hw, warmup=2, runs=10, max_seconds=5.0)["p50_ms"]
+
+
+def graph_speedup(ref_path, new_path, scales, hw: tuple[int, int], *, threads: int = 0, rounds: int = 30,
+                  backend: str = "onnxruntime") -> dict:
+    """How much faster the ``new`` graph runs than ``ref`` on ``backend`` (with its interleaving settings), from
+    one interleaved run: the ratio of medians ref / new with its bootstrap interval, and both medians (the
+    service behind ``StageContext.speedup_fn``). Raises BackendUnavailable where ``backend`` cannot run here."""
+    import contextlib
+
+    from edgesr.runtime import BACKENDS
+
+    with contextlib.ExitStack() as stack:
+        runners = {key: stack.enter_context(_graph_backend(p, scales, backend, threads,
+                                                           **BACKENDS.get(backend).interleave_options))
+                   for key, p in (("ref", ref_path), ("new", new_path))}
+        res = measure_interleaved(runners, hw, warmup=2, rounds=rounds, max_seconds=20.0)
+    return {**speedup(res["times_ms"]["ref"], res["times_ms"]["new"]), "ref_p50_ms": res["latency"]["ref"]["p50_ms"],
+            "new_p50_ms": res["latency"]["new"]["p50_ms"], "rounds": res["rounds"], "input": list(hw),
+            "backend": backend}

@@ -104,50 +104,40 @@ def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _deployed(model: torch.nn.Module, folder: Path, key: str, backend: str, threads: int, **options):
-    """``model`` exported to ONNX in ``folder`` and opened by ``backend`` through the Backend contract (an
-    in-memory artifact record: nothing is written but the graph)."""
-    from .artifacts import Artifact
+def _exported(model: torch.nn.Module, folder: Path, key: str) -> tuple[Path, list[int]]:
+    """``model`` exported to ONNX in ``folder`` as the benchmark deploys it: (the graph, its scales)."""
     from .export.onnx import export_onnx
     from .models import model_scales
-    from .runtime import open_backend
 
     scales = list(model_scales(model))
-    export_onnx(model.eval(), folder / f"{key}.onnx", scales=scales)
-    art = Artifact(folder, {"kind": "onnx", "name": key, "payload": f"{key}.onnx", "scales": scales,
-                            "precision": "fp32", "hash": key, "size_multiple": 1})
-    return open_backend(art, backend, threads=threads, **options)
+    path = folder / f"{key}.onnx"
+    export_onnx(model.eval(), path, scales=scales)
+    return path, scales
 
 
 def onnx_latency_ms(model: torch.nn.Module, hw: tuple[int, int], threads: int = 0,
                     backend: str = "onnxruntime") -> float:
-    """p50 latency of a PyTorch model deployed as the benchmark deploys it: exported to ONNX, run by ``backend``
-    (ONNX Runtime on the CPU by default) on a 1 x 3 x H x W input. What the prune stage's latency target
-    measures."""
-    from .benchmarks.latency import measure_latency
+    """p50 latency of a PyTorch model deployed as the benchmark deploys it: exported to ONNX here, timed by the
+    measurement service of benchmarks/ (:func:`edgesr.benchmarks.latency.graph_latency_ms`) through the Backend
+    contract (ONNX Runtime on the CPU by default). What the prune stage's latency target measures."""
+    from .benchmarks.latency import graph_latency_ms
 
     with tempfile.TemporaryDirectory() as tmp:
-        with _deployed(model, Path(tmp), "m", backend, threads) as runner:
-            return measure_latency(runner, hw, warmup=2, runs=10, max_seconds=5.0)["p50_ms"]
+        path, scales = _exported(model, Path(tmp), "m")
+        return graph_latency_ms(path, scales, hw, threads=threads, backend=backend)
 
 
 def onnx_speedup(ref: torch.nn.Module, new: torch.nn.Module, hw: tuple[int, int], threads: int = 0,
                  rounds: int = 30, backend: str = "onnxruntime") -> dict:
-    """How much faster ``new`` runs than ``ref`` deployed as the benchmark deploys them (exported to ONNX, run by
-    ``backend`` through the Backend contract with its interleaving settings), from one interleaved run: the ratio
-    of medians ref / new with its bootstrap interval, and both medians. Raises BackendUnavailable where
-    ``backend`` cannot run here."""
-    from .benchmarks.latency import measure_interleaved, speedup
-    from .runtime import BACKENDS
+    """How much faster ``new`` runs than ``ref`` deployed as the benchmark deploys them: both exported here, timed
+    by the measurement service of benchmarks/ (:func:`edgesr.benchmarks.latency.graph_speedup`: one interleaved
+    run on ``backend`` through the Backend contract). Raises BackendUnavailable where ``backend`` cannot run."""
+    from .benchmarks.latency import graph_speedup
 
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        runners = {key: stack.enter_context(_deployed(model, Path(tmp), key, backend, threads,
-                                                      **BACKENDS.get(backend).interleave_options))
-                   for key, model in (("ref", ref), ("new", new))}
-        res = measure_interleaved(runners, hw, warmup=2, rounds=rounds, max_seconds=20.0)
-    return {**speedup(res["times_ms"]["ref"], res["times_ms"]["new"]), "ref_p50_ms": res["latency"]["ref"]["p50_ms"],
-            "new_p50_ms": res["latency"]["new"]["p50_ms"], "rounds": res["rounds"], "input": list(hw),
-            "backend": backend}
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_path, scales = _exported(ref, Path(tmp), "ref")
+        new_path, _ = _exported(new, Path(tmp), "new")
+        return graph_speedup(ref_path, new_path, scales, hw, threads=threads, rounds=rounds, backend=backend)
 
 
 def stages_needed(recipe: Recipe, only: list[str]) -> set[str]:
