@@ -73,7 +73,37 @@ def measure_gpu(backend, input_hw: tuple[int, int], *, batch: int = 1, warmup: i
     out = backend.download()
     backend.synchronize()
     out_hw = tuple(int(s) for s in out.shape[-2:])
+    rec, n = _event_timings(backend, transfers, iterations, min_iterations, max_seconds)
+    sampler = sampler if sampler is not None else (power_sampler() if power else None)
+    count, wall, chunk = _throughput(backend, once, np.median(rec["latency"]), throughput_seconds, sampler)
+    res = {"input": [batch, 3, h, w], "output": [batch, 3, *out_hw], "iterations": n,
+           "latency": latency_stats(rec["latency"], batch, out_hw),
+           **{k: latency_stats(rec[k]) for k in ("host", "enqueue", "h2d", "compute", "d2h")},
+           "throughput_qps": round(count * batch / wall, 2), "throughput_frames": count * batch,
+           "throughput_walltime_s": round(wall, 3),
+           "settings": {"batch": batch, "warmup_iterations": max(1, warmup), "warmup_s": round(warm_s, 3),
+                        "data_transfers": transfers, "timer": "CUDA events",
+                        "cuda_graphs": bool(getattr(backend, "cuda_graphs", False)),
+                        "throughput": f"back to back, {chunk} per synchronisation, {throughput_seconds} s"}}
+    if not transfers:
+        res["latency"] = {**res["compute"], "fps": round(1e3 * batch / res["compute"]["p50_ms"], 2)}
+    if sampler is not None:
+        res["power"] = sampler.summary(count * batch)
+    if frames and batch == 1 and getattr(backend, "uint8_native", False):
+        res["frames"] = _frame_timings(backend, input_hw, iterations, max_seconds, min_iterations)
+    t = backend.layer_traffic((batch, 3, h, w)) if hasattr(backend, "layer_traffic") else None
+    if t is not None:
+        sec = res["compute"]["p50_ms"] / 1e3
+        res["traffic"] = {"bytes_per_frame": t["bytes"] // batch, "macs_per_frame": t["macs"] // batch,
+                          "layers": t["layers"], "achieved_gb_per_s": round(t["bytes"] / sec / 1e9, 1),
+                          "achieved_gop_per_s": round(2 * t["macs"] / sec / 1e9, 1),
+                          "counted": "leaf layers' input + output activations + weights, unfused"}
+    return res
 
+
+def _event_timings(backend, transfers: bool, iterations: int, min_iterations: int, max_seconds: float):
+    """Latency by CUDA events around upload, compute and download, one inference at a time: (per-part times in
+    ms, iterations)."""
     ev = [backend.gpu_event() for _ in range(4)]
     rec = {k: [] for k in ("h2d", "compute", "d2h", "latency", "host", "enqueue")}
     t_end = time.perf_counter() + max_seconds
@@ -97,11 +127,14 @@ def measure_gpu(backend, input_hw: tuple[int, int], *, batch: int = 1, warmup: i
                      ("host", (t_done - t0) * 1e3), ("enqueue", (t_enq - t0) * 1e3)):
             rec[k].append(v)
         n += 1
+    return rec, n
 
-    # throughput: back to back, synchronising only every `chunk` inferences, with power sampled meanwhile
-    chunk = max(1, min(50, int(0.05 / max(np.median(rec["latency"]) / 1e3, 1e-6))))
-    sampler = sampler if sampler is not None else (power_sampler() if power else None)
-    frames = 0
+
+def _throughput(backend, once, median_ms: float, seconds: float, sampler):
+    """Back to back, synchronising only every ``chunk`` inferences, with power sampled meanwhile: (inferences,
+    wall seconds, chunk)."""
+    chunk = max(1, min(50, int(0.05 / max(median_ms / 1e3, 1e-6))))
+    count = 0
     if sampler is not None:
         sampler.__enter__()
     t0 = time.perf_counter()
@@ -109,43 +142,26 @@ def measure_gpu(backend, input_hw: tuple[int, int], *, batch: int = 1, warmup: i
         while True:
             for _ in range(chunk):
                 once()
-            frames += chunk
-            if time.perf_counter() - t0 >= throughput_seconds:
+            count += chunk
+            if time.perf_counter() - t0 >= seconds:
                 break
         backend.synchronize()
         wall = time.perf_counter() - t0
     finally:
         if sampler is not None:
             sampler.__exit__(None, None, None)
-    res = {"input": [batch, 3, h, w], "output": [batch, 3, *out_hw], "iterations": n,
-           "latency": latency_stats(rec["latency"], batch, out_hw),
-           **{k: latency_stats(rec[k]) for k in ("host", "enqueue", "h2d", "compute", "d2h")},
-           "throughput_qps": round(frames * batch / wall, 2), "throughput_frames": frames * batch,
-           "throughput_walltime_s": round(wall, 3),
-           "settings": {"batch": batch, "warmup_iterations": max(1, warmup), "warmup_s": round(warm_s, 3),
-                        "data_transfers": transfers, "timer": "CUDA events",
-                        "cuda_graphs": bool(getattr(backend, "cuda_graphs", False)),
-                        "throughput": f"back to back, {chunk} per synchronisation, {throughput_seconds} s"}}
-    if not transfers:
-        res["latency"] = {**res["compute"], "fps": round(1e3 * batch / res["compute"]["p50_ms"], 2)}
-    if sampler is not None:
-        res["power"] = sampler.summary(frames * batch)
-    if frames and batch == 1 and getattr(backend, "uint8_native", False):
-        from .latency import FrameInFrameOut, measure_interleaved, speedup
+    return count, wall, chunk
 
-        fr = measure_interleaved({"uint8": FrameInFrameOut(backend, input_hw),
-                                  "float": FrameInFrameOut(backend, input_hw, io="float")}, input_hw, warmup=3,
-                                 rounds=min(iterations, 50), max_seconds=max_seconds, min_rounds=min(min_iterations, 5))
-        res["frames"] = {"uint8": fr["latency"]["uint8"], "float": fr["latency"]["float"],
-                         "uint8_speedup": speedup(fr["times_ms"]["float"], fr["times_ms"]["uint8"]),
-                         "timer": "host wall clock around Upscaler.upscale of one 8-bit H x W x 3 frame, interleaved: "
-                                  "uint8 = bytes over the bus, converted on the GPU; float = converted in NumPy, "
-                                  "float32 over the bus"}
-    t = backend.layer_traffic((batch, 3, h, w)) if hasattr(backend, "layer_traffic") else None
-    if t is not None:
-        sec = res["compute"]["p50_ms"] / 1e3
-        res["traffic"] = {"bytes_per_frame": t["bytes"] // batch, "macs_per_frame": t["macs"] // batch,
-                          "layers": t["layers"], "achieved_gb_per_s": round(t["bytes"] / sec / 1e9, 1),
-                          "achieved_gop_per_s": round(2 * t["macs"] / sec / 1e9, 1),
-                          "counted": "leaf layers' input + output activations + weights, unfused"}
-    return res
+
+def _frame_timings(backend, input_hw, iterations: int, max_seconds: float, min_iterations: int) -> dict:
+    """Frame in / frame out of one 8-bit frame, bytes over the bus against float32 copies, interleaved."""
+    from .latency import FrameInFrameOut, measure_interleaved, speedup
+
+    fr = measure_interleaved({"uint8": FrameInFrameOut(backend, input_hw),
+                              "float": FrameInFrameOut(backend, input_hw, io="float")}, input_hw, warmup=3,
+                             rounds=min(iterations, 50), max_seconds=max_seconds, min_rounds=min(min_iterations, 5))
+    return {"uint8": fr["latency"]["uint8"], "float": fr["latency"]["float"],
+            "uint8_speedup": speedup(fr["times_ms"]["float"], fr["times_ms"]["uint8"]),
+            "timer": "host wall clock around Upscaler.upscale of one 8-bit H x W x 3 frame, interleaved: "
+                     "uint8 = bytes over the bus, converted on the GPU; float = converted in NumPy, "
+                     "float32 over the bus"}

@@ -24,7 +24,6 @@ from edgesr.progress import console
 from edgesr.runtime import BACKENDS, BackendUnavailable, open_backend
 from edgesr.stages import stage_table
 
-from .baseline import bicubic_artifact
 from .devices import device_info
 from .latency import FrameInFrameOut, measure_interleaved, peak_throughput, speedup
 from .quality import measure_quality
@@ -88,8 +87,8 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     bench = recipe.benchmark
     t = time.perf_counter()
     arts = dict(arts)
-    if "bicubic" in bench.variants or "bicubic_pillow" in bench.variants:
-        arts["bicubic"] = arts["bicubic_pillow"] = bicubic_artifact(out=out / "bicubic", scale=recipe.scale)
+    if "bicubic_pillow" in bench.variants:  # the runner's bicubic stage, run by Pillow's resize
+        arts["bicubic_pillow"] = arts["bicubic"]
     backends, skipped = benchmark_backends(bench)
     for name, why in skipped.items():
         console.print(f"[yellow]benchmark: backend {name} left out: {why}[/]")
@@ -97,54 +96,9 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
              for variant in bench.variants if variant != "bicubic_pillow" for b in backends]
     if "bicubic_pillow" in bench.variants:  # Pillow's resize: one pair, whatever the backends
         pairs.append(("bicubic_pillow", "pillow", arts["bicubic_pillow"]))
-    rows, opened = [], {}
-    with contextlib.ExitStack() as stack:
-        for variant, b, art in pairs:
-            console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
-            options = {**BACKENDS.get(b).run_dir_options(out),
-                       **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
-            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
-            opened[(variant, b)] = backend
-            quality = measure_quality(backend, evals, recipe.scale, art.manifest.size_multiple)
-            rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,
-                         "backend_info": backend.describe(), "precision": art.manifest["precision"],
-                         "threads": backend.describe()["threads"], "quality": quality,
-                         "parent": (art.manifest.get("parent") or {}).get("name"), "_art": art})
-            console.print("  " + ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items()))
-        console.print(f"[bold cyan]benchmark[/] latency: {len(pairs)} (variant, backend) pairs interleaved, "
-                      f"up to {bench.runs} rounds")
-        timed = {f"{v}@{b}": opened[(v, b)] for v, b, _ in pairs}
-        if bench.frames:  # frame in, frame out through the Upscaler, in the same rounds as the bare graphs
-            timed |= {f"{v}@{b} frames": FrameInFrameOut(opened[(v, b)], bench.input_size) for v, b, _ in pairs}
-        timing = measure_interleaved(timed, bench.input_size, warmup=bench.warmup, rounds=bench.runs,
-                                     max_seconds=bench.max_seconds * len(timed))
-    for r in rows:
-        key = f"{r['variant']}@{r['backend']}"
-        r["latency"] = timing["latency"][key]
-        r["times_ms"] = timing["times_ms"][key]
-        line = (f"  {key}: median {r['latency']['p50_ms']:.1f} ms (min {r['latency']['min_ms']:.1f}, "
-                f"spread {100 * r['latency']['spread']:.0f} %)")
-        if bench.frames:
-            r["frames_latency"] = timing["latency"][f"{key} frames"]
-            r["frames_times_ms"] = timing["times_ms"][f"{key} frames"]
-            r["frames_over_bare"] = speedup(r["frames_times_ms"], r["times_ms"])
-            r["frames_io"] = "in the runtime" if getattr(opened[(r["variant"], r["backend"])], "uint8_native",
-                                                         False) else "NumPy"
-            line += (f"; frame in/out (8-bit, {r['frames_io']}) {r['frames_latency']['p50_ms']:.1f} ms, "
-                     f"{r['frames_over_bare']['ratio']:.2f}x the bare graph")
-        console.print(line)
-    macs_of: dict[str, tuple] = {}
-    for r in rows:
-        art = r.pop("_art")
-        if r["variant"] not in macs_of:
-            model_art = model_of(art) if r["variant"] not in BASELINES else None
-            macs = params = None
-            if model_art is not None:
-                # Count what is deployed: re-parameterizable students in their collapsed (exported) form.
-                deployed, _ = deploy_form(load_model(model_art), model_art.manifest["arch"])
-                macs, params = count_macs(deployed, bench.input_size)
-            macs_of[r["variant"]] = (macs, params if params is not None else art.manifest.get("params"))
-        r["macs"], r["params"] = macs_of[r["variant"]]
+    rows, timing, opened = _measure_pairs(pairs, recipe, evals, out)
+    _attach_latency(rows, timing, opened, bench.frames)
+    _attach_cost(rows, bench.input_size)
     _compare_lossy(rows, recipe, arts, list(evals))
     _compare_backends(rows, backends, list(evals))
     measured_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -167,6 +121,68 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     return write_report(out, recipe_name=recipe.name, scale=recipe.scale, rows=rows, stages=stages, machine=machine,
                         reference=reference, command=command, input_hw=bench.input_size, measured_at=measured_at,
                         timing=timing_info)
+
+
+def _measure_pairs(pairs: list[tuple], recipe: Recipe, evals: dict[str, list[ImagePair]], out: Path):
+    """Quality of every (variant, backend) pair on each evaluation set, then the latency of all of them (and of
+    their frame-in/frame-out form) in one interleaved run: (rows, timing, opened backends)."""
+    bench = recipe.benchmark
+    rows, opened = [], {}
+    with contextlib.ExitStack() as stack:
+        for variant, b, art in pairs:
+            console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
+            options = {**BACKENDS.get(b).run_dir_options(out),
+                       **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
+            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
+            opened[(variant, b)] = backend
+            quality = measure_quality(backend, evals, recipe.scale, art.manifest.size_multiple)
+            rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,
+                         "backend_info": backend.describe(), "precision": art.manifest["precision"],
+                         "threads": backend.describe()["threads"], "quality": quality,
+                         "parent": (art.manifest.get("parent") or {}).get("name"), "_art": art})
+            console.print("  " + ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items()))
+        console.print(f"[bold cyan]benchmark[/] latency: {len(pairs)} (variant, backend) pairs interleaved, "
+                      f"up to {bench.runs} rounds")
+        timed = {f"{v}@{b}": opened[(v, b)] for v, b, _ in pairs}
+        if bench.frames:  # frame in, frame out through the Upscaler, in the same rounds as the bare graphs
+            timed |= {f"{v}@{b} frames": FrameInFrameOut(opened[(v, b)], bench.input_size) for v, b, _ in pairs}
+        timing = measure_interleaved(timed, bench.input_size, warmup=bench.warmup, rounds=bench.runs,
+                                     max_seconds=bench.max_seconds * len(timed))
+    return rows, timing, opened
+
+
+def _attach_latency(rows: list[dict], timing: dict, opened: dict, frames: bool) -> None:
+    for r in rows:
+        key = f"{r['variant']}@{r['backend']}"
+        r["latency"] = timing["latency"][key]
+        r["times_ms"] = timing["times_ms"][key]
+        line = (f"  {key}: median {r['latency']['p50_ms']:.1f} ms (min {r['latency']['min_ms']:.1f}, "
+                f"spread {100 * r['latency']['spread']:.0f} %)")
+        if frames:
+            r["frames_latency"] = timing["latency"][f"{key} frames"]
+            r["frames_times_ms"] = timing["times_ms"][f"{key} frames"]
+            r["frames_over_bare"] = speedup(r["frames_times_ms"], r["times_ms"])
+            r["frames_io"] = "in the runtime" if getattr(opened[(r["variant"], r["backend"])], "uint8_native",
+                                                         False) else "NumPy"
+            line += (f"; frame in/out (8-bit, {r['frames_io']}) {r['frames_latency']['p50_ms']:.1f} ms, "
+                     f"{r['frames_over_bare']['ratio']:.2f}x the bare graph")
+        console.print(line)
+
+
+def _attach_cost(rows: list[dict], input_size) -> None:
+    """MACs and parameters of what is deployed, once per variant."""
+    macs_of: dict[str, tuple] = {}
+    for r in rows:
+        art = r.pop("_art")
+        if r["variant"] not in macs_of:
+            model_art = model_of(art) if r["variant"] not in BASELINES else None
+            macs = params = None
+            if model_art is not None:
+                # Count what is deployed: re-parameterizable students in their collapsed (exported) form.
+                deployed, _ = deploy_form(load_model(model_art), model_art.manifest["arch"])
+                macs, params = count_macs(deployed, input_size)
+            macs_of[r["variant"]] = (macs, params if params is not None else art.manifest.get("params"))
+        r["macs"], r["params"] = macs_of[r["variant"]]
 
 
 def _compare_lossy(rows: list[dict], recipe: Recipe, arts: dict[str, Artifact], sets: list[str]) -> None:

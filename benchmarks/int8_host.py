@@ -56,15 +56,7 @@ class _Simulated:
 
 
 def main(argv=None) -> int:
-    import onnx
-
-    from edgesr.artifacts import read_artifact
-    from edgesr.data.datasets import load_pairs, set_name
     from edgesr.hostinfo import u8s8_saturates
-    from edgesr.metrics import evaluate_pairs
-    from edgesr.onnxutil import u8s8_pair_sum_max
-    from edgesr.runtime import Upscaler, open_backend
-    from edgesr.runtime.base import int8_weight_bits
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", metavar="NAME=FP32,INT8[,INT8...]",
@@ -85,46 +77,67 @@ def main(argv=None) -> int:
     results = {"command": "python -m edgesr.benchmarks.int8_host " + " ".join(argv), "machine": machine,
                "threads": args.threads, "input_hw": list(hw), "models": {}}
     for spec in args.models:
-        name, stages = spec.split("=", 1)
-        fp32_stage, *int8_stages = stages.split(",")
-        fp32 = read_artifact(Path(args.run) / fp32_stage)
-        scale = fp32.scale
-        sets = {set_name(s): load_pairs(s, scale, split="eval") for s in args.set}
-        files = {"fp32": fp32}
-        for st in int8_stages:
-            art = read_artifact(Path(args.run) / st)
-            files[f"int8_w{int8_weight_bits(art.manifest)}"] = art
-        runs = {"fp32/onnxruntime": ("fp32", "onnxruntime", {}), "fp32/openvino": ("fp32", "openvino", {})}
-        for k in (k for k in files if k != "fp32"):
-            runs[f"{k}/as written"] = (k, "simulated", {})
-            runs[f"{k}/onnxruntime fast"] = (k, "onnxruntime", {"exact_int8": False})
-            runs[f"{k}/onnxruntime exact"] = (k, "onnxruntime", {"exact_int8": True})
-            runs[f"{k}/openvino"] = (k, "openvino", {})
-        entry = {"pair_sum_max": {k: u8s8_pair_sum_max(onnx.load(str(files[k].payload))) for k in files if k != "fp32"},
-                 "quality": {}, "latency": {}}
-        backends = {}
-        for key, (k, backend, opts) in runs.items():
-            if backend == "simulated":
-                runner = _Simulated(files[k])
-            else:
-                extra = {"spin": False} if backend == "onnxruntime" else {}
-                runner = open_backend(files[k], backend, threads=args.threads, **opts, **extra)
-                backends[key] = runner
-            up = Upscaler(runner)
-            entry["quality"][key] = {s: round(evaluate_pairs(up.upscale_float, ((p.name, p.lr, p.hr) for p in pairs),
-                                                             scale, with_ssim=False).psnr, 4)
-                                     for s, pairs in sets.items()}
-            print(name, key, entry["quality"][key], flush=True)
-        timed = measure_interleaved(backends, hw, rounds=args.rounds, max_seconds=600)
-        entry["latency"] = timed["latency"]
-        ref = timed["times_ms"]["fp32/onnxruntime"]
-        entry["speedup_vs_fp32_onnxruntime"] = {k: speedup(ref, t) for k, t in timed["times_ms"].items()}
-        entry["speedup_vs_fp32_openvino"] = {k: speedup(timed["times_ms"]["fp32/openvino"], t)
-                                             for k, t in timed["times_ms"].items() if k.endswith("openvino")}
-        for b in backends.values():
-            b.close()
+        name, entry = _measure_model(spec, args, hw)
         results["models"][name] = entry
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    _write_readme(results, machine, args, hw, out)
+    return 0
+
+
+def _measure_model(spec: str, args, hw) -> tuple[str, dict]:
+    """One NAME=FP32,INT8... group: quality of each file on each runtime (and as written), then their latency in
+    one interleaved run."""
+    import onnx
+
+    from edgesr.artifacts import read_artifact
+    from edgesr.data.datasets import load_pairs, set_name
+    from edgesr.metrics import evaluate_pairs
+    from edgesr.onnxutil import u8s8_pair_sum_max
+    from edgesr.runtime import Upscaler, open_backend
+    from edgesr.runtime.base import int8_weight_bits
+
+    name, stages = spec.split("=", 1)
+    fp32_stage, *int8_stages = stages.split(",")
+    fp32 = read_artifact(Path(args.run) / fp32_stage)
+    scale = fp32.scale
+    sets = {set_name(s): load_pairs(s, scale, split="eval") for s in args.set}
+    files = {"fp32": fp32}
+    for st in int8_stages:
+        art = read_artifact(Path(args.run) / st)
+        files[f"int8_w{int8_weight_bits(art.manifest)}"] = art
+    runs = {"fp32/onnxruntime": ("fp32", "onnxruntime", {}), "fp32/openvino": ("fp32", "openvino", {})}
+    for k in (k for k in files if k != "fp32"):
+        runs[f"{k}/as written"] = (k, "simulated", {})
+        runs[f"{k}/onnxruntime fast"] = (k, "onnxruntime", {"exact_int8": False})
+        runs[f"{k}/onnxruntime exact"] = (k, "onnxruntime", {"exact_int8": True})
+        runs[f"{k}/openvino"] = (k, "openvino", {})
+    entry = {"pair_sum_max": {k: u8s8_pair_sum_max(onnx.load(str(files[k].payload))) for k in files if k != "fp32"},
+             "quality": {}, "latency": {}}
+    backends = {}
+    for key, (k, backend, opts) in runs.items():
+        if backend == "simulated":
+            runner = _Simulated(files[k])
+        else:
+            extra = {"spin": False} if backend == "onnxruntime" else {}
+            runner = open_backend(files[k], backend, threads=args.threads, **opts, **extra)
+            backends[key] = runner
+        up = Upscaler(runner)
+        entry["quality"][key] = {s: round(evaluate_pairs(up.upscale_float, ((p.name, p.lr, p.hr) for p in pairs),
+                                                         scale, with_ssim=False).psnr, 4)
+                                 for s, pairs in sets.items()}
+        print(name, key, entry["quality"][key], flush=True)
+    timed = measure_interleaved(backends, hw, rounds=args.rounds, max_seconds=600)
+    entry["latency"] = timed["latency"]
+    ref = timed["times_ms"]["fp32/onnxruntime"]
+    entry["speedup_vs_fp32_onnxruntime"] = {k: speedup(ref, t) for k, t in timed["times_ms"].items()}
+    entry["speedup_vs_fp32_openvino"] = {k: speedup(timed["times_ms"]["fp32/openvino"], t)
+                                         for k, t in timed["times_ms"].items() if k.endswith("openvino")}
+    for b in backends.values():
+        b.close()
+    return name, entry
+
+
+def _write_readme(results: dict, machine: dict, args, hw, out: Path) -> None:
     lines = ["# INT8 on this CPU: 8-bit against 7-bit weights", "",
              f"Command: `{results['command']}`", "",
              f"Machine: {machine['cpu']} ({machine['logical_cores']} logical cores; ISA: {', '.join(machine['isa'])}); "
@@ -145,7 +158,6 @@ def main(argv=None) -> int:
                           f"[{sp['ci95'][0]:.2f}-{sp['ci95'][1]:.2f}]" if lat else "– | – | –") + " |")
         lines.append("")
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -175,9 +175,31 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                "previous_results": str(archived.relative_to(out)) if archived else None,
                "stages": stages, "variants": rows}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    h, w = input_hw
     timing = timing or {}
-    max_ci = timing.get("max_ratio_ci", 0.10)
+    lines = _report_header(recipe_name, scale, command, machine, input_hw, timing)
+    lines += _results_table(rows, set_names)
+    if carried:
+        lines += [f"† measured by an earlier run on the same artifacts (same content hash, same backend), not "
+                  f"re-measured by this one: {', '.join(carried)}. The earlier report is in "
+                  f"`{archived.relative_to(out)}/`.", ""]
+    elif archived:
+        lines += [f"The previous report of this directory is in `{archived.relative_to(out)}/`.", ""]
+    lines += _comparisons(rows, set_names, timing.get("max_ratio_ci", 0.10))
+    lines += _gain_over_bicubic(rows, set_names)
+    lines += _report_footer(machine, reference, stages)
+    lines += ["", "![PSNR vs latency](pareto.png)", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    if rows and current_sets:
+        h, w = input_hw
+        _plot(rows, current_sets[0], out / "pareto.png", f"{recipe_name} x{scale}: PSNR vs latency ({w}x{h} input)")
+    return {"report": out / "report.md", "results": out / "results.json", "plot": out / "pareto.png",
+            "archived": archived}
+
+
+def _report_header(recipe_name: str, scale: int, command: str, machine: dict, input_hw: tuple[int, int],
+                   timing: dict) -> list[str]:
+    """Title, command, machine, the measuring protocol and the backends' settings."""
+    h, w = input_hw
     isa = ", ".join(machine.get("isa") or []) or "unknown"
     versions = ", ".join(f"{n} {machine[k]}" for k, n in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO"),
                                                           ("torch", "PyTorch")) if machine.get(k))
@@ -205,7 +227,12 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
     if timing.get("backends_left_out"):
         lines += ["Backends left out (not available here): " + "; ".join(
             f"{k}: {v}" for k, v in timing["backends_left_out"].items()), ""]
-    lines += ["## Results", ""]
+    return lines
+
+
+def _results_table(rows: list[dict], set_names: list[str]) -> list[str]:
+    """One row per (variant, backend): quality per set, latency statistics, frame in/out."""
+    lines = ["## Results", ""]
     head = ["variant", "precision", "backend", "threads", "params", "GMACs"]
     for s_ in set_names:
         head += [f"{s_} PSNR", f"{s_} SSIM"]
@@ -233,12 +260,13 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                       f"{r['frames_over_bare']['ratio']:.2f}x" if fl else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    if carried:
-        lines += [f"† measured by an earlier run on the same artifacts (same content hash, same backend), not "
-                  f"re-measured by this one: {', '.join(carried)}. The earlier report is in "
-                  f"`{archived.relative_to(out)}/`.", ""]
-    elif archived:
-        lines += [f"The previous report of this directory is in `{archived.relative_to(out)}/`.", ""]
+    return lines
+
+
+def _comparisons(rows: list[dict], set_names: list[str], max_ci: float) -> list[str]:
+    """Lossy steps against their parents, backends against the reference backend (speed-ups with their intervals,
+    flagged when too wide to trust) and the fastest runtime per variant."""
+    lines: list[str] = []
     untrusted = []
 
     def ratio_cell(sp) -> str:
@@ -278,6 +306,11 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
         lines += [f"⚠ {len(untrusted)} speed-up(s) above have a 95 % interval wider than {100 * max_ci:.0f} % of the "
                   "ratio: the machine was too noisy during this run for them to be trusted. Re-run with more "
                   "`benchmark.runs`, or on a quieter machine.", ""]
+    return lines
+
+
+def _gain_over_bicubic(rows: list[dict], set_names: list[str]) -> list[str]:
+    lines: list[str] = []
     bics = {r["backend"]: r for r in rows if r["variant"] == "bicubic"}
     if bics:
         several = len({r["backend"] for r in rows}) > 1
@@ -292,6 +325,12 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
                 f"{r['quality'][s_]['psnr'] - bic['quality'][s_]['psnr']:+.2f}"
                 if s_ in r["quality"] and s_ in bic["quality"] else "–" for s_ in set_names) + " |")
         lines.append("")
+    return lines
+
+
+def _report_footer(machine: dict, reference: dict, stages: list[dict]) -> list[str]:
+    """The machine's yardstick, the protocol reference and the stage table."""
+    lines: list[str] = []
     peak = machine.get("peak")
     if peak:
         lines += [f"Machine yardstick (ONNX Runtime, {peak['threads'] or 'all'} threads, {peak['n']}^3 products): FP32 "
@@ -315,9 +354,4 @@ def write_report(out: Path, *, recipe_name: str, scale: int, rows: list[dict], s
     lines += ["", "Training steps: what each trained stage reached; \"(time budget)\": it stopped at its `max_minutes`, so "
               "its result depends on this host's speed (give `steps` without `max_minutes` for results meant to be "
               "reproduced)."]
-    lines += ["", "![PSNR vs latency](pareto.png)", ""]
-    atomic_write_text(out / "report.md", "\n".join(lines))
-    if rows and current_sets:
-        _plot(rows, current_sets[0], out / "pareto.png", f"{recipe_name} x{scale}: PSNR vs latency ({w}x{h} input)")
-    return {"report": out / "report.md", "results": out / "results.json", "plot": out / "pareto.png",
-            "archived": archived}
+    return lines

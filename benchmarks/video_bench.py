@@ -107,7 +107,7 @@ class _NearestCopy:
 def main(argv=None) -> int:
     from edgesr.artifacts import read_artifact
     from edgesr.runtime import Upscaler, open_backend
-    from edgesr.video import VideoOptions, probe, upscale_video
+    from edgesr.runtime.video import VideoOptions, probe, upscale_video
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact")

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesr.artifacts import Artifact, ArtifactError
+from edgesr.artifacts import Artifact, ArtifactError, Candidate
 from edgesr.config import TrainConfig
 from edgesr.data.degradations import degradation_record
 from edgesr.data.patches import PatchSampler
 from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, resolve_device,
                             sampler_for)
 from edgesr.losses import LOSSES, distill_loss
-from edgesr.modelio import load_model, save_model
+from edgesr.modelio import load_model, model_candidate
 from edgesr.models import build_model, model_scales, outputs_by_scale
 from edgesr.progress import console
 from edgesr.stages import MODEL, StageContext, register_stage
@@ -185,7 +185,7 @@ class FeatureDistiller(nn.Module):
 
 
 @register_stage("distill", DistillConfig, makes=MODEL, takes={"teacher": MODEL}, trains=True)
-def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> Artifact | None:
+def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> Candidate | None:
     """The ``distill`` stage: train ``cfg.model`` from scratch against HR and the teacher artifact."""
     name, out, scale, seed = ctx.name, ctx.out, ctx.scale, ctx.seed
     train_pairs, val_pairs, patch_size, min_patch_std = ctx.train_pairs, ctx.val_pairs, ctx.patch_size, ctx.min_patch_std
@@ -239,7 +239,7 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> A
         cache_info.update(hits=source.cache.hits, misses=source.cache.misses)
     if rank != 0:
         return None
-    return save_model(out, result.model, name=name, arch=arch, parent=teacher, transforms=[
+    return model_candidate(ctx.staging, result.model, out=out, name=name, arch=arch, parent=teacher, transforms=[
         {"type": "distill", "teacher": teacher.manifest.get("name"), "teacher_hash": teacher.hash,
          "alpha": cfg.alpha, "loss": cfg.loss, "feature_layers": cfg.feature_layers,
          "feature_weight": cfg.feature_weight, "teacher_cache": cache_info,

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edgesr.artifacts import Artifact, derived_manifest, write_artifact
+from edgesr.artifacts import Artifact, Candidate, Quality, derived_manifest
 from edgesr.data.datasets import ImagePair
 from edgesr.imaging import to_float
 from edgesr.metrics import evaluate_pairs
@@ -19,7 +19,6 @@ from edgesr.onnxutil import op_counts
 from edgesr.runtime.onnxruntime_backend import ort_session
 from edgesr.stages import ONNX, ONNX_FP32, StageContext, register_stage
 
-from .budget import Budget
 from .common import QuantizeError, calibration_batches, onnx_quality
 
 __all__ = ["Fp16Config", "FP16_MAX", "activation_ranges", "fp16_onnx", "fp16_stage"]
@@ -123,14 +122,14 @@ def _drop_cast_round_trips(graph: onnx.GraphProto) -> None:
 
 
 @register_stage("fp16", Fp16Config, makes=ONNX, takes={"input": ONNX_FP32}, lossy=True)
-def fp16_stage(cfg: Fp16Config, ctx: StageContext, input: Artifact) -> Artifact:
+def fp16_stage(cfg: Fp16Config, ctx: StageContext, input: Artifact) -> Candidate:
     """The ``fp16`` stage: FP32 ONNX -> FP16 ONNX with an overflow guard and the quality budget.
 
     The guard runs the FP32 graph on the calibration crops and finds every node whose output exceeds
     ``saturation`` x 65504 (FP16's largest finite value); with ``on_overflow: fallback`` those nodes stay in
     FP32, with ``fail`` the stage stops and names them. The FP16 graph is then run on the same crops and
     must produce no Inf/NaN."""
-    source, name, out, scale, threads = input, ctx.name, ctx.out, ctx.scale, ctx.threads
+    source, name, scale, threads = input, ctx.name, ctx.scale, ctx.threads
     val_pairs = ctx.val_pairs
     if source.kind != "onnx" or source.manifest["precision"] != "fp32":
         raise QuantizeError(f"{source.path}: fp16 takes an FP32 ONNX artifact (an export stage's output), got "
@@ -149,32 +148,26 @@ def fp16_stage(cfg: Fp16Config, ctx: StageContext, input: Artifact) -> Artifact:
     if hot and cfg.on_overflow == "fail":
         raise QuantizeError(f"fp16 {name}: activations of {hot} exceed {limit:.0f} on the calibration crops (FP16 "
                             f"overflows at {FP16_MAX:.0f}); set on_overflow: fallback to keep them in FP32.")
-    manifest = derived_manifest(source, kind="onnx", name=name, precision="fp16")
-
-    def writer(path: Path) -> None:
-        fp16_onnx(source.payload, path, keep_io_types=cfg.keep_io_types, node_block_list=tuple(hot))
-        sess = ort_session(path, threads=threads)
-        in_type = np.float32 if cfg.keep_io_types else np.float16
-        bad = [i for i, b in enumerate(batches)
-               if not all(np.isfinite(o).all() for o in sess.run(None, {"lr": b.astype(in_type)}))]
-        if bad:
-            raise QuantizeError(f"{path}: the FP16 graph gives Inf/NaN on calibration crops {bad[:5]} (FP32 kept for "
-                                f"{hot or 'no node'}); lower saturation or keep this model in FP32.")
-        manifest["ops"] = op_counts(path)
-        manifest["transforms"] = source.manifest.get("transforms", []) + [{
-            "type": "fp16", "tool": "onnxconverter_common.float16", "keep_io_types": cfg.keep_io_types,
-            "fp32_nodes": hot, "fp32_reason": f"activation above {limit:.0f} on calibration crops" if hot else "",
-            "peak_activation": round(peak_all, 3), "calibration_images": cfg.calibration_images}]
-        if cfg.keep_io_types:
-            draft = Artifact(path.parent, {**manifest, "payload": path.name})
-            psnr = onnx_quality(draft, val_pairs, scale, threads)
-        else:  # FP16 I/O: the protocol feeds FP32, so convert at the edges for measuring only
-            psnr = _fp16_io_quality(path, val_pairs, scale, threads)
-        manifest["metrics"] = {"val_psnr": round(psnr, 4),
-                               "budget": Budget.of(cfg).check(f"fp16 {name}", parent_psnr, psnr)}
-
     parent_psnr = onnx_quality(source, val_pairs, scale, threads)
-    return write_artifact(out, writer, "model.onnx", manifest)
+    path = ctx.staging / "model.onnx"
+    fp16_onnx(source.payload, path, keep_io_types=cfg.keep_io_types, node_block_list=tuple(hot))
+    sess = ort_session(path, threads=threads)
+    in_type = np.float32 if cfg.keep_io_types else np.float16
+    bad = [i for i, b in enumerate(batches)
+           if not all(np.isfinite(o).all() for o in sess.run(None, {"lr": b.astype(in_type)}))]
+    if bad:
+        raise QuantizeError(f"{path}: the FP16 graph gives Inf/NaN on calibration crops {bad[:5]} (FP32 kept for "
+                            f"{hot or 'no node'}); lower saturation or keep this model in FP32.")
+    manifest = derived_manifest(source, kind="onnx", name=name, precision="fp16", transform={
+        "type": "fp16", "tool": "onnxconverter_common.float16", "keep_io_types": cfg.keep_io_types,
+        "fp32_nodes": hot, "fp32_reason": f"activation above {limit:.0f} on calibration crops" if hot else "",
+        "peak_activation": round(peak_all, 3), "calibration_images": cfg.calibration_images})
+    manifest["ops"] = op_counts(path)
+    if cfg.keep_io_types:
+        psnr = onnx_quality(Artifact(path.parent, {**manifest, "payload": path.name}), val_pairs, scale, threads)
+    else:  # FP16 I/O: the protocol feeds FP32, so convert at the edges for measuring only
+        psnr = _fp16_io_quality(path, val_pairs, scale, threads)
+    return Candidate(ctx.staging, path.name, manifest, Quality(f"fp16 {name}", psnr, parent_psnr))
 
 
 def _fp16_io_quality(path: Path, pairs: list[ImagePair], scale: int, threads: int) -> float:

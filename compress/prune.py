@@ -28,18 +28,17 @@ import torch.fx
 import torch_pruning as tp
 from torch import nn
 
-from edgesr.artifacts import Artifact, derived_transforms
+from edgesr.artifacts import Artifact, Candidate, Quality, derived_transforms
 from edgesr.data.patches import PatchSampler
 from edgesr.errors import EdgesrError
 from edgesr.fitting import config_fingerprint, fit, sampler_for, validate
 from edgesr.hostinfo import nchwc_block
 from edgesr.losses import LOSSES, distill_loss
-from edgesr.modelio import load_model, module_shapes, save_model
+from edgesr.modelio import load_model, model_candidate, module_shapes
 from edgesr.models import count_macs, deploy_form, model_scales, pick_output
 from edgesr.progress import console
 from edgesr.stages import MODEL, StageContext, register_stage
 
-from .budget import Budget
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -219,7 +218,7 @@ def prune_to_target(model: nn.Module, cfg: PruneConfig, sampler: PatchSampler | 
 
 
 @register_stage("prune", PruneConfig, makes=MODEL, takes={"input": MODEL, "teacher": MODEL}, lossy=True)
-def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: Artifact | None = None) -> Artifact:
+def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: Artifact | None = None) -> Candidate:
     """The ``prune`` stage: prune the input model to its target (in ``iterations`` steps, each followed by a
     fine-tune, optionally distilling from ``teacher``), check the quality budget, save. A latency target is
     measured with ``ctx.latency_fn`` (ONNX Runtime on the CPU, as the runner provides it); the speed guard on
@@ -267,48 +266,59 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
              "psnr_before_finetune": steps_log[-1]["psnr_before_finetune"]}
     if cfg.target == "latency":
         final["latency_ms_after"] = round(latency(model), 2)
-    if cfg.min_speedup is not None:
-        if ctx.speedup_fn is None:
-            raise PruneError(f"prune {name}: min_speedup needs an interleaved latency measurement; run it through "
-                             "`edgesr run` (which measures on the recipe's benchmark backends)")
-        from edgesr.runtime import BackendUnavailable
+    slower_on = _speed_guard(cfg, ctx, parent, model, final) if cfg.min_speedup is not None else None
+    if slower_on:  # on_slower: fallback
+        final = {"type": "prune", "fallback": "parent shipped unpruned: the pruned model was not measurably "
+                                              f"{cfg.min_speedup}x faster on {slower_on}",
+                 "speedup_vs_parent": final["speedup_vs_parent"], "speedup_by_backend": final["speedup_by_backend"],
+                 "target": cfg.target}
+        return model_candidate(ctx.staging, parent, name=name, arch=arch, parent=source, out=out,
+                               transforms=derived_transforms(source, arch, final),
+                               metrics={"val_psnr": round(parent_psnr, 4), "budget": "fallback: not pruned",
+                                        "finetune_seconds": round(seconds, 1)})
+    return model_candidate(ctx.staging, model, name=name, arch=arch, parent=source, out=out,
+                           transforms=derived_transforms(source, arch, final),
+                           metrics={"finetune_seconds": round(seconds, 1)}, quality=Quality(f"prune {name}", psnr, parent_psnr))
 
-        by_backend, left_out = {}, {}
-        for b in cfg.measure_on or ctx.measure_backends:
-            try:
-                by_backend[b] = ctx.speedup_fn(parent, model, cfg.latency_input, b)
-            except BackendUnavailable as exc:
-                left_out[b] = str(exc)
-        if not by_backend:
-            raise PruneError(f"prune {name}: min_speedup: none of {list(cfg.measure_on or ctx.measure_backends)} can run "
-                             f"here ({'; '.join(left_out.values())}); name an available backend in measure_on")
-        lower = lambda sp: sp["ci95"][0] if sp.get("ci95") else sp["ratio"]  # noqa: E731
-        binding = min(by_backend, key=lambda b: lower(by_backend[b]))  # the backend where it gains least
-        speed = by_backend[binding]
-        final["speedup_vs_parent"] = speed
-        final["speedup_by_backend"] = by_backend
-        if left_out:
-            final["speedup_left_out"] = left_out
-        low = lower(speed)
-        if low < cfg.min_speedup:
-            msg = (f"prune {name}: on {binding}, the pruned model runs {speed['ratio']:.2f}x its parent's speed (95 % interval "
-                   f"{low:.2f}-{speed['ci95'][1] if speed.get('ci95') else speed['ratio']:.2f}x; medians "
-                   f"{speed['new_p50_ms']:.1f} vs {speed['ref_p50_ms']:.1f} ms, one interleaved run, LR "
-                   f"{cfg.latency_input[0]}x{cfg.latency_input[1]}): not measurably at min_speedup {cfg.min_speedup}; its widths "
-                   f"{sorted({v['out'] for k, v in final['shapes'].items() if 'out' in v and k not in final['protected']})} may be off the kernels' channel blocks "
-                   f"(round_to: kernel = {kernel_round_to('kernel')} here)")
-            if cfg.on_slower == "fail":
-                raise PruneError(msg + "; prune less, use round_to: kernel, or on_slower: fallback")
-            console.print(f"[yellow]{msg}[/]" + ("; shipping the parent unpruned (on_slower: fallback)"
-                                                  if cfg.on_slower == "fallback" else ""))
-            if cfg.on_slower == "fallback":
-                final = {"type": "prune", "fallback": "parent shipped unpruned: the pruned model was not measurably "
-                                                      f"{cfg.min_speedup}x faster on {binding}",
-                         "speedup_vs_parent": speed, "speedup_by_backend": by_backend, "target": cfg.target}
-                return save_model(out, parent, name=name, arch=arch, parent=source,
-                                  transforms=derived_transforms(source, arch, final),
-                                  metrics={"val_psnr": round(parent_psnr, 4), "budget": "fallback: not pruned",
-                                           "finetune_seconds": round(seconds, 1)})
-    budget = Budget.of(cfg).check(f"prune {name}", parent_psnr, psnr)
-    return save_model(out, model, name=name, arch=arch, parent=source, transforms=derived_transforms(source, arch, final),
-                      metrics={"val_psnr": round(psnr, 4), "budget": budget, "finetune_seconds": round(seconds, 1)})
+def _speed_guard(cfg: PruneConfig, ctx: StageContext, parent: nn.Module, model: nn.Module, final: dict) -> str | None:
+    """``min_speedup``: whether the pruned ``model`` runs measurably faster than ``parent`` on every backend of
+    ``measure_on`` (default: the recipe's benchmark backends), the binding one being where it gains least; the
+    measurements join ``final``. Slower: raises with ``on_slower: fail``, else warns and, with ``fallback``,
+    returns the backend where it is slower (the parent ships); None otherwise."""
+    name = ctx.name
+    if ctx.speedup_fn is None:
+        raise PruneError(f"prune {name}: min_speedup needs an interleaved latency measurement; run it through "
+                         "`edgesr run` (which measures on the recipe's benchmark backends)")
+    from edgesr.runtime import BackendUnavailable
+
+    by_backend, left_out = {}, {}
+    for b in cfg.measure_on or ctx.measure_backends:
+        try:
+            by_backend[b] = ctx.speedup_fn(parent, model, cfg.latency_input, b)
+        except BackendUnavailable as exc:
+            left_out[b] = str(exc)
+    if not by_backend:
+        raise PruneError(f"prune {name}: min_speedup: none of {list(cfg.measure_on or ctx.measure_backends)} can run "
+                         f"here ({'; '.join(left_out.values())}); name an available backend in measure_on")
+    lower = lambda sp: sp["ci95"][0] if sp.get("ci95") else sp["ratio"]  # noqa: E731
+    binding = min(by_backend, key=lambda b: lower(by_backend[b]))  # the backend where it gains least
+    speed = by_backend[binding]
+    final["speedup_vs_parent"] = speed
+    final["speedup_by_backend"] = by_backend
+    if left_out:
+        final["speedup_left_out"] = left_out
+    low = lower(speed)
+    if low >= cfg.min_speedup:
+        return None
+    msg = (f"prune {name}: on {binding}, the pruned model runs {speed['ratio']:.2f}x its parent's speed (95 % interval "
+           f"{low:.2f}-{speed['ci95'][1] if speed.get('ci95') else speed['ratio']:.2f}x; medians "
+           f"{speed['new_p50_ms']:.1f} vs {speed['ref_p50_ms']:.1f} ms, one interleaved run, LR "
+           f"{cfg.latency_input[0]}x{cfg.latency_input[1]}): not measurably at min_speedup {cfg.min_speedup}; its widths "
+           f"{sorted({v['out'] for k, v in final['shapes'].items() if 'out' in v and k not in final['protected']})} may be off the kernels' channel blocks "
+           f"(round_to: kernel = {kernel_round_to('kernel')} here)")
+    if cfg.on_slower == "fail":
+        raise PruneError(msg + "; prune less, use round_to: kernel, or on_slower: fallback")
+    console.print(f"[yellow]{msg}[/]" + ("; shipping the parent unpruned (on_slower: fallback)"
+                                          if cfg.on_slower == "fallback" else ""))
+    return binding if cfg.on_slower == "fallback" else None
+

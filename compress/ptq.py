@@ -22,10 +22,9 @@ from typing import Iterable, Literal
 import numpy as np
 import onnx
 
-from edgesr.artifacts import Artifact, derived_manifest, write_artifact
+from edgesr.artifacts import Artifact, Candidate, Quality, derived_manifest
 from edgesr.stages import ONNX, ONNX_FP32, StageContext, register_stage
 
-from .budget import Budget
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
                      require_tensorrt_form)
 
@@ -184,7 +183,7 @@ def quantizable_nodes(path: Path) -> list[str]:
 
 
 @register_stage("quantize", QuantizeConfig, makes=ONNX, takes={"input": ONNX_FP32}, lossy=True)
-def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> Artifact:
+def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> Candidate:
     """The ``quantize`` stage: FP32 ONNX artifact -> INT8 QDQ ONNX artifact, budget-checked; calibrated on
     crops of the training images.
 
@@ -192,7 +191,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
     layer is quantized alone and its PSNR drop measured (its sensitivity); the most sensitive layers are
     then kept in floating point, one more at a time, until the drop is within ``max_psnr_drop_db``. The
     manifest names the layers kept and their measured sensitivities."""
-    source, name, out, scale, threads = input, ctx.name, ctx.out, ctx.scale, ctx.threads
+    source, name, scale, threads = input, ctx.name, ctx.scale, ctx.threads
     val_pairs = ctx.val_pairs
     if source.kind != "onnx" or source.manifest["precision"] != "fp32":
         raise QuantizeError(f"{source.path}: quantize takes an FP32 ONNX artifact (an export stage's output), got "
@@ -206,58 +205,61 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> A
     batches = calibration_batches(ctx.train_pairs, cfg.calibration_images, cfg.calibration_patch, ctx.seed,
                                   input_size=source.manifest.input_size, degradation=ctx.degradation,
                                   scale=ctx.scale)
-    manifest = derived_manifest(source, kind="onnx", name=name, precision="int8")
-
+    parent_psnr = onnx_quality(source, val_pairs, scale, threads, runtime)
     # Drafts (graphs measured before the artifact is written) carry their weight range, so that the runtimes
     # judge them as they will judge the written artifact (no 8-bit overflow warning for a 7-bit draft).
-    draft = {**manifest, "transforms": manifest.get("transforms", []) + [
-        {"type": "quantize", "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits)}]}
+    draft = {**derived_manifest(source, kind="onnx", name=name, precision="int8"), "transforms": source.manifest.get(
+        "transforms", []) + [{"type": "quantize", "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits)}]}
 
     def quality(path: Path) -> float:
         return onnx_quality(Artifact(path.parent, {**draft, "payload": path.name}), val_pairs, scale, threads,
                             runtime)
 
-    budget = Budget.of(cfg)
+    path = ctx.staging / "model.onnx"
+    quantize_graph(source.payload, path, batches, cfg)
+    agreement = None
+    if cfg.target == "openvino":
+        agreement = _runtime_agreement(source.payload, path, batches, cfg, draft, val_pairs, threads)
+    q = Quality(f"quantize {name}", quality(path), parent_psnr)
 
-    def writer(path: Path) -> None:
-        quantize_graph(source.payload, path, batches, cfg)
-        psnr = quality(path)
-        mixed = agreement = None
-        if cfg.target == "openvino":
-            agreement = _runtime_agreement(source.payload, path, batches, cfg, draft, val_pairs, threads)
-            psnr = quality(path)
-        if budget.falls_back and budget.exceeded(parent_psnr, psnr):
-            mixed = _mixed_precision(source.payload, path, batches,
-                                     dataclasses.replace(cfg, exclude=tuple(cfg.exclude) + tuple(
-                                         (agreement or {}).get("fp_layers", ()))), parent_psnr, psnr, quality)
-            psnr = mixed["psnr"]
-        report = check_qdq(path)
-        if report["nonstandard_ops"]:
-            raise QuantizeError(f"{path}: quantised graph has non-standard operators {report['nonstandard_ops']}; "
-                                "neither ONNX Runtime nor TensorRT can run it")
-        if cfg.target == "tensorrt":
-            report["tensorrt_readiness"] = require_tensorrt_form(path, f"quantize {name}")
-        manifest["ops"] = report.pop("ops")
-        kept = (mixed or {}).get("fp_layers", []) + (agreement or {}).get("fp_layers", [])
-        manifest["precision"] = "int8+fp32" if kept else "int8"
-        manifest["transforms"] = source.manifest.get("transforms", []) + [{
-            "type": "quantize", "format": "QDQ",
-            "tool": "nncf.quantize (ONNX backend)" if cfg.tool == "nncf" else "onnxruntime.quantization.quantize_static",
-            "method": cfg.method if cfg.tool == "onnxruntime" else "nncf minmax + fast bias correction",
-            "per_channel": cfg.per_channel, "target": cfg.target,
-            "weights": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
-            "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits),
-            "activations": "int8 symmetric" if cfg.target == "tensorrt" else "uint8/int8 asymmetric",
-            "calibration_images": cfg.calibration_images, "calibration_patch": cfg.calibration_patch,
-            **({"calibration_lr": ctx.degradation} if ctx.degradation != "bicubic" else {}),
-            "excluded_nodes": list(cfg.exclude), "mixed_precision": mixed, "quality_measured_on": runtime,
-            "runtime_agreement": agreement,
-            **report}]
-        # Measured before the artifact is moved into place: a graph over budget never lands.
-        manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget.check(f"quantize {name}", parent_psnr, psnr)}
+    def gentler() -> Candidate:
+        """Mixed precision: the most sensitive layers kept in floating point until the drop fits the budget."""
+        mixed = _mixed_precision(source.payload, path, batches, dataclasses.replace(cfg, exclude=tuple(cfg.exclude) + tuple(
+            (agreement or {}).get("fp_layers", ()))), parent_psnr, q.psnr, quality)
+        return _int8_candidate(cfg, ctx, source, path, runtime, dataclasses.replace(q, psnr=mixed["psnr"]),
+                               agreement, mixed)
 
-    parent_psnr = onnx_quality(source, val_pairs, scale, threads, runtime)
-    return write_artifact(out, writer, "model.onnx", manifest)
+    cand = _int8_candidate(cfg, ctx, source, path, runtime, q, agreement, None)
+    cand.gentler = gentler
+    return cand
+
+
+def _int8_candidate(cfg: QuantizeConfig, ctx: StageContext, source: Artifact, path: Path, runtime: str, quality: Quality,
+                    agreement: dict | None, mixed: dict | None) -> Candidate:
+    """The quantized graph at ``path`` checked (standard Q/DQ, TensorRT's form for that target) and described."""
+    name = ctx.name
+    report = check_qdq(path)
+    if report["nonstandard_ops"]:
+        raise QuantizeError(f"{path}: quantised graph has non-standard operators {report['nonstandard_ops']}; "
+                            "neither ONNX Runtime nor TensorRT can run it")
+    if cfg.target == "tensorrt":
+        report["tensorrt_readiness"] = require_tensorrt_form(path, f"quantize {name}")
+    ops = report.pop("ops")
+    kept = (mixed or {}).get("fp_layers", []) + (agreement or {}).get("fp_layers", [])
+    manifest = derived_manifest(source, kind="onnx", name=name, precision="int8+fp32" if kept else "int8", transform={
+        "type": "quantize", "format": "QDQ",
+        "tool": "nncf.quantize (ONNX backend)" if cfg.tool == "nncf" else "onnxruntime.quantization.quantize_static",
+        "method": cfg.method if cfg.tool == "onnxruntime" else "nncf minmax + fast bias correction",
+        "per_channel": cfg.per_channel, "target": cfg.target,
+        "weights": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
+        "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits),
+        "activations": "int8 symmetric" if cfg.target == "tensorrt" else "uint8/int8 asymmetric",
+        "calibration_images": cfg.calibration_images, "calibration_patch": cfg.calibration_patch,
+        **({"calibration_lr": ctx.degradation} if ctx.degradation != "bicubic" else {}),
+        "excluded_nodes": list(cfg.exclude), "mixed_precision": mixed, "quality_measured_on": runtime,
+        "runtime_agreement": agreement, **report})
+    manifest["ops"] = ops
+    return Candidate(path.parent, path.name, manifest, quality)
 
 
 def quality_backend(target: str, stage: str) -> str:

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgesr.artifacts import Artifact, derived_manifest, last_quantization, write_artifact
+from edgesr.artifacts import Artifact, Candidate, Quality, derived_manifest, last_quantization
 from edgesr.data.degradations import degradation_record
 from edgesr.stages import MODEL, ONNX, ONNX_FP32, StageContext, register_stage
 
-from .budget import Budget
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
                      require_tensorrt_form, u8s8_pair_sum_max)
 
@@ -41,7 +40,7 @@ class QatConfig:
 
 
 @register_stage("qat", QatConfig, makes=ONNX, takes={"input": MODEL, "teacher": MODEL}, lossy=True)
-def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artifact | None = None) -> Artifact:
+def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artifact | None = None) -> Candidate:
     """The ``qat`` stage: PyTorch model artifact -> INT8 Q/DQ ONNX artifact trained with fake quantization.
 
     1. ``nncf.quantize`` on the PyTorch model (deploy form) with calibration crops: the PTQ starting point.
@@ -66,9 +65,7 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
     from edgesr.losses import LOSSES, distill_loss
     from edgesr.modelio import load_model
     from edgesr.models import deploy_form, model_scales
-    from edgesr.onnxutil import output_names, strip_source_locations
-
-    source, name, out, scale, seed = input, ctx.name, ctx.out, ctx.scale, ctx.seed
+    source, name, scale, seed = input, ctx.name, ctx.scale, ctx.seed
     train_pairs, val_pairs, threads = ctx.train_pairs, ctx.val_pairs, ctx.threads
     if source.kind != "model":
         raise QuantizeError(f"{source.path}: qat takes a PyTorch model artifact (a train/distill/prune stage's "
@@ -96,40 +93,47 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
     manifest = derived_manifest(source, kind="onnx", name=name, precision="int8", arch=arch, scales=scales,
                                 params=sum(p.numel() for p in model.parameters()))
 
-    def writer(path: Path) -> None:
-        import warnings
+    path = ctx.staging / "model.onnx"
+    report = _export_qat(stripped, example, path, scales, cfg, name)
+    manifest["ops"] = report.pop("ops")
+    psnr = onnx_quality(Artifact(path.parent, {**manifest, "payload": path.name}), val_pairs, scale, threads)
+    manifest["transforms"] = manifest["transforms"] + [{
+            "type": "qat", "tool": f"nncf {nncf.__version__} (quantize + fine-tune + strip)", "format": "QDQ",
+            "target": cfg.target, "preset": str(preset.value), "steps": result.steps, "lr": cfg.lr,
+            "teacher": teacher.manifest.get("name") if teacher else None,
+            "calibration_images": cfg.calibration_images, **report,
+            **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {})}]
+    manifest["metrics"] = {"fp32_val_psnr": round(parent_psnr, 4), "ptq_val_psnr": round(ptq_psnr, 4),
+                           "qat_torch_val_psnr": round(result.best_psnr, 4), "train_seconds": round(result.seconds, 1),
+                           "history": result.history}
+    return Candidate(ctx.staging, path.name, manifest, Quality(f"qat {name}", psnr, parent_psnr))
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(stripped, (example,), str(path), input_names=["lr"], output_names=output_names(scales),
-                              opset_version=cfg.opset, dynamo=False,
-                              dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}})
-        import onnx
 
-        proto = onnx.load(str(path))
-        if strip_source_locations(proto):
-            onnx.save_model(proto, str(path))
-        report = check_qdq(path)
-        if report["nonstandard_ops"] or report["qdq_pairs"] == 0:
-            raise QuantizeError(f"{path}: the QAT export is not a standard Q/DQ graph (non-standard ops "
-                                f"{report['nonstandard_ops']}, {report['qdq_pairs']} Q/DQ pairs)")
-        if cfg.target == "tensorrt":
-            report["tensorrt_readiness"] = require_tensorrt_form(path, f"qat {name}")
-        manifest["ops"] = report.pop("ops")
-        draft = Artifact(path.parent, {**manifest, "payload": path.name})
-        psnr = onnx_quality(draft, val_pairs, scale, threads)
-        manifest["transforms"] = manifest["transforms"] + [{
-                "type": "qat", "tool": f"nncf {nncf.__version__} (quantize + fine-tune + strip)", "format": "QDQ",
-                "target": cfg.target, "preset": str(preset.value), "steps": result.steps, "lr": cfg.lr,
-                "teacher": teacher.manifest.get("name") if teacher else None,
-                "calibration_images": cfg.calibration_images, **report,
-                **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {})}]
-        budget = Budget.of(cfg).check(f"qat {name}", parent_psnr, psnr)
-        manifest["metrics"] = {"val_psnr": round(psnr, 4), "budget": budget, "fp32_val_psnr": round(parent_psnr, 4),
-                               "ptq_val_psnr": round(ptq_psnr, 4), "qat_torch_val_psnr": round(result.best_psnr, 4),
-                               "train_seconds": round(result.seconds, 1), "history": result.history}
+def _export_qat(stripped, example, path: Path, scales: list[int], cfg: QatConfig, name: str) -> dict:
+    """The stripped NNCF model through the TorchScript ONNX exporter (QuantizeLinear/DequantizeLinear), checked
+    as a standard Q/DQ graph (and TensorRT's form for that target); returns the Q/DQ report."""
+    import warnings
 
-    return write_artifact(out, writer, "model.onnx", manifest)
+    import onnx
+    import torch
+
+    from edgesr.onnxutil import output_names, strip_source_locations
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(stripped, (example,), str(path), input_names=["lr"], output_names=output_names(scales),
+                          opset_version=cfg.opset, dynamo=False,
+                          dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}})
+    proto = onnx.load(str(path))
+    if strip_source_locations(proto):
+        onnx.save_model(proto, str(path))
+    report = check_qdq(path)
+    if report["nonstandard_ops"] or report["qdq_pairs"] == 0:
+        raise QuantizeError(f"{path}: the QAT export is not a standard Q/DQ graph (non-standard ops "
+                            f"{report['nonstandard_ops']}, {report['qdq_pairs']} Q/DQ pairs)")
+    if cfg.target == "tensorrt":
+        report["tensorrt_readiness"] = require_tensorrt_form(path, f"qat {name}")
+    return report
 
 
 @dataclass(frozen=True)
@@ -169,24 +173,17 @@ class QatOnnxConfig:
 @register_stage("qat_onnx", QatOnnxConfig, makes=ONNX, takes={"input": ONNX, "reference": ONNX_FP32, "teacher": MODEL},
                 lossy=True)
 def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, reference: Artifact | None = None,
-                   teacher: Artifact | None = None) -> Artifact:
+                   teacher: Artifact | None = None) -> Candidate:
     """The ``qat_onnx`` stage: INT8 Q/DQ ONNX artifact -> the same graph with trained weights and scales.
 
     Quality is measured in ONNX Runtime (the protocol) before and after; if training did not beat the input
     graph on the validation images, the input graph is written unchanged (recorded), so the stage never ships
     a graph worse than the post-training one it was given."""
-    import numpy as np
     import onnx
-    import torch
 
-    from edgesr.data.datasets import parity_image
     from edgesr.fitting import config_fingerprint, fit, sampler_for
-    from edgesr.imaging import image_to_tensor
     from edgesr.losses import LOSSES, distill_loss
     from edgesr.modelio import load_model
-    from edgesr.runtime.onnxruntime_backend import ort_session
-    from edgesr.runtime.base import saturation_risk
-
     from edgesr.qdq_graph import QdqGraph
 
     name, out, scale, seed, val_pairs, threads = ctx.name, ctx.out, ctx.scale, ctx.seed, ctx.val_pairs, ctx.threads
@@ -224,60 +221,68 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
                  fingerprint=config_fingerprint(input.hash, cfg, seed), desc=f"qat_onnx {name}")
     trained = graph.to_onnx()
     manifest = derived_manifest(input, kind="onnx", name=name, precision=input.manifest["precision"])
+    path = ctx.staging / "model.onnx"
+    onnx.save_model(trained, str(path))
+    psnr = onnx_quality(Artifact(path.parent, {**manifest, "payload": path.name}), val_pairs, scale, threads, runtime)
+    parity, self_db = _simulation_parity(graph, path, manifest, cfg.min_parity_db, threads)
+    kept_input = psnr <= ptq_psnr
+    if kept_input:  # training did not help on the validation images: ship the post-training graph
+        onnx.save_model(proto, str(path))
+        psnr = ptq_psnr
+    report = check_qdq(path)
+    if report["u8s8_pair_sum_max"] > u8s8_pair_sum_max(proto):
+        raise QuantizeError(f"{path}: training widened the weights' integer range ({report['u8s8_pair_sum_max']} > "
+                            f"{u8s8_pair_sum_max(proto)} for a pair of uint8 x int8 products); report it")
+    manifest["ops"] = report.pop("ops")
+    manifest["transforms"] = manifest["transforms"] + [{
+        "type": "qat_onnx", "tool": "edgesr QdqGraph (PyTorch simulation of the Q/DQ graph, STE + LSQ scales)",
+        "format": "QDQ", "target": target, "quality_measured_on": runtime, "steps": result.steps, "lr": cfg.lr,
+        "train_scales": cfg.train_scales, "alpha": cfg.alpha,
+        "distilled_from": (teacher.manifest.get("name") if teacher is not None else
+                           reference.manifest.get("name") if cfg.alpha > 0 else None),
+        "weight_bits": quantized_by.get("weight_bits", 8), "simulation_parity_db": parity,
+        **({"runtime_self_agreement_db": self_db} if self_db is not None else {}),
+        **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {}),
+        "kept_input": "training did not beat the input graph on the validation images" if kept_input else None,
+        **report}]
+    manifest["metrics"] = {"ptq_val_psnr": round(ptq_psnr, 4), "qat_gain_db": round(psnr - ptq_psnr, 4),
+                           "qat_torch_val_psnr": round(result.best_psnr, 4), "train_seconds": round(result.seconds, 1),
+                           "history": result.history,
+                           **({"fp32_val_psnr": round(parent_psnr, 4)} if parent_psnr is not None else {})}
+    return Candidate(ctx.staging, path.name, manifest, Quality(f"qat_onnx {name}", psnr, parent_psnr))
 
-    def writer(path: Path) -> None:
-        onnx.save_model(trained, str(path))
-        draft = Artifact(path.parent, {**manifest, "payload": path.name})
-        psnr = onnx_quality(draft, val_pairs, scale, threads, runtime)
-        # What trained must be what runs: ONNX Runtime's output of the written graph against the simulation's.
-        x = image_to_tensor(parity_image())
-        with torch.no_grad():
-            sim = graph(x)
-        sim = (sim if isinstance(sim, tuple) else (sim,))[0].numpy()
-        sess = ort_session(str(path), threads=threads, exact_u8s8=saturation_risk(manifest))
-        run = sess.run(None, {"lr": x.numpy()})[0]
-        db = lambda a, b: round(float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-20))), 2)  # noqa: E731
-        parity, self_db = db(run, sim), None
-        if parity < cfg.min_parity_db:
-            # A graph without an image skip (RLFN, IMDN-RTC) carries the image through every quantizer, and one
-            # value rounded the other way anywhere moves its output: ONNX Runtime disagrees with itself between
-            # its fused integer kernels and its node-by-node execution at that level (RLFN x4: 44.9 dB). The
-            # simulation is held to that: as close to the runtime as the runtime is to itself (1 dB margin).
-            plain = ort_session(str(path), threads=threads, optimize=False,
-                                exact_u8s8=saturation_risk(manifest)).run(None, {"lr": x.numpy()})[0]
-            self_db = db(run, plain)
-            if parity < self_db - 1.0:
-                raise QuantizeError(f"{path}: ONNX Runtime runs the trained graph differently from the PyTorch "
-                                    f"simulation that trained it ({parity} dB < min_parity_db {cfg.min_parity_db}, "
-                                    f"and below ONNX Runtime's own agreement between its fused and node-by-node "
-                                    f"execution, {self_db} dB); report the graph (its operators) so that the "
-                                    "simulation can be fixed")
-        kept_input = psnr <= ptq_psnr
-        if kept_input:  # training did not help on the validation images: ship the post-training graph
-            onnx.save_model(proto, str(path))
-            psnr = ptq_psnr
-        report = check_qdq(path)
-        if report["u8s8_pair_sum_max"] > u8s8_pair_sum_max(proto):
-            raise QuantizeError(f"{path}: training widened the weights' integer range ({report['u8s8_pair_sum_max']} > "
-                                f"{u8s8_pair_sum_max(proto)} for a pair of uint8 x int8 products); report it")
-        manifest["ops"] = report.pop("ops")
-        weight_bits = quantized_by.get("weight_bits", 8)
-        manifest["transforms"] = manifest["transforms"] + [{
-            "type": "qat_onnx", "tool": "edgesr QdqGraph (PyTorch simulation of the Q/DQ graph, STE + LSQ scales)",
-            "format": "QDQ", "target": target, "quality_measured_on": runtime, "steps": result.steps, "lr": cfg.lr, "train_scales": cfg.train_scales,
-            "alpha": cfg.alpha, "distilled_from": (teacher.manifest.get("name") if teacher is not None else
-                                                   reference.manifest.get("name") if cfg.alpha > 0 else None),
-            "weight_bits": weight_bits, "simulation_parity_db": parity,
-            **({"runtime_self_agreement_db": self_db} if self_db is not None else {}),
-            **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {}),
-            "kept_input": "training did not beat the input graph on the validation images" if kept_input else None,
-            **report}]
-        metrics = {"val_psnr": round(psnr, 4), "ptq_val_psnr": round(ptq_psnr, 4),
-                   "qat_gain_db": round(psnr - ptq_psnr, 4), "qat_torch_val_psnr": round(result.best_psnr, 4),
-                   "train_seconds": round(result.seconds, 1), "history": result.history}
-        if parent_psnr is not None:
-            metrics["fp32_val_psnr"] = round(parent_psnr, 4)
-            metrics["budget"] = Budget.of(cfg).check(f"qat_onnx {name}", parent_psnr, psnr)
-        manifest["metrics"] = metrics
 
-    return write_artifact(out, writer, "model.onnx", manifest)
+def _simulation_parity(graph, path: Path, manifest: dict, min_parity_db: float, threads: int) -> tuple[float, float | None]:
+    """What trained must be what runs: ONNX Runtime's output of the written graph against the PyTorch simulation's
+    on the parity image, in dB (peak 1.0); and, below ``min_parity_db``, ONNX Runtime's agreement with itself."""
+    import numpy as np
+    import torch
+
+    from edgesr.data.datasets import parity_image
+    from edgesr.imaging import image_to_tensor
+    from edgesr.runtime.base import saturation_risk
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    x = image_to_tensor(parity_image())
+    with torch.no_grad():
+        sim = graph(x)
+    sim = (sim if isinstance(sim, tuple) else (sim,))[0].numpy()
+    sess = ort_session(str(path), threads=threads, exact_u8s8=saturation_risk(manifest))
+    run = sess.run(None, {"lr": x.numpy()})[0]
+    db = lambda a, b: round(float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-20))), 2)  # noqa: E731
+    parity = db(run, sim)
+    if parity >= min_parity_db:
+        return parity, None
+    # A graph without an image skip (RLFN, IMDN-RTC) carries the image through every quantizer, and one value
+    # rounded the other way anywhere moves its output: ONNX Runtime disagrees with itself between its fused integer
+    # kernels and its node-by-node execution at that level (RLFN x4: 44.9 dB). The simulation is held to that: as
+    # close to the runtime as the runtime is to itself (1 dB margin).
+    plain = ort_session(str(path), threads=threads, optimize=False,
+                        exact_u8s8=saturation_risk(manifest)).run(None, {"lr": x.numpy()})[0]
+    self_db = db(run, plain)
+    if parity < self_db - 1.0:
+        raise QuantizeError(f"{path}: ONNX Runtime runs the trained graph differently from the PyTorch simulation "
+                            f"that trained it ({parity} dB < min_parity_db {min_parity_db}, and below ONNX Runtime's "
+                            f"own agreement between its fused and node-by-node execution, {self_db} dB); report the "
+                            "graph (its operators) so that the simulation can be fixed")
+    return parity, self_db

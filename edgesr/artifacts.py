@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .errors import EdgesrError
@@ -28,7 +28,7 @@ from .files import atomic_write_text, fix_mode, make_temp_dir
 __all__ = [
     "Artifact", "ArtifactError", "Manifest", "read_artifact", "write_artifact", "content_hash", "update_metrics",
     "atomic_write_text", "verify_payload", "parent_record", "derived_manifest", "derived_transforms",
-    "check_destination", "artifact_files",
+    "check_destination", "artifact_files", "Candidate", "Quality", "staging_dir", "commit", "materialize",
 ]
 
 SCHEMA_VERSION = 1
@@ -260,38 +260,77 @@ def check_destination(path: str | os.PathLike, *, kind: str | None, overwrite: b
                             "--overwrite to replace it, or choose another directory (--out).")
 
 
-def write_artifact(path: str | os.PathLike, payload_writer, payload_name: str, manifest: dict[str, Any], *,
-                   overwrite: bool = False) -> Artifact:
-    """Write ``payload_name`` with ``payload_writer(tmp_file)`` and the manifest, then move into place.
+@dataclass(frozen=True)
+class Quality:
+    """What a lossy step measured on the validation images: its PSNR and its parent's, on the same runtime."""
 
-    ``manifest`` is read after the payload is written, so the writer may add what it measured to it. The
-    destination is checked first (:func:`check_destination`): a new or empty directory, or (``overwrite``) an
-    artifact of the same kind; never the parent artifact, never a directory with other files.
-    """
+    step: str
+    """Names the step in the budget's message (``quantize int8``)."""
+    psnr: float
+    parent_psnr: float | None = None
+    """None: there is no parent to hold it to (the budget does not apply)."""
+
+
+@dataclass
+class Candidate:
+    """A stage's result before it is an artifact: its payload (and any side files) written in a staging
+    directory, the manifest fields that describe it, and, for a lossy stage, the quality it measured. The
+    runner applies the quality budget to it and commits it once (:func:`commit`); nothing edits it after."""
+
+    staging: Path
+    """The directory the payload is in (:func:`staging_dir`: beside the destination, same file system)."""
+    payload: str
+    """The payload's file name in ``staging``."""
+    manifest: dict[str, Any]
+    quality: Quality | None = None
+    gentler: Callable[[], "Candidate"] | None = None
+    """A gentler form the stage can make when the result is over budget and the policy is ``fallback`` (mixed
+    precision for quantize); it writes into the same staging directory and returns the new candidate."""
+    complete: bool = False
+    """``staging`` already holds a whole artifact, manifest included (a verified copy): moved into place as is."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What the stage hands its caller beside the artifact (not written)."""
+
+
+def staging_dir(path: str | os.PathLike) -> Path:
+    """A fresh temporary directory beside ``path`` for a candidate's payload (named so that an interrupted run's
+    leftovers are recognised and removed by the next one)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_temp_dir(path.parent, prefix=f".{path.name}.tmp")
+
+
+def commit(path: str | os.PathLike, cand: Candidate, *, overwrite: bool = False) -> Artifact:
+    """Make ``cand`` the artifact at ``path``: the manifest completed (schema, version, files, content hash) and
+    written beside the payload, then the staging directory renamed into place, atomically.
+
+    The destination is checked first (:func:`check_destination`): a new or empty directory, or (``overwrite``)
+    an artifact of the same kind; never the parent artifact, never a directory with other files."""
+    path, tmp = Path(path), cand.staging
+    manifest = cand.manifest
     parent = manifest.get("parent") or {}
     check_destination(path, kind=manifest.get("kind"), overwrite=overwrite,
                       inputs=(parent.get("path"),) if isinstance(parent, dict) else ())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(path.parent, prefix=f".{path.name}.tmp")
     try:
-        payload_writer(tmp / payload_name)
-        for f in tmp.iterdir():  # writers differ (safetensors writes 0600): every file gets the umask's mode
-            fix_mode(f)
-        full = {
-            "schema_version": SCHEMA_VERSION,
-            "edgesr_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "io": IO_CONVENTION,
-            "transforms": [],
-            "metrics": {},
-            "parent": None,
-            **manifest,
-            "files": sorted(f.name for f in tmp.iterdir() if f.name != MANIFEST),
-            "payload": payload_name,
-            "hash": content_hash(tmp / payload_name),
-        }
-        atomic_write_text(tmp / MANIFEST, json.dumps(full, indent=2, sort_keys=False) + "\n")
+        if cand.complete:
+            full = json.loads((tmp / MANIFEST).read_text())
+        else:
+            for f in tmp.iterdir():  # writers differ (safetensors writes 0600): every file gets the umask's mode
+                fix_mode(f)
+            full = {
+                "schema_version": SCHEMA_VERSION,
+                "edgesr_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "io": IO_CONVENTION,
+                "transforms": [],
+                "metrics": {},
+                "parent": None,
+                **manifest,
+                "files": sorted(f.name for f in tmp.iterdir() if f.name != MANIFEST),
+                "payload": cand.payload,
+                "hash": content_hash(tmp / cand.payload),
+            }
+            atomic_write_text(tmp / MANIFEST, json.dumps(full, indent=2, sort_keys=False) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -302,7 +341,27 @@ def write_artifact(path: str | os.PathLike, payload_writer, payload_name: str, m
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Artifact(path, full)
+    return Artifact(path, Manifest(full))
+
+
+def materialize(path: str | os.PathLike, make: Callable[[Path], Candidate], *, overwrite: bool = False) -> Artifact:
+    """``make(staging)`` writes a candidate into a fresh staging directory beside ``path``, which is then committed
+    there; what a command outside the runner (``edgesr import``, ``build-engine``) does with a candidate."""
+    tmp = staging_dir(path)
+    try:
+        return commit(path, make(tmp), overwrite=overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_artifact(path: str | os.PathLike, payload_writer: Callable[[Path], Any], payload_name: str,
+                   manifest: dict[str, Any], *, overwrite: bool = False) -> Artifact:
+    """Write ``payload_name`` with ``payload_writer(file)`` and commit it with ``manifest`` (given complete:
+    the writer writes the payload only)."""
+    def make(tmp: Path) -> Candidate:
+        payload_writer(tmp / payload_name)
+        return Candidate(tmp, payload_name, dict(manifest))
+    return materialize(path, make, overwrite=overwrite)
 
 
 def update_metrics(art: Artifact, metrics: dict[str, Any], **fields: Any) -> Artifact:

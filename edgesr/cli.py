@@ -198,9 +198,9 @@ def _check_upscale_paths(src: Path, dst: Path, overwrite: bool) -> None:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from .batch import is_glob, plan_jobs, run_batch
+    from .runtime.batch import is_glob, plan_jobs, run_batch
     from .imaging import read_picture, write_picture
-    from .video import VIDEO_SUFFIXES
+    from .runtime.video import VIDEO_SUFFIXES
 
     if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
         return _upscale_video(args)
@@ -211,7 +211,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         jobs = plan_jobs(args.input, args.output, recursive=args.recursive, fmt=args.format)
         if Path(args.output).is_file():
             raise UsageError(f"{args.output}: is a file; a folder or pattern of inputs needs an output folder")
-        from .batch import check_existing
+        from .runtime.batch import check_existing
         from .files import folder_lock
 
         with folder_lock(args.output, "edgesr upscale"):  # two batches into one folder: the second is refused
@@ -373,7 +373,7 @@ def _backend_options(args: argparse.Namespace) -> dict:
 
 
 def _upscale_video(args: argparse.Namespace) -> int:
-    from .video import VideoOptions, upscale_video
+    from .runtime.video import VideoOptions, upscale_video
 
     src, dst = Path(args.input), Path(args.output)
     if not src.is_file():

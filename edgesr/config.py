@@ -210,9 +210,6 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise RecipeError(f"{where}: unsupported type {tp}")
 
 
-
-
-
 def build_config(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping, got {raw!r}")
@@ -352,14 +349,25 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
     scale = _check_type(raw["scale"], int, f"{source}: scale")
     if scale not in (2, 3, 4, 8):
         raise RecipeError(f"{source}: scale {scale} not supported (2, 3, 4 or 8)")
-    from .stages import ANY, ENGINE, KIND_NAMES, MODEL, ONNX, ONNX_FP32, satisfies, stage_table
+    stages, makes, kinds = _parse_stages(raw["stages"], scale, source)
+    data = _parse_data(raw, source)
+    bench = _parse_benchmark(raw, stages, makes, kinds, source)
+    return Recipe(name=_check_plain_name(raw["name"], f"{source}: name"), scale=scale, stages=tuple(stages),
+                  data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
+                  threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)
+
+
+def _parse_stages(raw_stages, scale: int, source: str) -> tuple[list[StageSpec], dict[str, str], dict[str, str]]:
+    """Each stage's typed config, its references checked against the stages before it and the kinds they make:
+    (stages, name -> kind of artifact made, name -> stage kind)."""
+    from .stages import KIND_NAMES, satisfies, stage_table
 
     table = stage_table()
     stages = []
     seen: set[str] = set()
     makes: dict[str, str] = {}
     kinds: dict[str, str] = {}
-    for i, st in enumerate(raw["stages"] or []):
+    for i, st in enumerate(raw_stages or []):
         where = f"{source}: stages[{i}]"
         if not isinstance(st, dict) or "name" not in st or "stage" not in st:
             raise RecipeError(f"{where}: each stage needs 'name' and 'stage'")
@@ -392,6 +400,10 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         seen.add(name)
         kinds[name], makes[name] = kind, sdef.makes
         stages.append(StageSpec(name, kind, cfg))
+    return stages, makes, kinds
+
+
+def _parse_data(raw: dict, source: str) -> DataConfig:
     data = build_config(DataConfig, raw.get("data", {}), f"{source}: data")
     from .data.degradations import EVAL_DEGRADATIONS, TRAIN_DEGRADATIONS
 
@@ -405,6 +417,15 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
     if data.degradation not in TRAIN_DEGRADATIONS:
         raise RecipeError(f"{source}: data.degradation: {data.degradation!r} is not one; use one of "
                           f"{', '.join(TRAIN_DEGRADATIONS)}{_did_you_mean(data.degradation, list(TRAIN_DEGRADATIONS))}")
+    return data
+
+
+def _parse_benchmark(raw: dict, stages: list[StageSpec], makes: dict[str, str], kinds: dict[str, str],
+                     source: str) -> BenchmarkConfig:
+    """The benchmark section: its backends exist, its variants are stages or baselines that those backends run."""
+    from .stages import ANY, ENGINE, MODEL, ONNX, ONNX_FP32
+
+    seen = set(makes)
     bench = build_config(BenchmarkConfig, raw.get("benchmark", {}), f"{source}: benchmark")
     from .runtime import BACKENDS  # torch-free
 
@@ -429,9 +450,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
                 raise RecipeError(f"{source}: benchmark variant {v!r} is a {kinds[v]} stage (it makes a {kind} "
                                   f"artifact) and the backend {b} runs {list(runs)}: add an export stage with input: "
                                   f"{v}, or benchmark it on a backend that runs it")
-    return Recipe(name=_check_plain_name(raw["name"], f"{source}: name"), scale=scale, stages=tuple(stages),
-                  data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
-                  threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)
+    return bench
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

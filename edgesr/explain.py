@@ -116,7 +116,15 @@ def explain(model: nn.Module, image: np.ndarray, region: tuple[int, int, int, in
         p.requires_grad_(False)
     out = Explanation(region=(rx, ry, rw, rh), scale=scale)
 
-    # Attention gates and the SR image, from one forward pass.
+    _attention_maps(model, x, scales, scale, out, (h, w))
+    _layer_maps(model, x, scale, out, (h, w), layers, method)
+    _input_attribution(model, x, scale, out, (h, w), ig_steps, blur_sigma)
+    return out
+
+
+def _attention_maps(model: nn.Module, x: torch.Tensor, scales, scale: int, out: Explanation, hw) -> None:
+    """Attention gates and the SR image, from one forward pass."""
+    h, w = hw
     gates: dict[str, torch.Tensor] = {}
     # Recomputed in float64 from the gate's input: a gate near 0.5 everywhere (little trained, or weak
     # attention) varies below float32's resolution there, and its pattern would round away.
@@ -133,7 +141,11 @@ def explain(model: nn.Module, image: np.ndarray, region: tuple[int, int, int, in
             out.maps[f"attention {name}"] = _normalise(g[0].mean(dim=0), (h, w))
             out.kinds[f"attention {name}"] = "attention"
 
-    # Layer maps: activations and their gradients for the region's mean luminance.
+
+
+def _layer_maps(model: nn.Module, x: torch.Tensor, scale: int, out: Explanation, hw, layers, method: str) -> None:
+    """Layer maps: activations and their gradients for the region's mean luminance."""
+    h, w = hw
     names = layers or default_layers(model, x)
     modules = dict(model.named_modules())
     unknown = [n for n in names if n not in modules]
@@ -164,7 +176,12 @@ def explain(model: nn.Module, image: np.ndarray, region: tuple[int, int, int, in
         out.maps[f"{method} {name}"] = _normalise(cam, (h, w))
         out.kinds[f"{method} {name}"] = method
 
-    # Integrated gradients from a blurred input (LAM's baseline), midpoint rule.
+
+
+def _input_attribution(model: nn.Module, x: torch.Tensor, scale: int, out: Explanation, hw, ig_steps: int,
+                       blur_sigma: float) -> None:
+    """Integrated gradients from a blurred input (LAM's baseline), midpoint rule."""
+    h, w = hw
     radius = max(1, int(math.ceil(3 * blur_sigma)))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k1 = torch.exp(-t ** 2 / (2 * blur_sigma ** 2))
@@ -183,7 +200,6 @@ def explain(model: nn.Module, image: np.ndarray, region: tuple[int, int, int, in
     attribution = ((x - baseline) * total / ig_steps).abs().sum(dim=1)[0]
     out.maps["input attribution"] = _normalise(attribution, (h, w))
     out.kinds["input attribution"] = "integrated gradients"
-    return out
 
 
 def _overlay(image: np.ndarray, heat: np.ndarray, region: tuple[int, int, int, int], enlarge: bool = True) -> np.ndarray:

@@ -124,6 +124,124 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _Fit:
+    """One call of :func:`fit`: the model on its device (DDP-wrapped under torchrun), the optimiser, the EMA, the
+    validation history and best weights, and the checkpoint that carries all of them across an interruption."""
+
+    def __init__(self, model: nn.Module, *, lr: float, device: str, amp: bool, ema_decay: float,
+                 extra_params: list | None, checkpoint_dir: Path | None, fingerprint: str,
+                 val_pairs: list[ImagePair], scale: int):
+        self.rank, self.world = distributed()
+        dev = resolve_device(device)
+        if self.world > 1 and dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.dev, self.model = dev, model.to(dev)
+        self.use_amp = amp and dev.type == "cuda"
+        self.net: nn.Module = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.ema = None
+        if ema_decay > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(ema_decay),
+                                                           use_buffers=True)
+        self.extra = list(extra_params or [])
+        for p in self.extra:
+            p.data = p.data.to(dev)
+        self.opt = torch.optim.Adam(list(model.parameters()) + self.extra, lr=lr, betas=(0.9, 0.999))
+        self.history: list[dict] = []
+        self.best = {"psnr": float("-inf"), "step": 0, "state": None}
+        self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
+        self.ckpt = checkpoint_dir / "last.pt" if checkpoint_dir else None
+        self.val_pairs, self.scale = val_pairs, scale
+
+    def evaluated(self) -> nn.Module:
+        """The weights validated and kept: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def resume(self) -> tuple[int, float]:
+        """Continue from the checkpoint, if any (refused when another configuration wrote it): (step, seconds)."""
+        start, elapsed0 = 0, 0.0
+        if self.ckpt is not None and self.ckpt.is_file():
+            state = torch.load(self.ckpt, weights_only=True, map_location=self.dev)
+            if state.get("fingerprint") != self.fingerprint:
+                raise CheckpointMismatch(f"{self.ckpt}: checkpoint was written by a different configuration (model, "
+                                         f"data or schedule changed). Delete it to start over (rm -r "
+                                         f"{self.ckpt.parent}), or restore the configuration.")
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optim"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            with torch.no_grad():
+                for p, saved in zip(self.extra, state.get("extra") or []):
+                    p.copy_(saved)
+            start, self.history, elapsed0 = int(state["step"]), json.loads(state["history"]), float(state["elapsed"])
+            self.best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
+        return start, elapsed0
+
+    def checkpoint(self, step: int, elapsed: float) -> None:
+        if self.ckpt is None or self.rank != 0:
+            return
+        best = self.best
+        _atomic_save({"model": self.model.state_dict(), "optim": self.opt.state_dict(),
+                      "ema": self.ema.state_dict() if self.ema is not None else None,
+                      "extra": [p.detach().cpu() for p in self.extra],
+                      "step": step, "elapsed": elapsed, "history": json.dumps(self.history), "best_psnr": best["psnr"],
+                      "best_step": best["step"], "best_state": best["state"] or self.evaluated().state_dict(),
+                      "fingerprint": self.fingerprint}, self.ckpt)
+
+    def validate(self, step: int) -> float:
+        """Validation PSNR of the kept weights, recorded; the best weights so far are kept (and saved)."""
+        psnr = validate(self.evaluated(), self.val_pairs, self.scale)
+        self.history.append({"step": step, "val_psnr": round(psnr, 4)})
+        if psnr > self.best["psnr"]:
+            self.best.update(psnr=psnr, step=step,
+                             state={k: v.detach().cpu().clone() for k, v in self.evaluated().state_dict().items()})
+            if self.checkpoint_dir is not None:
+                save_file(self.best["state"], str(self.checkpoint_dir / "best.safetensors"))
+        return psnr
+
+    def step(self, batch, loss_fn: LossFn, grad_clip: float) -> float:
+        """One optimisation step on ``batch`` (LR, HR); returns the loss (not finite: the caller stops)."""
+        lr_b, hr_b = batch[0].to(self.dev), _to(batch[1], self.dev)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            sr = self.net(lr_b)
+        sr = tuple(t.float() for t in sr) if isinstance(sr, tuple) else sr.float()
+        loss = loss_fn(sr, lr_b, hr_b)
+        value = loss.item()
+        if not math.isfinite(value):
+            return value
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return value
+
+    def finish(self) -> None:
+        """The best validated weights into the model (the averaged ones on processes that do not validate)."""
+        if self.world > 1:
+            torch.distributed.barrier()
+        if self.best["state"] is not None:
+            self.model.load_state_dict(self.best["state"])
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
+        self.model.cpu().eval()
+
+
+def _progress(step: int, steps: int, elapsed: float, max_seconds: float | None, world: int) -> float:
+    """Training progress in [0, 1] for the schedule: max(step / steps, elapsed / budget), the same on every rank."""
+    progress = step / max(steps, 1)
+    if max_seconds:
+        progress = max(progress, elapsed / max_seconds)
+        if world > 1:  # every process must follow the same schedule and stop at the same step
+            p = torch.tensor([progress], dtype=torch.float64)
+            torch.distributed.all_reduce(p, op=torch.distributed.ReduceOp.MAX)
+            progress = float(p)
+    return progress
+
+
 def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_fn: LossFn,
         val_pairs: list[ImagePair], scale: int, lr_min_ratio: float = 0.01, grad_clip: float = 0.0,
         val_every: int = 200, checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
@@ -142,126 +260,46 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     wall-clock budget and the recorded training time.
     """
     schedule = schedule or Schedule(min_ratio=lr_min_ratio)
-    dist_ctx = distributed()
-    rank, world = dist_ctx
-    dev = resolve_device(device)
-    if world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    model.to(dev)
-    use_amp = amp and dev.type == "cuda"
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    ema = None
-    if ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
-    extra = list(extra_params or [])
-    for p in extra:
-        p.data = p.data.to(dev)
-    opt = torch.optim.Adam(list(model.parameters()) + extra, lr=lr, betas=(0.9, 0.999))
-    start, history, elapsed0 = 0, [], 0.0
-    best = {"psnr": float("-inf"), "step": 0, "state": None}
-    ckpt = checkpoint_dir / "last.pt" if checkpoint_dir else None
-    if ckpt is not None and resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True, map_location=dev)
-        if state.get("fingerprint") != fingerprint:
-            raise CheckpointMismatch(f"{ckpt}: checkpoint was written by a different configuration (model, data or "
-                                     f"schedule changed). Delete it to start over (rm -r {ckpt.parent}), or "
-                                     "restore the configuration.")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        with torch.no_grad():
-            for p, saved in zip(extra, state.get("extra") or []):
-                p.copy_(saved)
-        start, history, elapsed0 = int(state["step"]), json.loads(state["history"]), float(state["elapsed"])
-        best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
+    run = _Fit(model, lr=lr, device=device, amp=amp, ema_decay=ema_decay, extra_params=extra_params,
+               checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, val_pairs=val_pairs, scale=scale)
+    rank, world = run.rank, run.world
+    start, elapsed0 = run.resume() if resume else (0, 0.0)
     if checkpoint_dir is not None and rank == 0:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    evaluated = lambda: ema.module if ema is not None else model  # the weights validated and kept
-
-    def checkpoint(step: int, elapsed: float) -> None:
-        if ckpt is None or rank != 0:
-            return
-        _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(),
-                      "ema": ema.state_dict() if ema is not None else None,
-                      "extra": [p.detach().cpu() for p in extra],
-                      "step": step, "elapsed": elapsed, "history": json.dumps(history), "best_psnr": best["psnr"],
-                      "best_step": best["step"], "best_state": best["state"] or evaluated().state_dict(),
-                      "fingerprint": fingerprint}, ckpt)
-
-    def run_validation(step: int) -> float:
-        psnr = validate(evaluated(), val_pairs, scale)
-        history.append({"step": step, "val_psnr": round(psnr, 4)})
-        if psnr > best["psnr"]:
-            best.update(psnr=psnr, step=step,
-                        state={k: v.detach().cpu().clone() for k, v in evaluated().state_dict().items()})
-            if checkpoint_dir is not None:
-                save_file(best["state"], str(checkpoint_dir / "best.safetensors"))
-        return psnr
-
     t0 = clock()
-    net.train()
+    run.net.train()
     end = steps if stop_after is None else min(steps, start + stop_after)
     running, step, stopped_by_time = None, start, False
     with progress_bar(desc, total=steps, completed=start, enabled=rank == 0) as bar:
         for step in range(start, end):
-            elapsed = elapsed0 + clock() - t0
-            progress = step / max(steps, 1)
-            if max_seconds:
-                progress = max(progress, elapsed / max_seconds)
-                if world > 1:  # every process must follow the same schedule and stop at the same step
-                    p = torch.tensor([progress], dtype=torch.float64)
-                    torch.distributed.all_reduce(p, op=torch.distributed.ReduceOp.MAX)
-                    progress = float(p)
-                if progress >= 1.0:
-                    stopped_by_time = True
-                    break
-            for group in opt.param_groups:
+            progress = _progress(step, steps, elapsed0 + clock() - t0, max_seconds, world)
+            if max_seconds and progress >= 1.0:
+                stopped_by_time = True
+                break
+            for group in run.opt.param_groups:
                 group["lr"] = lr * schedule.factor(progress, step)
-            lr_b, hr_b = sampler.batch(step, (rank, world))
-            lr_b, hr_b = lr_b.to(dev), _to(hr_b, dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                sr = net(lr_b)
-            sr = tuple(t.float() for t in sr) if isinstance(sr, tuple) else sr.float()
-            loss = loss_fn(sr, lr_b, hr_b)
-            value = loss.item()
+            value = run.step(sampler.batch(step, (rank, world)), loss_fn, grad_clip)
             if not math.isfinite(value):
-                saved = (f"the checkpoint of step {start if not history else history[-1]['step']} and earlier "
-                         f"are kept in {checkpoint_dir}" if checkpoint_dir is not None else "nothing was written")
+                saved = (f"the checkpoint of step {start if not run.history else run.history[-1]['step']} and "
+                         f"earlier are kept in {checkpoint_dir}" if checkpoint_dir is not None else "nothing was written")
                 raise TrainingDiverged(f"{desc}: the loss became {value} at step {step + 1} (learning rate "
-                                       f"{opt.param_groups[0]['lr']:.3g}): the training diverged and its weights are "
-                                       f"no longer usable; {saved}. Lower lr (or set grad_clip), then run again.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            if ema is not None:
-                ema.update_parameters(model)
+                                       f"{run.opt.param_groups[0]['lr']:.3g}): the training diverged and its weights "
+                                       f"are no longer usable; {saved}. Lower lr (or set grad_clip), then run again.")
             running = value if running is None else 0.95 * running + 0.05 * value
             done = step + 1
             info = f"loss {running:.4f}"
             if rank == 0 and (done % val_every == 0 or done == steps):
-                info += f"  val {run_validation(done):.2f} dB"
+                info += f"  val {run.validate(done):.2f} dB"
             bar.update(done, info)
             if done % checkpoint_every == 0 or done == end:
-                checkpoint(done, elapsed0 + clock() - t0)
+                run.checkpoint(done, elapsed0 + clock() - t0)
         else:
             step = end
-    finished = end == steps or stopped_by_time
-    if rank == 0 and finished and (not history or history[-1]["step"] != step):
-        run_validation(step)
-        checkpoint(step, elapsed0 + clock() - t0)
-    if world > 1:
-        torch.distributed.barrier()
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    elif ema is not None:  # processes that do not validate end on the averaged weights too
-        model.load_state_dict(ema.module.state_dict())
-    model.cpu().eval()
-    return FitResult(model, step, elapsed0 + clock() - t0, best["psnr"], best["step"], history,
+    if rank == 0 and (end == steps or stopped_by_time) and (not run.history or run.history[-1]["step"] != step):
+        run.validate(step)
+        run.checkpoint(step, elapsed0 + clock() - t0)
+    run.finish()
+    return FitResult(model, step, elapsed0 + clock() - t0, run.best["psnr"], run.best["step"], run.history,
                      stopped_by_time=stopped_by_time)
 
 

@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 import torch
 
-from .artifacts import Artifact
+from .artifacts import Artifact, Candidate, materialize
 from .errors import EdgesrError
-from .modelio import save_model
+from .modelio import model_candidate
 from .models import MODELS, build_model
 from .stages import MODEL, StageContext, register_stage
 
@@ -222,6 +222,14 @@ def import_checkpoint(path: str | Path, out: str | Path, *, arch: str = "auto", 
                       scale: int | None = None, name: str | None = None, overwrite: bool = False) -> Artifact:
     """Import ``path`` into a model artifact at ``out``. ``scale``: the scale the file must have (a check, or the
     scale of a network whose file does not fix it); ``keywords``: the architecture's keywords the user sets."""
+    return materialize(out, lambda staging: checkpoint_candidate(path, staging, arch=arch, keywords=keywords, scale=scale,
+                                                                 name=name or Path(out).name, out=Path(out)),
+                       overwrite=overwrite)
+
+
+def checkpoint_candidate(path: str | Path, staging: Path, *, arch: str, keywords: dict | None, scale: int | None,
+                         name: str, out: Path) -> Candidate:
+    """The model of checkpoint ``path`` as a candidate artifact written in ``staging`` (see :func:`import_checkpoint`)."""
     keywords = dict(keywords or {})
     if scale is not None:
         keywords.setdefault("scale", scale)
@@ -233,8 +241,8 @@ def import_checkpoint(path: str | Path, out: str | Path, *, arch: str = "auto", 
     n_params = sum(p.numel() for p in model.parameters())
     transform = {"type": "import", "source": imp.source["file_name"], "sha256": imp.source["sha256"],
                  "layout": imp.source["layout"]}
-    return save_model(out, model, name=name or Path(out).name, arch=imp.arch, transforms=[transform],
-                      extra={"source": imp.source, "params": n_params}, overwrite=overwrite)
+    return model_candidate(staging, model, name=name, arch=imp.arch, transforms=[transform],
+                           extra={"source": imp.source, "params": n_params}, out=out)
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -250,10 +258,11 @@ class ImportConfig:
 
 
 @register_stage("import", ImportConfig, makes=MODEL, external="path")
-def import_stage(cfg: ImportConfig, ctx: StageContext) -> Artifact:
-    art = import_checkpoint(cfg.path, ctx.out, arch=cfg.arch, keywords=cfg.keywords, name=ctx.name)
-    if ctx.scale not in art.manifest["scales"]:
-        raise ImportError_(f"{cfg.path}: is a x{'/x'.join(map(str, art.manifest['scales']))} network; the recipe's "
+def import_stage(cfg: ImportConfig, ctx: StageContext) -> Candidate:
+    cand = checkpoint_candidate(cfg.path, ctx.staging, arch=cfg.arch, keywords=cfg.keywords, scale=None, name=ctx.name,
+                                out=ctx.out)
+    if ctx.scale not in cand.manifest["scales"]:
+        raise ImportError_(f"{cfg.path}: is a x{'/x'.join(map(str, cand.manifest['scales']))} network; the recipe's "
                            f"scale is {ctx.scale}. Import a checkpoint of that scale, or change the recipe's scale.")
-    return art
+    return cand
 

@@ -13,10 +13,10 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .artifacts import MANIFEST, Artifact, ArtifactError, parent_record, read_artifact, write_artifact
+from .artifacts import MANIFEST, Artifact, ArtifactError, Candidate, Quality, materialize, parent_record, read_artifact
 from .models import build_model
 
-__all__ = ["save_model", "load_model", "module_shapes", "apply_shapes", "build_from_manifest", "check_finite"]
+__all__ = ["save_model", "model_candidate", "load_model", "module_shapes", "apply_shapes", "build_from_manifest", "check_finite"]
 
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -64,23 +64,29 @@ def build_from_manifest(manifest: dict[str, Any]) -> nn.Module:
     return model
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, *, name: str, arch: dict, precision: str = "fp32",
-               transforms: list | None = None, parent: Artifact | None = None,
-               metrics: dict | None = None, extra: dict | None = None, overwrite: bool = False) -> Artifact:
-    """Save a PyTorch model as an artifact: ``model.safetensors`` + manifest (where :func:`write_artifact`
-    allows: a new or empty directory, or over a model artifact with ``overwrite``)."""
-    check_finite(model, Path(path))
+def model_candidate(staging: Path, model: nn.Module, *, name: str, arch: dict, precision: str = "fp32",
+                    transforms: list | None = None, parent: Artifact | None = None, metrics: dict | None = None,
+                    extra: dict | None = None, quality: Quality | None = None, out: Path | None = None) -> Candidate:
+    """A PyTorch model as a candidate artifact: ``model.safetensors`` written in ``staging`` + its manifest
+    (``out``: where it will be, for messages)."""
+    check_finite(model, Path(out or staging))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    n_params = sum(p.numel() for p in model.parameters())
+    save_file(state, str(Path(staging) / "model.safetensors"), metadata={"format": "pt"})
     manifest = {
         "kind": "model", "name": name, "arch": arch, "scales": list(getattr(model, "scales", [arch.get("scale")])),
-        "precision": precision, "params": n_params, "size_multiple": getattr(model, "size_multiple", 1),
-        "transforms": transforms or [], "metrics": metrics or {},
+        "precision": precision, "params": sum(p.numel() for p in model.parameters()),
+        "size_multiple": getattr(model, "size_multiple", 1), "transforms": transforms or [], "metrics": metrics or {},
         "parent": parent_record(parent) if parent else None,
         **(extra or {}),
     }
-    return write_artifact(path, lambda p: save_file(state, str(p), metadata={"format": "pt"}), "model.safetensors",
-                          manifest, overwrite=overwrite)
+    return Candidate(Path(staging), "model.safetensors", manifest, quality)
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, *, overwrite: bool = False, **fields) -> Artifact:
+    """Save a PyTorch model as an artifact at ``path`` (a new or empty directory, or over a model artifact with
+    ``overwrite``); ``fields`` as :func:`model_candidate`'s."""
+    return materialize(path, lambda staging: model_candidate(staging, model, out=Path(path), **fields),
+                       overwrite=overwrite)
 
 
 def check_finite(model: nn.Module, where: Path) -> None:

@@ -28,7 +28,7 @@ from .data.datasets import ImagePair, load_pairs, set_name
 from .files import RunLock, remove_stale_temps
 from .fitting import distributed
 from .progress import console
-from .stages import StageContext, stage_table
+from .stages import StageContext, run_stage, stage_table
 
 __all__ = ["run_recipe", "load_data", "stages_needed", "onnx_latency_ms", "replacing"]
 
@@ -106,7 +106,7 @@ def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> st
 
 def _exported(model: torch.nn.Module, folder: Path, key: str) -> tuple[Path, list[int]]:
     """``model`` exported to ONNX in ``folder`` as the benchmark deploys it: (the graph, its scales)."""
-    from .export.onnx import export_onnx
+    from .exporting import export_onnx
     from .models import model_scales
 
     scales = list(model_scales(model))
@@ -184,7 +184,6 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
 
 def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: list[str] | None,
                 needed: set[str], rank: int, world: int) -> dict | None:
-    table = stage_table()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)  # PyTorch's threads, once, for every stage
     t0 = time.perf_counter()
@@ -192,71 +191,107 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
     train, valid, evals = load_data(recipe)
     console.print(f"data: {len(train)} training images ({recipe.data.train}), {len(valid)} validation "
                   f"({recipe.data.valid}), eval sets {list(evals)}; loaded in {time.perf_counter() - t0:.1f} s")
-    arts: dict[str, Artifact] = {}
+    runner = _StageRunner(recipe, out, train, valid, force=force, rank=rank, world=world)
     stages: list[dict] = [{"name": "data", "stage": "data", "status": "ran", "seconds": round(time.perf_counter() - t0, 1)}]
     for spec in recipe.stages:
-        if spec.name not in needed:
-            continue
-        sdef = table.get(spec.stage)
-        inputs = {ref: arts[name] if name else None for ref, name in _refs(spec).items()}
-        fp = _fingerprint(spec, recipe, [a for a in inputs.values() if a is not None])
-        path = out / spec.name
-        t = time.perf_counter()
-        art = None
-        if not force and (path / "manifest.json").is_file():
-            try:
-                prev = read_artifact(path)  # verified: a corrupted artifact is rebuilt, never reused
-                if prev.manifest.get("recipe_fingerprint") == fp:
-                    art = prev
-            except ArtifactError as exc:
-                console.print(f"[yellow]{spec.name}: the existing artifact cannot be reused, rebuilding it:[/] {exc}")
-        status = "reused" if art is not None else "ran"
-        if art is None:
-            console.print(f"[bold cyan]stage[/] {spec.name} ({spec.stage})")
-            ctx = StageContext(name=spec.name, out=path, train_pairs=train, val_pairs=valid, scale=recipe.scale,
-                               patch_size=recipe.data.patch_size, min_patch_std=recipe.data.min_patch_std,
-                               degradation=recipe.data.degradation, seed=recipe.seed, threads=recipe.threads,
-                               latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads),
-                               speedup_fn=lambda a, b, hw, backend: onnx_speedup(a, b, hw, recipe.threads,
-                                                                                 backend=backend),
-                               measure_backends=tuple(recipe.benchmark.backends or (recipe.benchmark.backend,)))
-            with replacing(path, rank):
-                art = sdef.fn(spec.config, ctx, **{k: v for k, v in inputs.items() if v is not None})
-            if rank == 0:
-                art = update_metrics(art, {}, recipe_fingerprint=fp,
-                                     stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1),
-                                            "finished": _now()})
-            if world > 1:
-                torch.distributed.barrier()
-                art = read_artifact(path)
-        arts[spec.name] = art
-        built = art.manifest.get("stage", {})
-        seconds = round(time.perf_counter() - t, 1)
-        if status == "ran" and built.get("seconds") is not None:
-            seconds = built["seconds"]  # one measurement: what a later run reports as "built earlier in"
-        row = {"name": spec.name, "stage": spec.stage, "status": status, "seconds": seconds,
-               "built_seconds": built.get("seconds"), "built": built.get("finished") or art.manifest.get("created"),
-               "val_psnr": art.manifest.get("metrics", {}).get("val_psnr"),
-               "train_steps": art.manifest.get("metrics", {}).get("train_steps"),
-               "stopped_by_time": art.manifest.get("metrics", {}).get("stopped_by_time")}
-        stages.append(row)
-        if status == "ran":
-            what = f"ran in {row['seconds']:.1f} s"
-        else:
-            what = (f"unchanged, reused the artifact built {row['built']}"
-                    + (f" in {row['built_seconds']:.1f} s" if row["built_seconds"] is not None else "")
-                    + f" (checked in {row['seconds']:.1f} s)")
-        console.print(f"  {spec.name}: {what}" + (f", val PSNR {row['val_psnr']:.2f} dB" if row["val_psnr"] else ""))
-
+        if spec.name in needed:
+            stages.append(runner.run(spec))
     if only:
         console.print(f"[bold green]done[/] stages {sorted(needed)} in {time.perf_counter() - t0:.0f} s "
                       "(no benchmark with --only)")
         return None
+    for spec in baseline_specs(recipe):  # the bicubic graph: an ordinary stage, not a row of the stage table
+        runner.run(spec, quiet=True)
     from .benchmarks.harness import run_benchmark
 
-    paths = run_benchmark(recipe, arts, evals, out, stages=stages, t0=t0, command=command)
+    paths = run_benchmark(recipe, runner.arts, evals, out, stages=stages, t0=t0, command=command)
     if paths.get("archived"):
         console.print(f"the previous results were kept in {paths['archived']}")
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s: {paths['report']}, {paths['results']}, "
                   f"{paths['plot']}")
     return json.loads(paths["results"].read_text())
+
+
+def baseline_specs(recipe: Recipe) -> list[StageSpec]:
+    """The baselines the benchmark lists, as stages: the ``bicubic`` graph (also what ``bicubic_pillow`` runs)."""
+    if not {"bicubic", "bicubic_pillow"} & set(recipe.benchmark.variants):
+        return []
+    sdef = stage_table().get("bicubic")
+    return [StageSpec("bicubic", "bicubic", sdef.config())]
+
+
+class _StageRunner:
+    """Runs stages of one recipe into its run directory: a stage whose fingerprint is unchanged reuses its verified
+    artifact, any other runs through :func:`edgesr.stages.run_stage` (the budget, the one commit); each gives its
+    row of the report's stage table."""
+
+    def __init__(self, recipe: Recipe, out: Path, train: list, valid: list, *, force: bool, rank: int, world: int):
+        self.recipe, self.out, self.train, self.valid = recipe, out, train, valid
+        self.force, self.rank, self.world = force, rank, world
+        self.arts: dict[str, Artifact] = {}
+
+    def _reusable(self, path: Path, fp: str) -> Artifact | None:
+        if self.force or not (path / "manifest.json").is_file():
+            return None
+        try:
+            prev = read_artifact(path)  # verified: a corrupted artifact is rebuilt, never reused
+        except ArtifactError as exc:
+            console.print(f"[yellow]{path.name}: the existing artifact cannot be reused, rebuilding it:[/] {exc}")
+            return None
+        return prev if prev.manifest.get("recipe_fingerprint") == fp else None
+
+    def _context(self, spec: StageSpec, path: Path) -> StageContext:
+        recipe = self.recipe
+        return StageContext(name=spec.name, out=path, train_pairs=self.train, val_pairs=self.valid, scale=recipe.scale,
+                            patch_size=recipe.data.patch_size, min_patch_std=recipe.data.min_patch_std,
+                            degradation=recipe.data.degradation, seed=recipe.seed, threads=recipe.threads,
+                            latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads),
+                            speedup_fn=lambda a, b, hw, backend: onnx_speedup(a, b, hw, recipe.threads, backend=backend),
+                            measure_backends=tuple(recipe.benchmark.backends or (recipe.benchmark.backend,)))
+
+    def run(self, spec: StageSpec, quiet: bool = False) -> dict:
+        sdef = stage_table().get(spec.stage)
+        inputs = {ref: self.arts[name] if name else None for ref, name in _refs(spec).items()}
+        fp = _fingerprint(spec, self.recipe, [a for a in inputs.values() if a is not None])
+        path = self.out / spec.name
+        t = time.perf_counter()
+        art = self._reusable(path, fp)
+        status = "reused" if art is not None else "ran"
+        if art is None:
+            if not quiet:
+                console.print(f"[bold cyan]stage[/] {spec.name} ({spec.stage})")
+            with replacing(path, self.rank):
+                art = run_stage(sdef, spec.config, self._context(spec, path),
+                                {k: v for k, v in inputs.items() if v is not None})
+            if self.rank == 0:
+                art = update_metrics(art, {}, recipe_fingerprint=fp,
+                                     stage={"stage": spec.stage, "seconds": round(time.perf_counter() - t, 1),
+                                            "finished": _now()})
+            if self.world > 1:
+                torch.distributed.barrier()
+                art = read_artifact(path)
+        self.arts[spec.name] = art
+        row = _stage_row(spec, art, status, round(time.perf_counter() - t, 1))
+        if not quiet:
+            console.print(f"  {spec.name}: {_stage_line(row)}"
+                          + (f", val PSNR {row['val_psnr']:.2f} dB" if row["val_psnr"] else ""))
+        return row
+
+
+def _stage_row(spec: StageSpec, art: Artifact, status: str, seconds: float) -> dict:
+    built = art.manifest.get("stage", {})
+    if status == "ran" and built.get("seconds") is not None:
+        seconds = built["seconds"]  # one measurement: what a later run reports as "built earlier in"
+    metrics = art.manifest.get("metrics", {})
+    return {"name": spec.name, "stage": spec.stage, "status": status, "seconds": seconds,
+            "built_seconds": built.get("seconds"), "built": built.get("finished") or art.manifest.get("created"),
+            "val_psnr": metrics.get("val_psnr"), "train_steps": metrics.get("train_steps"),
+            "stopped_by_time": metrics.get("stopped_by_time")}
+
+
+def _stage_line(row: dict) -> str:
+    if row["status"] == "ran":
+        return f"ran in {row['seconds']:.1f} s"
+    return (f"unchanged, reused the artifact built {row['built']}"
+            + (f" in {row['built_seconds']:.1f} s" if row["built_seconds"] is not None else "")
+            + f" (checked in {row['seconds']:.1f} s)")

@@ -242,10 +242,18 @@ class QdqGraph(nn.Module):
         self._act_of: dict[str, str] = {}  # QuantizeLinear node name -> key of its quantizer in self.acts
         self._plan: list = []
         producers = {o: n for n in graph.node for o in n.output}
+        quant_inputs = self._quantizers(graph, inits, consumers, producers, keep_fixed, train_scales)
+        self._tie_int32_biases(graph, quant_inputs)
+        self._integer_conv = self._integer_convs(graph, consumers, quant_inputs)
 
-        def key(name: str) -> str:
-            return self._keys.setdefault(name, f"t{len(self._keys)}")
+    def _key(self, name: str) -> str:
+        """The module key of a tensor or node name (ModuleDict keys cannot hold dots), in order of first use."""
+        return self._keys.setdefault(name, f"t{len(self._keys)}")
 
+    def _quantizers(self, graph, inits: dict, consumers: dict, producers: dict, keep_fixed: set,
+                    train_scales: bool) -> dict:
+        """A trainable module per quantized initializer, activation quantizer and trained float initializer, and
+        the execution plan; returns DQ output tensor -> the Q node whose pair it ends."""
         quant_inputs = {}  # DQ output tensor -> the Q node whose pair it ends
         for n in graph.node:
             if n.op_type == "DequantizeLinear" and n.input[0] in inits:
@@ -255,7 +263,7 @@ class QdqGraph(nn.Module):
                 scale = inits[n.input[1]]
                 zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros_like(scale, dtype=q.dtype)
                 trainable = any(u.op_type in ("Conv", "ConvTranspose") and u.name not in keep_fixed for u in users)
-                self.params[key(n.output[0])] = _QuantWeight(q, scale, zp, a.get("axis", 1), train=trainable,
+                self.params[self._key(n.output[0])] = _QuantWeight(q, scale, zp, a.get("axis", 1), train=trainable,
                                                              train_scale=trainable and train_scales and q.dtype != np.int32,
                                                              symmetric_range=True)
                 self._plan.append(("param", n, None))
@@ -269,7 +277,7 @@ class QdqGraph(nn.Module):
                 # Quantizers that share a scale initializer share one trained scale: ONNX Runtime's quantizer
                 # ties a Resize's output to its input that way (FSRCNN's chroma path), and the written graph can
                 # hold only one value for it.
-                akey = key(f"scale:{n.input[1]}")
+                akey = self._key(f"scale:{n.input[1]}")
                 if akey not in self.acts:
                     self.acts[akey] = _ActQuant(scale, zp, _attrs(n).get("axis", 1), train_scales)
                 self._act_of[n.name] = akey
@@ -288,8 +296,11 @@ class QdqGraph(nn.Module):
                 if n.op_type in ("Conv", "ConvTranspose", "PRelu") and n.name not in keep_fixed:
                     for idx in ((1, 2) if n.op_type != "PRelu" else (1,)):
                         if len(n.input) > idx and n.input[idx] in inits and inits[n.input[idx]].dtype == np.float32 \
-                                and key(n.input[idx]) not in self.floats:
-                            self.floats[key(n.input[idx])] = nn.Parameter(torch.from_numpy(inits[n.input[idx]].copy()))
+                                and self._key(n.input[idx]) not in self.floats:
+                            self.floats[self._key(n.input[idx])] = nn.Parameter(torch.from_numpy(inits[n.input[idx]].copy()))
+        return quant_inputs
+
+    def _tie_int32_biases(self, graph, quant_inputs: dict) -> None:
         # An INT32 bias is quantized with input scale x weight scale (what ONNX Runtime's integer conv needs).
         for n in graph.node:
             if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 3 or self._keys.get(n.input[2]) not in self.params:
@@ -299,13 +310,15 @@ class QdqGraph(nn.Module):
             if bias.dtype == np.int32 and w_key in self.params and q is not None:
                 act, weight = self.acts[self._act_of[q.name]], self.params[w_key]
                 bias.derived_scale = lambda act=act, weight=weight: act.scale() * weight.scale()
+
+    def _integer_convs(self, graph, consumers: dict, quant_inputs: dict) -> dict[str, tuple]:
         # DQ -> Conv -> Q with an INT8 weight and an INT32 bias (or none) is one QLinearConv in ONNX Runtime (and
         # an integer convolution in every INT8 runtime): integer products summed exactly, then one float32
         # requantization. The float convolution of dequantized values (what the ONNX definition spells out) sums
         # in another order, and the two differ by one step on a value near a rounding boundary (about 1 in 10^6
         # conv outputs) -- which a graph without an image skip (IMDN-RTC) amplifies to ~40 dB at its output.
         # Such convs are computed as the integer kernel computes them (the float path still gives the gradient).
-        self._integer_conv: dict[str, tuple] = {}  # Q node name -> (conv node, input quantizer, weight, bias)
+        integer_conv: dict[str, tuple] = {}  # Q node name -> (conv node, input quantizer, weight, bias)
         graph_outputs = set(self.output_names)
         for n in graph.node:
             if n.op_type != "Conv" or n.output[0] in graph_outputs:
@@ -323,7 +336,9 @@ class QdqGraph(nn.Module):
                     act_in.scale0.ndim or act_out.scale0.ndim or \
                     (b_key is not None and (bias is None or bias.dtype != np.int32 or bias.derived_scale is None)):
                 continue  # not the QLinearConv form (per-axis activations, float bias, asymmetric weights)
-            self._integer_conv[users[0].name] = (n, act_in, weight, bias)
+            integer_conv[users[0].name] = (n, act_in, weight, bias)
+        return integer_conv
+
 
     # ------------------------------------------------------------------------------------------ forward
     def _tensor(self, env: dict, name: str) -> torch.Tensor | None:
@@ -387,21 +402,8 @@ class QdqGraph(nn.Module):
 
     def _op(self, n, x: list) -> torch.Tensor:
         op, a = n.op_type, _attrs(n)
-        if op == "Conv":
-            kernel = tuple(x[1].shape[2:])
-            inp, padding = _conv_padding(x[0], a, kernel)
-            conv = F.conv2d if len(kernel) == 2 else F.conv1d
-            return conv(inp, x[1], x[2] if len(x) > 2 else None, stride=tuple(a.get("strides", [1] * len(kernel))),
-                        padding=padding, dilation=tuple(a.get("dilations", [1] * len(kernel))), groups=a.get("group", 1))
-        if op == "ConvTranspose":
-            if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in a:
-                raise QdqGraphError(f"ConvTranspose {n.name}: auto_pad/output_shape are not supported by the Q/DQ trainer")
-            pads = list(a.get("pads", [0, 0, 0, 0]))
-            if pads[:2] != pads[2:]:
-                raise QdqGraphError(f"ConvTranspose {n.name}: asymmetric pads are not supported by the Q/DQ trainer")
-            return F.conv_transpose2d(x[0], x[1], x[2] if len(x) > 2 else None, stride=tuple(a.get("strides", [1, 1])),
-                                      padding=tuple(pads[:2]), output_padding=tuple(a.get("output_padding", [0, 0])),
-                                      groups=a.get("group", 1), dilation=tuple(a.get("dilations", [1, 1])))
+        if op in _OPS:
+            return _OPS[op](n, a, x)
         if op == "Relu":
             return F.relu(x[0])
         if op == "PRelu":
@@ -414,75 +416,12 @@ class QdqGraph(nn.Module):
             return torch.tanh(x[0])
         if op in ("Add", "Sub", "Mul", "Div"):
             return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](x[0], x[1])
-        if op == "Clip":
-            lo = x[1] if len(x) > 1 and x[1] is not None else None
-            hi = x[2] if len(x) > 2 and x[2] is not None else None
-            return torch.clamp(x[0], lo, hi)
         if op == "Concat":
             return torch.cat(x, dim=a["axis"])
-        if op == "DepthToSpace":
-            if a.get("mode", b"DCR").decode() == "CRD":
-                return F.pixel_shuffle(x[0], a["blocksize"])
-            b = a["blocksize"]
-            nb, c, h, w = x[0].shape
-            return x[0].reshape(nb, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2).reshape(nb, c // (b * b), h * b, w * b)
         if op == "Resize":
             return _resize(x[0], n, a, x)
-        if op == "Shape":
-            dims = list(x[0].shape)
-            return torch.tensor(dims[slice(a.get("start", 0), a.get("end"))], dtype=torch.int64)
-        if op == "MaxPool":
-            kernel = tuple(a["kernel_shape"])
-            if len(kernel) != 2 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or \
-                    a.get("storage_order", 0) or len(n.output) > 1:
-                raise QdqGraphError(f"MaxPool {n.name}: only 2-D pooling without auto_pad or indices is supported "
-                                    "by the Q/DQ trainer")
-            pads = list(a.get("pads", [0, 0, 0, 0]))
-            inp = x[0]
-            if pads[:2] != pads[2:]:  # asymmetric: pad with -inf (ONNX pads are never selected)
-                inp = F.pad(inp, [pads[1], pads[3], pads[0], pads[2]], value=float("-inf"))
-                pads = [0, 0, 0, 0]
-            return F.max_pool2d(inp, kernel, stride=tuple(a.get("strides", [1, 1])), padding=tuple(pads[:2]),
-                                dilation=tuple(a.get("dilations", [1, 1])), ceil_mode=bool(a.get("ceil_mode", 0)))
-        if op == "ReduceSum":
-            axes = [int(v) for v in (x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("axes", []))]
-            if not axes:
-                if a.get("noop_with_empty_axes", 0):
-                    return x[0]
-                axes = list(range(x[0].ndim))
-            return torch.sum(x[0], dim=axes, keepdim=bool(a.get("keepdims", 1)))
         if op == "Identity":
             return x[0]
-        if op == "Split":  # several outputs: a tuple
-            axis = a.get("axis", 0)
-            sizes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("split")
-            if not sizes:
-                parts = a.get("num_outputs", len(n.output))
-                size = -(-x[0].shape[axis] // parts)
-                sizes = [min(size, x[0].shape[axis] - i * size) for i in range(parts)]
-            return tuple(torch.split(x[0], [int(v) for v in sizes], dim=axis))
-        if op == "Slice":
-            starts, ends = x[1].tolist(), x[2].tolist()
-            axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(len(starts)))
-            steps = x[4].tolist() if len(x) > 4 and x[4] is not None else [1] * len(starts)
-            index = [slice(None)] * x[0].ndim
-            for ax, st, en, sp in zip(axes, starts, ends, steps):
-                dim = x[0].shape[ax]
-                if sp < 0:  # a reversed range: the positions ONNX selects, gathered
-                    st = min(st + dim if st < 0 else st, dim - 1)
-                    en = max(en + dim if en < 0 else en, -1)
-                    idx = torch.arange(st, en, sp)
-                    return torch.index_select(x[0], ax, idx) if len(axes) == 1 else _unsupported(n)
-                index[ax] = slice(max(min(st, dim), -dim), max(min(en, dim), -dim - 1) if en < 0 else min(en, dim), sp)
-            return x[0][tuple(index)]
-        if op == "Gather":
-            axis = a.get("axis", 0)
-            idx = x[1].long()
-            if idx.ndim == 0:
-                return torch.select(x[0], axis, int(idx))
-            if idx.ndim == 1:
-                return torch.index_select(x[0], axis, torch.where(idx < 0, idx + x[0].shape[axis], idx))
-            return _unsupported(n)
         raise QdqGraphError(f"{op} ({n.name}) is not supported by the Q/DQ trainer")
 
     # ------------------------------------------------------------------------------------------ write back
@@ -517,3 +456,117 @@ class QdqGraph(nn.Module):
                     if attr.name == "value":
                         attr.t.CopyFrom(numpy_helper.from_array(values[n.output[0]], n.output[0]))
         return proto
+
+
+# --- the operators with more than a line to them (node, attributes, computed inputs) ---------------------------
+
+def _conv(n, a: dict, x: list):
+    kernel = tuple(x[1].shape[2:])
+    inp, padding = _conv_padding(x[0], a, kernel)
+    conv = F.conv2d if len(kernel) == 2 else F.conv1d
+    return conv(inp, x[1], x[2] if len(x) > 2 else None, stride=tuple(a.get("strides", [1] * len(kernel))),
+                padding=padding, dilation=tuple(a.get("dilations", [1] * len(kernel))), groups=a.get("group", 1))
+
+
+def _conv_transpose(n, a: dict, x: list):
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in a:
+        raise QdqGraphError(f"ConvTranspose {n.name}: auto_pad/output_shape are not supported by the Q/DQ trainer")
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:]:
+        raise QdqGraphError(f"ConvTranspose {n.name}: asymmetric pads are not supported by the Q/DQ trainer")
+    return F.conv_transpose2d(x[0], x[1], x[2] if len(x) > 2 else None, stride=tuple(a.get("strides", [1, 1])),
+                              padding=tuple(pads[:2]), output_padding=tuple(a.get("output_padding", [0, 0])),
+                              groups=a.get("group", 1), dilation=tuple(a.get("dilations", [1, 1])))
+
+
+def _clip(n, a: dict, x: list):
+    lo = x[1] if len(x) > 1 and x[1] is not None else None
+    hi = x[2] if len(x) > 2 and x[2] is not None else None
+    return torch.clamp(x[0], lo, hi)
+
+
+def _depth_to_space(n, a: dict, x: list):
+    if a.get("mode", b"DCR").decode() == "CRD":
+        return F.pixel_shuffle(x[0], a["blocksize"])
+    b = a["blocksize"]
+    nb, c, h, w = x[0].shape
+    return x[0].reshape(nb, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2).reshape(nb, c // (b * b), h * b, w * b)
+
+
+def _shape(n, a: dict, x: list):
+    dims = list(x[0].shape)
+    return torch.tensor(dims[slice(a.get("start", 0), a.get("end"))], dtype=torch.int64)
+
+
+def _max_pool(n, a: dict, x: list):
+    kernel = tuple(a["kernel_shape"])
+    if len(kernel) != 2 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or \
+            a.get("storage_order", 0) or len(n.output) > 1:
+        raise QdqGraphError(f"MaxPool {n.name}: only 2-D pooling without auto_pad or indices is supported "
+                            "by the Q/DQ trainer")
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    inp = x[0]
+    if pads[:2] != pads[2:]:  # asymmetric: pad with -inf (ONNX pads are never selected)
+        inp = F.pad(inp, [pads[1], pads[3], pads[0], pads[2]], value=float("-inf"))
+        pads = [0, 0, 0, 0]
+    return F.max_pool2d(inp, kernel, stride=tuple(a.get("strides", [1, 1])), padding=tuple(pads[:2]),
+                        dilation=tuple(a.get("dilations", [1, 1])), ceil_mode=bool(a.get("ceil_mode", 0)))
+
+
+def _reduce_sum(n, a: dict, x: list):
+    axes = [int(v) for v in (x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("axes", []))]
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return x[0]
+        axes = list(range(x[0].ndim))
+    return torch.sum(x[0], dim=axes, keepdim=bool(a.get("keepdims", 1)))
+
+
+def _split(n, a: dict, x: list):
+    axis = a.get("axis", 0)
+    sizes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("split")
+    if not sizes:
+        parts = a.get("num_outputs", len(n.output))
+        size = -(-x[0].shape[axis] // parts)
+        sizes = [min(size, x[0].shape[axis] - i * size) for i in range(parts)]
+    return tuple(torch.split(x[0], [int(v) for v in sizes], dim=axis))
+
+
+def _slice(n, a: dict, x: list):
+    starts, ends = x[1].tolist(), x[2].tolist()
+    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+    steps = x[4].tolist() if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    index = [slice(None)] * x[0].ndim
+    for ax, st, en, sp in zip(axes, starts, ends, steps):
+        dim = x[0].shape[ax]
+        if sp < 0:  # a reversed range: the positions ONNX selects, gathered
+            st = min(st + dim if st < 0 else st, dim - 1)
+            en = max(en + dim if en < 0 else en, -1)
+            idx = torch.arange(st, en, sp)
+            return torch.index_select(x[0], ax, idx) if len(axes) == 1 else _unsupported(n)
+        index[ax] = slice(max(min(st, dim), -dim), max(min(en, dim), -dim - 1) if en < 0 else min(en, dim), sp)
+    return x[0][tuple(index)]
+
+
+def _gather(n, a: dict, x: list):
+    axis = a.get("axis", 0)
+    idx = x[1].long()
+    if idx.ndim == 0:
+        return torch.select(x[0], axis, int(idx))
+    if idx.ndim == 1:
+        return torch.index_select(x[0], axis, torch.where(idx < 0, idx + x[0].shape[axis], idx))
+    return _unsupported(n)
+
+
+_OPS = {
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Clip": _clip,
+    "DepthToSpace": _depth_to_space,
+    "Shape": _shape,
+    "MaxPool": _max_pool,
+    "ReduceSum": _reduce_sum,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+}

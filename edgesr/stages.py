@@ -2,28 +2,31 @@
 takes and makes. The recipe loader (reference names, kinds of inputs), the runner and the report read it;
 nothing else lists stages.
 
-A stage is ``fn(cfg, ctx, **inputs) -> Artifact``: ``cfg`` its typed config, ``ctx`` a
-:class:`StageContext` (what every stage may need: data, scale, patch settings, seed, threads, its output
+A stage is ``fn(cfg, ctx, **inputs) -> Candidate``: ``cfg`` its typed config, ``ctx`` a
+:class:`StageContext` (what every stage may need: data, scale, patch settings, seed, threads, its staging
 directory, and services the runner provides, such as a latency measurement), and ``inputs`` the artifacts
-its config's reference fields name (``input=``, ``teacher=``, ``init_from=``; ``None`` when unset).
+its config's reference fields name (``input=``, ``teacher=``, ``init_from=``; ``None`` when unset). It writes
+its payload into ``ctx.staging`` and returns a :class:`~edgesr.artifacts.Candidate`; :func:`run_stage` applies
+the quality budget to the stages the table marks lossy and commits the artifact, once, atomically.
 
 Adding a stage is one file that calls :func:`register_stage`, plus its module name in ``STAGE_MODULES``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .artifacts import Artifact, check_destination, read_artifact
+from .artifacts import Artifact, Candidate, check_destination, commit, read_artifact, staging_dir
+from .budget import Budget
 from .registry import Registry
 
 __all__ = ["StageContext", "StageDef", "STAGES", "register_stage", "stage_table", "LoadConfig", "MODEL", "ONNX",
-           "ONNX_FP32", "ENGINE", "ANY", "STAGE_MODULES", "satisfies", "KIND_NAMES"]
+           "ONNX_FP32", "ENGINE", "ANY", "STAGE_MODULES", "satisfies", "KIND_NAMES", "run_stage", "apply_budget"]
 
 MODEL, ONNX_FP32, ONNX, ENGINE, ANY = "model", "onnx-fp32", "onnx", "engine", "any"
 """What a stage makes and takes: a PyTorch model artifact, an FP32 ONNX graph, an ONNX graph of any
@@ -40,7 +43,7 @@ def satisfies(made: str, wanted: str) -> bool:
 STAGE_MODULES = (
     "edgesr.train.train", "edgesr.train.gan", "edgesr.compress.distill", "edgesr.compress.prune",
     "edgesr.compress.ptq", "edgesr.compress.fp16", "edgesr.compress.qat", "edgesr.export.onnx",
-    "edgesr.export.tensorrt", "edgesr.export.onnx_import", "edgesr.importing",
+    "edgesr.export.tensorrt", "edgesr.export.onnx_import", "edgesr.export.bicubic", "edgesr.importing",
 )
 """The files that register stages, imported by :func:`stage_table` (the one place stages are imported)."""
 
@@ -53,6 +56,8 @@ class StageContext:
     """The stage's name in the recipe (its artifact's name)."""
     out: Path
     """Where its artifact goes (``<run dir>/<name>``); checkpoints and caches go beside it."""
+    staging: Path | None = None
+    """Where the stage writes its payload (a fresh temporary directory beside ``out``, made by :func:`run_stage`)."""
     train_pairs: list = ()
     val_pairs: list = ()
     scale: int = 2
@@ -78,7 +83,7 @@ class StageContext:
 class StageDef:
     name: str
     config: type
-    fn: Callable[..., Artifact]
+    fn: Callable[..., Candidate]
     makes: str
     """MODEL, ONNX_FP32, ONNX or ANY: the kind of artifact it writes."""
     takes: dict[str, str]
@@ -101,7 +106,7 @@ def register_stage(name: str, config: type, *, makes: str, takes: dict[str, str]
                    lossy: bool = False, trains: bool = False, external: str | None = None,
                    environment: Callable[[Any], dict] | None = None) -> Callable:
     """Decorator registering ``fn(cfg, ctx, **inputs)`` as the stage ``name``."""
-    def deco(fn: Callable[..., Artifact]) -> Callable[..., Artifact]:
+    def deco(fn: Callable[..., Candidate]) -> Callable[..., Candidate]:
         STAGES.register(name)(StageDef(name, config, fn, makes, dict(takes or {}), lossy, trains, external,
                                        environment))
         return fn
@@ -115,6 +120,42 @@ def stage_table() -> Registry:
     return STAGES
 
 
+def apply_budget(cand: Candidate, budget: Budget) -> Candidate:
+    """Hold a lossy stage's candidate to its quality budget: over budget with ``fallback``, the stage's gentler
+    form first; then the budget record (and the PSNR) join its metrics, or :class:`QualityBudgetExceeded` is
+    raised (``fail``) and the candidate never becomes an artifact."""
+    q = cand.quality
+    if q is None:
+        return cand
+    if q.parent_psnr is not None and budget.falls_back and budget.exceeded(q.parent_psnr, q.psnr) and cand.gentler:
+        cand = cand.gentler()
+        q = cand.quality
+    metrics = cand.manifest.setdefault("metrics", {})
+    metrics["val_psnr"] = round(q.psnr, 4)
+    if q.parent_psnr is not None:
+        metrics["budget"] = budget.check(q.step, q.parent_psnr, q.psnr)
+    return cand
+
+
+def run_stage(sdef: StageDef, cfg: Any, ctx: StageContext, inputs: dict[str, Artifact]) -> Artifact | None:
+    """Run one stage and make its artifact: the stage writes a candidate into a fresh staging directory, the
+    quality budget is applied when the table marks the stage lossy (:func:`apply_budget`, the one place), and
+    the candidate is committed at ``ctx.out``. A failure leaves nothing behind."""
+    staging = staging_dir(ctx.out)
+    try:
+        cand = sdef.fn(cfg, dataclasses.replace(ctx, staging=staging), **inputs)
+        if cand is None and sdef.trains:  # another rank of a data-parallel training: rank 0 writes
+            return None
+        if not isinstance(cand, Candidate):
+            raise TypeError(f"stage {sdef.name!r} returned {type(cand).__name__}, not a Candidate (write the payload "
+                            "into ctx.staging and return Candidate(ctx.staging, payload, manifest))")
+        if sdef.lossy:
+            cand = apply_budget(cand, Budget.of(cfg))
+        return commit(ctx.out, cand)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------------ load
 
 @dataclass(frozen=True)
@@ -126,13 +167,9 @@ class LoadConfig:
 
 
 @register_stage("load", LoadConfig, makes=ANY, external="path")
-def load_stage(cfg: LoadConfig, ctx: StageContext) -> Artifact:
-    """Copy a verified artifact into the run directory (atomically: a temp copy renamed into place)."""
+def load_stage(cfg: LoadConfig, ctx: StageContext) -> Candidate:
+    """Copy a verified artifact into the run directory, as it is (manifest included)."""
     art = read_artifact(cfg.path)  # verifies the payload against the manifest's content hash
-    dst = ctx.out
-    check_destination(dst, kind=art.kind, overwrite=False, inputs=(art.path,))
-    tmp = dst.with_name(f".{dst.name}.load")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(art.path, tmp)
-    os.replace(tmp, dst)  # dst is absent or an empty directory
-    return read_artifact(dst)
+    check_destination(ctx.out, kind=art.kind, overwrite=False, inputs=(art.path,))
+    shutil.copytree(art.path, ctx.staging, dirs_exist_ok=True)
+    return Candidate(ctx.staging, art.manifest["payload"], dict(art.manifest), complete=True)

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesr.artifacts import Artifact, write_artifact
+from edgesr.artifacts import Artifact, Candidate, materialize
 from edgesr.data.bicubic import imresize
 from edgesr.data.datasets import builtin_images, parity_image
 from edgesr.errors import EdgesrError
@@ -250,6 +250,14 @@ def _quality(wrapped: bytes, scale_index: int, scale: int, input_size=None) -> t
 def import_onnx(path: str | Path, out: str | Path, *, value_range: str = "0-1", channels: str = "rgb",
                 output: str | None = None, name: str | None = None, overwrite: bool = False) -> Artifact:
     """Wrap a foreign ONNX file into an edgesr ONNX artifact at ``out`` (see the module docstring)."""
+    return materialize(out, lambda staging: onnx_candidate(path, staging, value_range=value_range, channels=channels,
+                                                           output=output, name=name or Path(out).name),
+                       overwrite=overwrite)
+
+
+def onnx_candidate(path: str | Path, staging: Path, *, value_range: str, channels: str, output: str | None,
+                   name: str) -> Candidate:
+    """The wrapped graph of ``path`` as a candidate artifact written in ``staging`` (see :func:`import_onnx`)."""
     path = Path(path)
     if value_range not in RANGES:
         raise OnnxImportError(f"--range {value_range}: give one of {', '.join(RANGES)}")
@@ -264,10 +272,48 @@ def import_onnx(path: str | Path, out: str | Path, *, value_range: str = "0-1", 
         _prune(proto.graph, {output})
         del proto.graph.output[:]
         proto.graph.output.extend(outs)
-    original = proto.SerializeToString()
     inp_name, out_names = inp.name, [o.name for o in outs]
-    # the authors' graph as written, at its own size (parity reference), and made dynamic for everything else;
-    # a graph bound to its size (a Reshape to constant shapes, say) is kept at it, and the runtime tiles to it
+    dyn, ys, probe_hw, batch, input_size, max_batch = _runnable(proto, inp, path, nc, fixed_hw)
+    scales, out_names = _probe_scales(path, out_names, ys, batch, nc, probe_hw)
+    dims = ("batch" if max_batch is None else 1, *(input_size or ("height", "width")))
+    wrapped = wrap_graph(dyn, inp_name, out_names, scales, value_range=value_range, channels=channels,
+                         input_dims=dims)
+    diffs, (ph, pw) = _wrapped_parity(path, proto, wrapped, inp_name, out_names, value_range, channels, fixed_hw)
+    mine, bicubic, alternatives = _check_conventions(path, dyn, wrapped, inp_name, out_names, scales, value_range,
+                                                     channels, dims, input_size)
+    del wrapped.metadata_props[:]
+    for k, v in {"edgesr.scales": json.dumps(scales), "edgesr.io": "lr: Nx3xHxW float32 RGB [0,1] -> sr",
+                 "edgesr.source": path.name}.items():
+        e = wrapped.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.checker.check_model(wrapped)
+    from edgesr.importing import file_sha256  # the checkpoint importer's file identity (core)
+
+    source = {"file": str(path), "file_name": path.name, "sha256": file_sha256(path), "range": value_range,
+              "channels": channels, "input": inp_name, "outputs": out_names,
+              "input_shape": _dims(inp), "made_dynamic": (fixed_hw is not None and input_size is None)
+              or (_dims(inp)[0] == 1 and max_batch is None)}
+    params = int(sum(np.prod(i.dims) for i in wrapped.graph.initializer if not i.name.startswith("edgesr_")))
+    manifest = {"kind": "onnx", "name": name, "arch": {"type": "onnx", "source": path.name},
+                "scales": scales, "precision": "fp32", "params": params, "size_multiple": 1,
+                **({"input_size": input_size} if input_size else {}), **({"max_batch": 1} if max_batch else {}),
+                "transforms": [{"type": "import_onnx", "source": path.name, "sha256": source["sha256"],
+                                "range": value_range, "channels": channels}],
+                "source": source, "ops": op_counts(wrapped),
+                "metrics": {"parity": {"max_abs": max(diffs), "input_hw": [ph, pw]},
+                            "probe": {"psnr_y": round(mine, 3), "bicubic_psnr_y": round(bicubic, 3),
+                                      "alternatives": {f"{r} {c}": round(v, 3) for (r, c), v in alternatives.items()}}}}
+    onnx.save_model(wrapped, str(staging / "model.onnx"))
+    return Candidate(staging, "model.onnx", manifest)
+
+
+
+
+def _runnable(proto, inp, path: Path, nc: int, fixed_hw):
+    """The authors' graph made dynamic (N, H, W) where it runs so, else kept at its own size (a Reshape to
+    constant shapes, say: the runtime then tiles to it) and, if need be, at batch 1; with its outputs on a probe
+    input: (graph, outputs, probe size, batch, input_size, max_batch)."""
+    inp_name = inp.name
     dyn = onnx.ModelProto()
     dyn.CopyFrom(proto)
     _make_dynamic(dyn, next(i for i in dyn.graph.input if i.name == inp_name), list(dyn.graph.output))
@@ -297,6 +343,11 @@ def import_onnx(path: str | Path, out: str | Path, *, value_range: str = "0-1", 
                 first = str(exc2).strip().splitlines()[0][:300]
                 raise OnnxImportError(f"{path}: the graph does not run even at its own size {_dims(inp)} "
                                       f"({first}); check it with onnxruntime first.") from None
+    return dyn, ys, probe_hw, batch, input_size, max_batch
+
+
+def _probe_scales(path: Path, out_names: list[str], ys, batch: int, nc: int, probe_hw) -> tuple[list[int], list[str]]:
+    """Each output's integer scale from the probe run; the outputs sorted by it."""
     scales = []
     for o, y in zip(out_names, ys):
         if y.ndim != 4 or y.shape[:2] != (batch, nc):
@@ -313,10 +364,13 @@ def import_onnx(path: str | Path, out: str | Path, *, value_range: str = "0-1", 
                               "told apart. Pick one with --output.")
     order = sorted(range(len(scales)), key=lambda i: scales[i])
     scales, out_names = [scales[i] for i in order], [out_names[i] for i in order]
-    dims = ("batch" if max_batch is None else 1, *(input_size or ("height", "width")))
-    wrapped = wrap_graph(dyn, inp_name, out_names, scales, value_range=value_range, channels=channels,
-                         input_dims=dims)
-    # parity: the wrapped graph against the authors' file as written, on a real photograph at the file's size
+    return scales, out_names
+
+
+def _wrapped_parity(path: Path, proto, wrapped, inp_name: str, out_names: list[str], value_range: str, channels: str,
+                    fixed_hw) -> tuple[list[float], tuple[int, int]]:
+    """The wrapped graph against the authors' file as written, on a real photograph at the file's size."""
+    original = proto.SerializeToString()
     ph, pw = fixed_hw or (45, 67)
     photo = parity_image() if fixed_hw is None else to_uint8(np.clip(imresize(to_float(builtin_images("valid")[0][1]),
                                                                                output_shape=(ph, pw)), 0, 1))
@@ -335,7 +389,13 @@ def import_onnx(path: str | Path, out: str | Path, *, value_range: str = "0-1", 
     if max(diffs) > 1e-4:
         raise OnnxImportError(f"{path}: the wrapped graph differs from the file by up to {max(diffs):.2e} on a real "
                               "photograph; this graph cannot be wrapped faithfully. Report the file.")
-    # conventions: the probe on a real photograph
+    return diffs, (ph, pw)
+
+
+def _check_conventions(path: Path, dyn, wrapped, inp_name: str, out_names: list[str], scales: list[int],
+                       value_range: str, channels: str, dims, input_size):
+    """The probe on a real photograph: the declared range and channel order must not score far below another
+    one that beats bicubic. Returns (its PSNR-Y, bicubic's, each alternative's)."""
     blob = wrapped.SerializeToString()
     mine, bicubic = _quality(blob, 0, scales[0], input_size)
     alternatives = {}
@@ -352,29 +412,7 @@ def import_onnx(path: str | Path, out: str | Path, *, value_range: str = "0-1", 
         raise OnnxImportError(f"{path}: with --range {value_range} --channels {channels} the network scores "
                               f"{mine:.2f} dB on a real photograph, below bicubic's {bicubic:.2f} dB, and {best:.2f} dB "
                               f"with {flags}: its input convention is not the one given. Import it with {flags}.")
-    del wrapped.metadata_props[:]
-    for k, v in {"edgesr.scales": json.dumps(scales), "edgesr.io": "lr: Nx3xHxW float32 RGB [0,1] -> sr",
-                 "edgesr.source": path.name}.items():
-        e = wrapped.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.checker.check_model(wrapped)
-    from edgesr.importing import file_sha256  # the checkpoint importer's file identity (core)
-
-    source = {"file": str(path), "file_name": path.name, "sha256": file_sha256(path), "range": value_range,
-              "channels": channels, "input": inp_name, "outputs": out_names,
-              "input_shape": _dims(inp), "made_dynamic": (fixed_hw is not None and input_size is None)
-              or (_dims(inp)[0] == 1 and max_batch is None)}
-    params = int(sum(np.prod(i.dims) for i in wrapped.graph.initializer if not i.name.startswith("edgesr_")))
-    manifest = {"kind": "onnx", "name": name or Path(out).name, "arch": {"type": "onnx", "source": path.name},
-                "scales": scales, "precision": "fp32", "params": params, "size_multiple": 1,
-                **({"input_size": input_size} if input_size else {}), **({"max_batch": 1} if max_batch else {}),
-                "transforms": [{"type": "import_onnx", "source": path.name, "sha256": source["sha256"],
-                                "range": value_range, "channels": channels}],
-                "source": source, "ops": op_counts(wrapped),
-                "metrics": {"parity": {"max_abs": max(diffs), "input_hw": [ph, pw]},
-                            "probe": {"psnr_y": round(mine, 3), "bicubic_psnr_y": round(bicubic, 3),
-                                      "alternatives": {f"{r} {c}": round(v, 3) for (r, c), v in alternatives.items()}}}}
-    return write_artifact(out, lambda p: onnx.save_model(wrapped, str(p)), "model.onnx", manifest, overwrite=overwrite)
+    return mine, bicubic, alternatives
 
 
 @dataclass(frozen=True)
@@ -389,10 +427,10 @@ class ImportOnnxConfig:
 
 
 @register_stage("import_onnx", ImportOnnxConfig, makes=ONNX_FP32, external="path")
-def import_onnx_stage(cfg: ImportOnnxConfig, ctx: StageContext) -> Artifact:
-    art = import_onnx(cfg.path, ctx.out, value_range=cfg.range, channels=cfg.channels, output=cfg.output,
-                      name=ctx.name)
-    if ctx.scale not in art.manifest["scales"]:
-        raise OnnxImportError(f"{cfg.path}: is a x{'/x'.join(map(str, art.manifest['scales']))} graph; the recipe's "
+def import_onnx_stage(cfg: ImportOnnxConfig, ctx: StageContext) -> Candidate:
+    cand = onnx_candidate(cfg.path, ctx.staging, value_range=cfg.range, channels=cfg.channels, output=cfg.output,
+                          name=ctx.name)
+    if ctx.scale not in cand.manifest["scales"]:
+        raise OnnxImportError(f"{cfg.path}: is a x{'/x'.join(map(str, cand.manifest['scales']))} graph; the recipe's "
                               f"scale is {ctx.scale}. Import a graph of that scale, or change the recipe's scale.")
-    return art
+    return cand

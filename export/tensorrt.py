@@ -30,8 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from edgesr.artifacts import (Artifact, check_destination, derived_manifest, last_quantization, read_artifact,
-                              write_artifact)
+from edgesr.artifacts import (Artifact, Candidate, check_destination, derived_manifest, last_quantization,
+                              materialize, read_artifact)
 from edgesr.errors import EdgesrError
 from edgesr.files import atomic_write_bytes
 from edgesr.runtime.tensorrt_backend import (FLAVOURS, EngineError, check_engine, engine_platform, flavour_available,
@@ -186,6 +186,21 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
                  overwrite: bool = False) -> Artifact:
     """Parse and build ``onnx_art`` into an engine artifact at ``out`` (skipped when ``out`` already holds an
     engine with the same cache key; ``out`` must be new or empty, or an engine artifact with ``overwrite``)."""
+    _check_buildable(onnx_art)
+    key = _build_plan(onnx_art, cfg)["key"]
+    check_destination(out, kind="engine", overwrite=True, inputs=(onnx_art.path,))  # never the input or others' files
+    try:
+        prev = read_artifact(out)
+        if prev.kind == "engine" and prev.manifest.get("engine", {}).get("cache_key") == key:
+            return prev
+    except EdgesrError:
+        pass
+    check_destination(out, kind="engine", overwrite=overwrite, inputs=(onnx_art.path,))
+    return materialize(out, lambda staging: engine_candidate(onnx_art, cfg, staging, name=name, cache_dir=cache_dir),
+                       overwrite=overwrite)
+
+
+def _check_buildable(onnx_art: Artifact) -> None:
     if onnx_art.kind != "onnx":
         raise EngineError(f"{onnx_art.path}: an engine is built from an ONNX artifact (an export, fp16 or quantize "
                           f"stage's output); this is {onnx_art.kind!r}")
@@ -195,21 +210,26 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
             raise EngineError(f"{onnx_art.path}: this INT8 graph is in the ONNX Runtime form (UINT8/asymmetric "
                               "activations, INT32 biases), which TensorRT's parser refuses. Quantize with "
                               "`target: tensorrt` in the quantize (or qat) stage for the form TensorRT builds.")
+
+
+def _build_plan(onnx_art: Artifact, cfg: EngineConfig) -> dict:
+    """What the build depends on: the flavour's module and version, the profile, targets, workspace and the
+    engine's cache key."""
     trt = flavour_module(cfg.flavour)
     version = trt.__version__
     profile = check_profile(cfg, onnx_art.manifest.size_multiple, onnx_art.manifest.input_size,
                             onnx_art.manifest.max_batch)
     targets = _targets(cfg)
     workspace = _workspace_mb(cfg)
-    key = engine_key(onnx_art.hash, cfg, version, profile, targets, workspace)
-    check_destination(out, kind="engine", overwrite=True, inputs=(onnx_art.path,))  # never the input or others' files
-    try:
-        prev = read_artifact(out)
-        if prev.kind == "engine" and prev.manifest.get("engine", {}).get("cache_key") == key:
-            return prev
-    except EdgesrError:
-        pass
-    check_destination(out, kind="engine", overwrite=overwrite, inputs=(onnx_art.path,))
+    return {"trt": trt, "version": version, "profile": profile, "targets": targets, "workspace": workspace,
+            "key": engine_key(onnx_art.hash, cfg, version, profile, targets, workspace)}
+
+
+def engine_candidate(onnx_art: Artifact, cfg: EngineConfig, staging: Path, *, name: str, cache_dir: Path) -> Candidate:
+    """Build ``onnx_art`` into ``staging/model.engine`` (with the equivalent ``trtexec`` command beside it)."""
+    _check_buildable(onnx_art)
+    plan = _build_plan(onnx_art, cfg)
+    trt, version, profile, targets, workspace = (plan[k] for k in ("trt", "version", "profile", "targets", "workspace"))
     cache_path = Path(cfg.timing_cache) if cfg.timing_cache else cache_dir / f"{cfg.flavour}-{version}.timing-cache"
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     logger = _logger(trt)
@@ -236,26 +256,23 @@ def build_engine(onnx_art: Artifact, cfg: EngineConfig, out: Path, *, name: str,
               "compute_capabilities": built_for, "gpu": gpu_name, "profile": profile,
               "workspace_mb": workspace, "opt_level": cfg.opt_level, "strongly_typed": True,
               "timing_cache": str(cache_path) if cfg.flavour != "rtx" else None,
-              "onnx_hash": onnx_art.hash, "cache_key": key, "build_seconds": round(seconds, 3),
+              "onnx_hash": onnx_art.hash, "cache_key": plan["key"], "build_seconds": round(seconds, 3),
               "trtexec": trtexec_command(onnx_art.payload.name, "model.engine", profile, cfg, workspace, targets)}
     manifest = derived_manifest(onnx_art, kind="engine", name=name, precision=onnx_art.manifest["precision"],
                                 transform={"type": "engine", "flavour": cfg.flavour, "version": version},
                                 engine=engine)
-
-    def writer(path: Path) -> None:
-        path.write_bytes(bytes(memoryview(blob)))
-        (path.parent / "trtexec.txt").write_text(
-            f"# The same engine from the command line ({cfg.flavour} {version}), next to a copy of the ONNX:\n"
-            f"{engine['trtexec']}\n")
-
-    return write_artifact(out, writer, "model.engine", manifest, overwrite=overwrite)
+    (staging / "model.engine").write_bytes(bytes(memoryview(blob)))
+    (staging / "trtexec.txt").write_text(
+        f"# The same engine from the command line ({cfg.flavour} {version}), next to a copy of the ONNX:\n"
+        f"{engine['trtexec']}\n")
+    return Candidate(staging, "model.engine", manifest)
 
 
 @register_stage("engine", EngineConfig, makes=ENGINE, takes={"input": ONNX},
                 environment=lambda cfg: {"tensorrt": flavour_available(cfg.flavour)[1]})
-def engine_stage(cfg: EngineConfig, ctx: StageContext, input: Artifact) -> Artifact:
+def engine_stage(cfg: EngineConfig, ctx: StageContext, input: Artifact) -> Candidate:
     """The ``engine`` stage: ONNX artifact -> TensorRT engine artifact (see the module docstring)."""
-    return build_engine(input, cfg, ctx.out, name=ctx.name, cache_dir=ctx.out.parent / ".tensorrt_cache")
+    return engine_candidate(input, cfg, ctx.staging, name=ctx.name, cache_dir=ctx.out.parent / ".tensorrt_cache")
 
 
 # ----------------------------------------------------------------------------------------- readiness

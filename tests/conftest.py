@@ -93,14 +93,14 @@ def tiny_student_d2s(tiny_student, tmp_path_factory):
 
 
 CONTEXT_KEYS = {"train_pairs", "val_pairs", "scale", "patch_size", "min_patch_std", "degradation", "seed", "threads",
-                "latency_fn", "speedup_fn"}
+                "latency_fn", "speedup_fn", "measure_backends"}
 
 
 def call_stage(fn, cfg, *, name: str, out, **kw):
     """Call a stage through its contract, ``fn(cfg, ctx, **inputs)``: context keywords (``train_pairs``,
     ``val_pairs``, ``scale``, ...; ``calib_pairs`` is ``train_pairs``) build the StageContext, the others
     (``source``/``input``, ``teacher``, ``init_from``) are the input artifacts."""
-    from edgesr.stages import StageContext
+    from edgesr.stages import StageContext, run_stage, stage_table
 
     if "calib_pairs" in kw:
         kw["train_pairs"] = kw.pop("calib_pairs")
@@ -112,8 +112,9 @@ def call_stage(fn, cfg, *, name: str, out, **kw):
 
     ctx = StageContext(name=name, out=out, **{k: v for k, v in kw.items() if k in CONTEXT_KEYS})
     inputs = {k: v for k, v in kw.items() if k not in CONTEXT_KEYS and v is not None}
+    sdef = next(stage_table().get(n) for n in stage_table().names() if stage_table().get(n).fn is fn)
     with replacing(Path(out)):  # as the runner does: the stage's earlier artifact is replaced when it runs again
-        return fn(cfg, ctx, **inputs)
+        return run_stage(sdef, cfg, ctx, inputs)
 
 
 # ------------------------------------------------------------------ the runtime-only install, simulated

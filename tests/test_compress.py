@@ -9,7 +9,7 @@ import torch
 
 from conftest import call_stage
 from edgesr.modelio import load_model, save_model
-from edgesr.compress.budget import QualityBudgetExceeded, check_budget
+from edgesr.budget import QualityBudgetExceeded, check_budget
 from edgesr.compress.prune import protected_convs, prune_model
 from edgesr.compress.common import calibration_batches, check_qdq
 from edgesr.compress.prune import PruneConfig
@@ -357,21 +357,17 @@ def test_the_speed_guard_must_hold_on_every_benchmark_backend(builtin_train, bui
               patch_size=16, min_patch_std=0.0, seed=0, speedup_fn=speedup)
     cfg = PruneConfig(input="src", ratio=0.5, finetune_steps=0, min_speedup=1.0, latency_input=(32, 48))
     ctx_backends = ("onnxruntime", "openvino", "tensorrt")
-    from edgesr.stages import StageContext
-
+    kw = {k: v for k, v in kw.items() if k not in ("source", "teacher")}
     with pytest.raises(PruneError, match=r"on openvino, the pruned model runs 0.90x"):
-        prune_stage(cfg, StageContext(name="p", out=tmp_path / "p", measure_backends=ctx_backends,
-                                      **{k: v for k, v in kw.items() if k not in ("source", "teacher")}),
-                    input=src)
-    art = prune_stage(PruneConfig(**{**cfg.__dict__, "measure_on": ("onnxruntime",)}),
-                      StageContext(name="q", out=tmp_path / "q", measure_backends=ctx_backends,
-                                   **{k: v for k, v in kw.items() if k not in ("source", "teacher")}), input=src)
+        call_stage(prune_stage, cfg, name="p", out=tmp_path / "p", measure_backends=ctx_backends, input=src, **kw)
+    assert not (tmp_path / "p").exists()
+    art = call_stage(prune_stage, PruneConfig(**{**cfg.__dict__, "measure_on": ("onnxruntime",)}), name="q",
+                     out=tmp_path / "q", measure_backends=ctx_backends, input=src, **kw)
     rec = art.manifest["transforms"][-1]
     assert list(rec["speedup_by_backend"]) == ["onnxruntime"] and rec["speedup_vs_parent"]["ratio"] == 1.4
     with pytest.raises(PruneError, match=r"on openvino"):
-        prune_stage(PruneConfig(**{**cfg.__dict__, "measure_on": ("tensorrt", "onnxruntime", "openvino")}),
-                    StageContext(name="r", out=tmp_path / "r",
-                                 **{k: v for k, v in kw.items() if k not in ("source", "teacher")}), input=src)
+        call_stage(prune_stage, PruneConfig(**{**cfg.__dict__, "measure_on": ("tensorrt", "onnxruntime", "openvino")}),
+                   name="r", out=tmp_path / "r", input=src, **kw)
 
 
 def test_pruning_to_a_latency_target_bisects_on_the_measurement(builtin_train, tmp_path):

@@ -10,7 +10,6 @@ import pytest
 from conftest import call_stage
 from edgesr.artifacts import ArtifactError
 from edgesr.modelio import save_model
-from edgesr.benchmarks.baseline import bicubic_artifact
 from edgesr.export.onnx import ExportConfig, export_stage
 from edgesr.imaging import read_image
 from edgesr.models import build_model
@@ -112,7 +111,10 @@ def test_images_too_large_to_run_whole_are_tiled_automatically(exported, monkeyp
 def test_bicubic_graph_matches_matlab_away_from_borders(tmp_path):
     from edgesr.data.bicubic import imresize
 
-    art = bicubic_artifact(out=tmp_path / "bicubic", scale=2)
+    from edgesr.export.bicubic import BicubicConfig, bicubic_stage
+
+    art = call_stage(bicubic_stage, BicubicConfig(), name="bicubic", out=tmp_path / "bicubic", scale=2)
+    assert art.manifest["kind"] == "onnx" and art.manifest["scales"] == [2] and art.manifest["ops"] == {"Resize": 1}
     img = read_image(Path(str(importlib.resources.files("skimage.data"))) / "coffee.png")[:60, :80]
     ours = Upscaler(open_backend(art, threads=1)).upscale_float(img) * 255
     ref = imresize(img.astype(np.float64), 2)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import call_stage
-from edgesr.batch import plan_jobs, run_batch
+from edgesr.runtime.batch import plan_jobs, run_batch
 from edgesr.cli import main
 from edgesr.data.bicubic import imresize
 from edgesr.export.onnx import ExportConfig, export_stage

@@ -12,7 +12,7 @@ from edgesr.runtime import Upscaler, open_backend
 
 av = pytest.importorskip("av")
 from edgesr.benchmarks.video_bench import make_test_video  # noqa: E402
-from edgesr.video import VideoOptions, probe, upscale_video  # noqa: E402
+from edgesr.runtime.video import VideoOptions, probe, upscale_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")

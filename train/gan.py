@@ -25,10 +25,10 @@ from torch import nn
 from dataclasses import dataclass
 from typing import Literal
 
-from edgesr.artifacts import Artifact
+from edgesr.artifacts import Artifact, Candidate
 from edgesr.errors import EdgesrError
 from edgesr.fitting import resolve_device, sampler_for, validate
-from edgesr.modelio import load_model, save_model
+from edgesr.modelio import load_model, model_candidate
 from edgesr.models import model_scales, pick_output
 from edgesr.progress import progress_bar
 from edgesr.stages import MODEL, StageContext, register_stage
@@ -152,7 +152,7 @@ class Discriminator(nn.Module):
 
 
 @register_stage("gan", GanConfig, makes=MODEL, takes={"input": MODEL})
-def gan_stage(cfg: GanConfig, ctx: StageContext, input: Artifact) -> Artifact:
+def gan_stage(cfg: GanConfig, ctx: StageContext, input: Artifact) -> Candidate:
     """The ``gan`` stage: perceptual + adversarial fine-tune of a trained model artifact."""
     source, name, out, scale = input, ctx.name, ctx.out, ctx.scale
     train_pairs, val_pairs, seed = ctx.train_pairs, ctx.val_pairs, ctx.seed
@@ -202,7 +202,7 @@ def gan_stage(cfg: GanConfig, ctx: StageContext, input: Artifact) -> Artifact:
             bar.update(step + 1, info)
     gen.cpu().eval()
     psnr_after = validate(gen, val_pairs, scale)
-    return save_model(out, gen, name=name, arch=source.manifest["arch"], parent=source,
+    return model_candidate(ctx.staging, gen, out=out, name=name, arch=source.manifest["arch"], parent=source,
                       transforms=source.manifest.get("transforms", []) + [{
                           "type": "gan", "vgg_layer": cfg.vgg_layer, "pixel_weight": cfg.pixel_weight,
                           "perceptual_weight": cfg.perceptual_weight, "adversarial_weight": cfg.adversarial_weight,

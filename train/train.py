@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from edgesr.artifacts import Artifact
+from edgesr.artifacts import Artifact, Candidate
 from edgesr.config import TrainConfig
 from edgesr.data.degradations import degradation_record
 from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, init_weights, sampler_for,
                             scale_loss)
 from edgesr.losses import LOSSES
-from edgesr.modelio import save_model
+from edgesr.modelio import model_candidate
 from edgesr.models import build_model, model_scales
 from edgesr.stages import MODEL, StageContext, register_stage
 
@@ -18,7 +18,7 @@ __all__ = ["train_stage"]
 
 
 @register_stage("train", TrainConfig, makes=MODEL, takes={"init_from": MODEL}, trains=True)
-def train_stage(cfg: TrainConfig, ctx: StageContext, init_from: Artifact | None = None) -> Artifact | None:
+def train_stage(cfg: TrainConfig, ctx: StageContext, init_from: Artifact | None = None) -> Candidate | None:
     """Multi-output models are supervised at every output; ``init_from`` (an earlier stage) warm-starts the
     layers it shares with the model (the curriculum: a x2 model's trunk starts its x2+x4 successor)."""
     arch = {**cfg.model, "scale": ctx.scale}
@@ -37,7 +37,7 @@ def train_stage(cfg: TrainConfig, ctx: StageContext, init_from: Artifact | None 
                  desc=f"train {ctx.name}", **fit_options(cfg))
     if distributed()[0] != 0:
         return None
-    return save_model(ctx.out, result.model, name=ctx.name, arch=arch, parent=init_from, metrics=fit_metrics(result),
+    return model_candidate(ctx.staging, result.model, out=ctx.out, name=ctx.name, arch=arch, parent=init_from, metrics=fit_metrics(result),
                       transforms=[{"type": "init_from", **init_record}] if init_record else [],
                       extra={"training": {"loss": cfg.loss, "lr": cfg.lr, "batch_size": cfg.batch_size,
                                           "patch_size": ctx.patch_size, "seed": ctx.seed, "ema_decay": cfg.ema_decay,

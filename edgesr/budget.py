@@ -1,11 +1,12 @@
-"""Quality budget: every lossy step measures its PSNR drop against its parent and fails (or warns)."""
+"""The quality budget: every lossy stage's result is held to its PSNR drop against its parent, in one place
+(:func:`edgesr.stages.run_stage`, for every stage the stage table marks ``lossy``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgesr.errors import EdgesrError
-from edgesr.progress import console
+from .errors import EdgesrError
+from .progress import console
 
 __all__ = ["Budget", "QualityBudgetExceeded", "check_budget"]
 

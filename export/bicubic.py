@@ -1,17 +1,20 @@
-"""The bicubic baseline as a deployable graph: every report measures it through the same backend as the
-models, so its latency and quality sit in the same table (and through Pillow's resize, the registered
-``pillow`` baseline backend, as ``bicubic_pillow``)."""
+"""The bicubic baseline as a deployable graph, made by an ordinary stage (``bicubic``): every report measures
+it through the same backend as the models, so its latency and quality sit in the same table (and through
+Pillow's resize, the registered ``pillow`` baseline backend, as ``bicubic_pillow``). The runner makes it, under
+the reserved name ``bicubic``, when a recipe's benchmark lists a baseline; a recipe may also use the stage
+under another name (an FP32 graph like any export)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from edgesr.artifacts import Artifact, write_artifact
+from edgesr.artifacts import Candidate
+from edgesr.stages import ONNX_FP32, StageContext, register_stage
 
-__all__ = ["bicubic_onnx", "bicubic_artifact"]
+__all__ = ["bicubic_onnx", "BicubicConfig", "bicubic_stage"]
 
 
 def bicubic_onnx(path: Path, scale: int, opset: int = 18):
@@ -38,12 +41,17 @@ def bicubic_onnx(path: Path, scale: int, opset: int = 18):
     return proto
 
 
-def bicubic_artifact(*, out: Path, scale: int, opset: int = 18) -> Artifact:
-    """The bicubic baseline as an ONNX artifact."""
-    manifest = {"kind": "onnx", "name": "bicubic", "arch": {"type": "bicubic-resize"}, "scales": [scale],
+@dataclass(frozen=True)
+class BicubicConfig:
+    """The bicubic baseline graph at the recipe's scale."""
+
+    opset: int = 18
+
+
+@register_stage("bicubic", BicubicConfig, makes=ONNX_FP32)
+def bicubic_stage(cfg: BicubicConfig, ctx: StageContext) -> Candidate:
+    """The ``bicubic`` stage: the one-node ONNX Resize graph of :func:`bicubic_onnx` as an FP32 ONNX artifact."""
+    bicubic_onnx(ctx.staging / "model.onnx", ctx.scale, cfg.opset)
+    manifest = {"kind": "onnx", "name": ctx.name, "arch": {"type": "bicubic-resize"}, "scales": [ctx.scale],
                 "precision": "fp32", "params": 0, "size_multiple": 1, "ops": {"Resize": 1}}
-    try:  # the run's own baseline from an earlier benchmark is replaced; anything else there is refused
-        ours = json.loads((Path(out) / "manifest.json").read_text()).get("arch") == manifest["arch"]
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    return write_artifact(out, lambda p: bicubic_onnx(p, scale, opset), "model.onnx", manifest, overwrite=ours)
+    return Candidate(ctx.staging, "model.onnx", manifest)

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EdgesrError, UsageError
-from .imaging import IMAGE_SUFFIXES, WRITE_FORMATS, read_picture, write_picture
+from edgesr.errors import EdgesrError, UsageError
+from edgesr.imaging import IMAGE_SUFFIXES, WRITE_FORMATS, read_picture, write_picture
 
 __all__ = ["Job", "BatchResult", "plan_jobs", "run_batch", "is_glob"]
 
@@ -111,9 +111,9 @@ def check_existing(jobs: list[Job], *, skip_existing: bool, overwrite: bool) -> 
 def run_batch(upscaler, jobs: list[Job], *, skip_existing: bool = False, overwrite: bool = False,
               max_pixels: int | None = None, show_progress: bool = True) -> BatchResult:
     """Upscale every job's image into its output (``upscaler``: an :class:`edgesr.runtime.Upscaler`)."""
-    from .progress import console, progress_bar
+    from edgesr.progress import console, progress_bar
 
-    from .files import remove_stale_temps_of
+    from edgesr.files import remove_stale_temps_of
 
     check_existing(jobs, skip_existing=skip_existing, overwrite=overwrite)
     stale = remove_stale_temps_of([j.dst for j in jobs])
