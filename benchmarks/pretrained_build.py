@@ -4,7 +4,8 @@
         --set ../shared/data/benchmark/Set14 NAME=STAGE[@BACKEND] [NAME=STAGE[@BACKEND] ...]
 
 Each STAGE artifact of the run directory is copied (verified) into ``edgesr/pretrained/NAME/``, its parent
-record pointed at the pretrained name it came from, then evaluated through the protocol on the sets with
+record pointed at the pretrained name it came from, then evaluated through the protocol (every head of a
+multi-scale artifact, on LR made at its scale: ``quality_by_scale``) on the sets with
 the backend users get by default for its kind (OpenVINO for a graph quantized with ``target: openvino``;
 ``@BACKEND`` names it, e.g. one INT8 file shipped twice, as NAME-int8 and as NAME-int8-ov measured on
 OpenVINO); ``index.json`` records the numbers, the parameters and MACs
@@ -80,13 +81,16 @@ def main(argv=None) -> int:
         manifest["name"] = name
         atomic_write_text(dst / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         art = read_artifact(dst)
-        scale = art.scale
-        sets = {set_name(s): load_pairs(s, scale, split="eval") for s in args.set}
+        scale, scales = art.scale, art.manifest.scales
         last = (art.manifest.get("transforms") or [{}])[-1]
         # Measured on the runtime the artifact is made for: OpenVINO for target openvino, else the default.
         backend = chosen.get(name) or ("openvino" if last.get("target") == "openvino" else default_backend(art))
-        with open_backend(art, backend, threads=0) as b:
-            quality = measure_quality(b, sets, scale, art.manifest.size_multiple)
+        by_scale = {}
+        for sc in scales:  # every head of a multi-scale artifact, each on LR made at its own scale
+            sets = {set_name(s): load_pairs(s, sc, split="eval") for s in args.set}
+            with open_backend(art, backend, threads=0, scale=sc if len(scales) > 1 else None) as b:
+                by_scale[sc] = measure_quality(b, sets, sc, art.manifest.size_multiple)
+        quality = by_scale[scale]
         model_art = art
         while model_art is not None and model_art.kind != "model":
             up = (model_art.manifest.get("parent") or {}).get("path")
@@ -103,6 +107,9 @@ def main(argv=None) -> int:
             "params": params, "macs_640x360": macs,
             "eval_backend": backend,
             "quality": {s: {"psnr": round(q["psnr"], 4), "ssim": round(q["ssim"], 4)} for s, q in quality.items()},
+            **({"scales": scales, "quality_by_scale": {
+                str(sc): {s: {"psnr": round(q["psnr"], 4), "ssim": round(q["ssim"], 4)} for s, q in qs.items()}
+                for sc, qs in by_scale.items()}} if len(scales) > 1 else {}),
             "training_steps": (model_art.manifest.get("metrics") or {}).get("train_steps") if model_art else None, "recipe": results.get("recipe"),
             "command": results.get("command"), "stage": stage, "hash": art.hash}
         if same_file:
@@ -114,8 +121,9 @@ def main(argv=None) -> int:
             for key in ("training_steps", "warm_start"):  # derived files: the training is their model's
                 if key in model_entry:
                     idx["models"][name][key] = model_entry[key]
-        print(f"{name}: {art.kind} {art.manifest['precision']} x{scale} " +
-              ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in quality.items()))
+        for sc, qs in by_scale.items():
+            print(f"{name}: {art.kind} {art.manifest['precision']} x{sc} " +
+                  ", ".join(f"{s} {q['psnr']:.2f} dB" for s, q in qs.items()))
     atomic_write_text(idx_path, json.dumps(idx, indent=2, sort_keys=True) + "\n")
     return 0
 

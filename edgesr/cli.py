@@ -429,9 +429,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "Set14 PSNR/SSIM", "measured on", "training steps"):
         table.add_column(col, no_wrap=col == "name")
     for name, r in sorted(models.items()):
-        q = r.get("quality", {})
-        cells = [f"{q[s]['psnr']:.2f} / {q[s]['ssim']:.4f}" if s in q else "–" for s in ("Set5", "Set14")]
-        table.add_row(name, r["kind"], r["precision"], f"x{r['scale']}", f"{r['params']:,}" if r.get("params") else "–",
+        by_scale = r.get("quality_by_scale") or {str(r["scale"]): r.get("quality", {})}
+        cells = ["; ".join((f"x{sc} " if len(by_scale) > 1 else "") + f"{q[s]['psnr']:.2f} / {q[s]['ssim']:.4f}"
+                           for sc, q in by_scale.items() if s in q) or "–" for s in ("Set5", "Set14")]
+        scale = "/".join(f"x{sc}" for sc in r.get("scales", [r["scale"]]))
+        table.add_row(name, r["kind"], r["precision"], scale, f"{r['params']:,}" if r.get("params") else "–",
                       f"{r['macs_640x360'] / 1e9:.2f}" if r.get("macs_640x360") else "–", *cells,
                       r.get("eval_backend", "–"), str(r.get("training_steps") or "–"))
     console.print(table)

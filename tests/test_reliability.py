@@ -484,7 +484,7 @@ RECIPE_CASES = [
          2, r"teacher: 'teachr' is not a stage defined before 'student' \(did you mean 'teacher'\?\)"),
     Case("recipe-wrong-input-kind", "recipe", "quantize stage whose input is a PyTorch model stage",
          lambda c: _run_bad_recipe(c, {**_tiny(), "stages": _tiny()["stages"] + [{"name": "q", "stage": "quantize", "input": "student"}]}),
-         2, r"\(q\)\.input: 'student' is a distill stage; a quantize stage's input must be an FP32 ONNX graph \(made by a stage of kind export, import_onnx, load\)$"),
+         2, r"\(q\)\.input: 'student' is a distill stage; a quantize stage's input must be an FP32 ONNX graph \(made by a stage of kind bicubic, export, import_onnx, load\)$"),
     Case("recipe-bad-yaml", "recipe", "recipe that is not valid YAML",
          lambda c: _run_bad_recipe(c, "name: t\nstages: [unclosed\n"), 2, r"recipe\.yaml: not valid YAML"),
     Case("recipe-missing", "recipe", "recipe file that does not exist",
