@@ -149,10 +149,16 @@ class _Fit:
             p.data = p.data.to(dev)
         self.opt = torch.optim.Adam(list(model.parameters()) + self.extra, lr=lr, betas=(0.9, 0.999))
         self.history: list[dict] = []
-        self.best = {"psnr": float("-inf"), "step": 0, "state": None}
+        self.best = {"psnr": float("-inf"), "score": float("-inf"), "step": 0, "state": None}
         self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
         self.ckpt = checkpoint_dir / "last.pt" if checkpoint_dir else None
         self.val_pairs, self.scale = val_pairs, scale
+        # A multi-scale model is validated on every head (each on the same HR images, LR made at its scale): the
+        # best weights are those of the best mean, so that no head is kept from an early step (the recipe's
+        # scale alone would freeze a fresh x4 head at the step where x2 peaked).
+        scales = model_scales(model)
+        self.val_sets = ({s: val_pairs if s == scale else pairs_at_scale(val_pairs, s) for s in scales}
+                         if len(scales) > 1 else None)
 
     def evaluated(self) -> nn.Module:
         """The weights validated and kept: the EMA's when there is one."""
@@ -175,7 +181,8 @@ class _Fit:
                 for p, saved in zip(self.extra, state.get("extra") or []):
                     p.copy_(saved)
             start, self.history, elapsed0 = int(state["step"]), json.loads(state["history"]), float(state["elapsed"])
-            self.best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
+            self.best = {"psnr": float(state["best_psnr"]), "score": float(state.get("best_score", state["best_psnr"])),
+                         "step": int(state["best_step"]), "state": state["best_state"]}
         return start, elapsed0
 
     def checkpoint(self, step: int, elapsed: float) -> None:
@@ -186,15 +193,23 @@ class _Fit:
                       "ema": self.ema.state_dict() if self.ema is not None else None,
                       "extra": [p.detach().cpu() for p in self.extra],
                       "step": step, "elapsed": elapsed, "history": json.dumps(self.history), "best_psnr": best["psnr"],
-                      "best_step": best["step"], "best_state": best["state"] or self.evaluated().state_dict(),
-                      "fingerprint": self.fingerprint}, self.ckpt)
+                      "best_score": best["score"], "best_step": best["step"],
+                      "best_state": best["state"] or self.evaluated().state_dict(), "fingerprint": self.fingerprint},
+                     self.ckpt)
 
     def validate(self, step: int) -> float:
-        """Validation PSNR of the kept weights, recorded; the best weights so far are kept (and saved)."""
-        psnr = validate(self.evaluated(), self.val_pairs, self.scale)
-        self.history.append({"step": step, "val_psnr": round(psnr, 4)})
-        if psnr > self.best["psnr"]:
-            self.best.update(psnr=psnr, step=step,
+        """Validation PSNR of the kept weights (at the recipe's scale), recorded; the best weights so far (by the
+        mean over the heads of a multi-scale model) are kept (and saved)."""
+        model = self.evaluated()
+        psnr = validate(model, self.val_pairs, self.scale)
+        entry, score = {"step": step, "val_psnr": round(psnr, 4)}, psnr
+        if self.val_sets:
+            by = {s: psnr if s == self.scale else validate(model, pairs, s) for s, pairs in self.val_sets.items()}
+            score = sum(by.values()) / len(by)
+            entry["val_psnr_by_scale"] = {str(s): round(v, 4) for s, v in by.items()}
+        self.history.append(entry)
+        if score > self.best["score"]:
+            self.best.update(psnr=psnr, score=score, step=step,
                              state={k: v.detach().cpu().clone() for k, v in self.evaluated().state_dict().items()})
             if self.checkpoint_dir is not None:
                 save_file(self.best["state"], str(self.checkpoint_dir / "best.safetensors"))

@@ -140,6 +140,30 @@ def test_curriculum_x2_then_x4_reuses_the_trunk(builtin_train, builtin_valid, tm
         init_weights(build_model(SPEC), x2)
 
 
+def test_a_multi_scale_model_keeps_the_weights_best_on_all_its_heads(builtin_train, builtin_valid, tmp_path):
+    """Validation of an x2/x4 model scores each head on LR made at its scale; the weights kept are those of the
+    best mean, not of the step where the recipe's scale (x2) alone peaked (a fresh x4 head would be left behind)."""
+    from edgesr.config import TrainConfig
+    from edgesr.train.train import train_stage
+
+    small = {"type": "msrep", "channels": 8, "n_blocks": 2, "heads": [2, 4]}
+    art = call_stage(train_stage, TrainConfig(model=small, steps=6, batch_size=4, val_every=1, lr=5e-3), name="x24",
+                     out=tmp_path / "x24", train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2,
+                     patch_size=12, min_patch_std=0.0, seed=0)
+    history = art.manifest["metrics"]["history"]
+    assert [sorted(h["val_psnr_by_scale"]) for h in history] == [["2", "4"]] * 6
+    assert all(h["val_psnr_by_scale"]["2"] == h["val_psnr"] for h in history)
+    mean = [sum(h["val_psnr_by_scale"].values()) / 2 for h in history]
+    best = art.manifest["metrics"]["best_step"]
+    assert best == history[mean.index(max(mean))]["step"]
+    assert art.manifest["metrics"]["val_psnr"] == history[best - 1]["val_psnr"]
+    model = load_model(art)  # the kept weights are those of that step: their x4 head scores what was recorded
+    pairs = pairs_at_scale(builtin_valid[:1], 4)
+    from edgesr.fitting import validate
+
+    assert validate(model, pairs, 4) == pytest.approx(history[best - 1]["val_psnr_by_scale"]["4"], abs=1e-3)
+
+
 @pytest.mark.slow
 def test_data_parallel_processes_stay_in_sync_and_match_one_process(builtin_train, tmp_path):
     """torchrun, 2 CPU processes (gloo): same weights on both ranks, equal to a single process trained on
