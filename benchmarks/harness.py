@@ -133,7 +133,8 @@ def _measure_pairs(pairs: list[tuple], recipe: Recipe, evals: dict[str, list[Ima
             console.print(f"[bold cyan]benchmark[/] {variant} ({art.manifest['precision']}, {b}): quality")
             options = {**BACKENDS.get(b).run_dir_options(out),
                        **(BACKENDS.get(b).interleave_options if len(pairs) > 1 else {})}
-            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, **options))
+            head = recipe.scale if len(art.manifest.scales) > 1 else None  # one head of a multi-scale artifact, alone
+            backend = stack.enter_context(open_backend(art, b, threads=recipe.threads, scale=head, **options))
             opened[(variant, b)] = backend
             quality = measure_quality(backend, evals, recipe.scale, art.manifest.size_multiple)
             rows.append({"variant": variant, "artifact": str(art.path), "hash": art.hash, "backend": b,

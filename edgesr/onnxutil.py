@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 __all__ = ["STANDARD_DOMAINS", "output_names", "op_counts", "strip_source_locations", "shuffle_as_conv_transpose",
+           "keep_outputs", "one_output",
            "pad_image_tail", "shuffle_nodes", "u8s8_pair_sum_max", "INT16_MAX"]
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
@@ -16,6 +17,38 @@ STANDARD_DOMAINS = {"", "ai.onnx"}
 def output_names(scales: list[int]) -> list[str]:
     """``sr`` for one scale, ``sr_x2``, ``sr_x4`` ... for several (the model I/O convention)."""
     return ["sr"] if len(scales) == 1 else [f"sr_x{s}" for s in scales]
+
+
+def keep_outputs(graph, keep: set[str]) -> None:
+    """Remove, in place, the nodes and initializers that none of the ``keep`` tensors depends on (the heads of
+    the outputs left out); the caller sets ``graph.output``."""
+    needed, live = set(keep), []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed |= set(node.input)
+    live.reverse()
+    del graph.node[:]
+    graph.node.extend(live)
+    used = {i for n in graph.node for i in n.input}
+    inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def one_output(source, index: int) -> bytes:
+    """The graph ``source`` (a path or serialized bytes) with only its output ``index`` and what it depends on:
+    what a runtime runs for one head of a multi-scale artifact. Needs the ``onnx`` package."""
+    import onnx
+
+    proto = onnx.load_from_string(source) if isinstance(source, (bytes, bytearray)) else onnx.load(str(source))
+    out = proto.graph.output[index]
+    keep = onnx.ValueInfoProto()
+    keep.CopyFrom(out)
+    keep_outputs(proto.graph, {out.name})
+    del proto.graph.output[:]
+    proto.graph.output.append(keep)
+    return proto.SerializeToString()
 
 
 def op_counts(model) -> dict[str, int]:

@@ -34,7 +34,7 @@ from edgesr.data.datasets import builtin_images, parity_image
 from edgesr.errors import EdgesrError
 from edgesr.imaging import to_float, to_uint8
 from edgesr.metrics import psnr_y
-from edgesr.onnxutil import op_counts, output_names
+from edgesr.onnxutil import keep_outputs, op_counts, output_names
 from edgesr.runtime.onnxruntime_backend import ort_session
 from edgesr.stages import ONNX_FP32, StageContext, register_stage
 
@@ -120,22 +120,6 @@ def _make_dynamic(proto: onnx.ModelProto, inp, outs, spatial: bool = True) -> No
                 d.ClearField("dim_value")
                 d.dim_param = name
     del proto.graph.value_info[:]  # shapes recorded for the static size would contradict other sizes
-
-
-def _prune(graph: onnx.GraphProto, keep: set[str]) -> None:
-    """Remove the nodes no kept output depends on (the heads of outputs left out with --output)."""
-    needed, live = set(keep), []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            live.append(node)
-            needed |= set(node.input)
-    live.reverse()
-    del graph.node[:]
-    graph.node.extend(live)
-    used = {i for n in graph.node for i in n.input}
-    inits = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
 
 
 def wrap_graph(proto: onnx.ModelProto, inp_name: str, outs: list[str], scales: list[int], *, value_range: str,
@@ -269,7 +253,7 @@ def onnx_candidate(path: str | Path, staging: Path, *, value_range: str, channel
     static = [d for d in _dims(inp)[2:] if isinstance(d, int)]
     fixed_hw = tuple(_dims(inp)[2:]) if len(static) == 2 else None
     if output is not None:
-        _prune(proto.graph, {output})
+        keep_outputs(proto.graph, {output})
         del proto.graph.output[:]
         proto.graph.output.extend(outs)
     inp_name, out_names = inp.name, [o.name for o in outs]

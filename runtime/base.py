@@ -161,6 +161,17 @@ class Backend:
         if scale not in scales:
             raise InputError(f"{self.artifact.path}: emits x{scales}, not x{scale}; pick one of those (--scale)")
         self.output_index, self.scale = scales.index(scale), scale
+        if len(scales) > 1:
+            self._select_output()
+
+    def _select_output(self) -> None:
+        """A backend that can run one output of a graph alone rebuilds itself for ``output_index``, so that one
+        head of a multi-scale artifact costs what a single-scale graph costs (default: every head runs and the
+        selected output is returned)."""
+
+    def _head(self, n_outputs: int) -> int:
+        """The position of the selected output among ``n_outputs`` (0 once a backend runs that output alone)."""
+        return self.output_index if n_outputs > 1 else 0
 
     def run(self, lr: np.ndarray) -> np.ndarray:
         """``lr`` checked against the I/O convention and the manifest (size multiple), then run."""

@@ -178,6 +178,10 @@ class OnnxRuntimeBackend(Backend):
         from .base import saturation_risk
 
         self.exact_u8s8 = saturation_risk(artifact.manifest) if self.exact_int8 is None else bool(self.exact_int8)
+        self._source = source
+        self._open(source, artifact)
+
+    def _open(self, source, artifact) -> None:
         try:
             try:
                 self.session = ort_session(source, threads=self.threads, providers=self.providers, spin=self.spin,
@@ -206,15 +210,27 @@ class OnnxRuntimeBackend(Backend):
         self._u8_source = uint8_form(source)
         self.uint8_native = self._u8_source is not None
 
+    def _select_output(self) -> None:
+        try:
+            from edgesr.onnxutil import one_output
+
+            pruned = one_output(self._source, self.output_index)
+        except ImportError:  # a runtime-only install without the onnx package: every head runs, one is returned
+            return
+        self._open(pruned, self.artifact)
+        self._u8_session = None
+
     def _run(self, lr: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input: lr})[self.output_index]
+        outs = self.session.run(None, {self._input: lr})
+        return outs[self._head(len(outs))]
 
     def _run_uint8(self, frames: np.ndarray) -> tuple[np.ndarray, float]:
         if self._u8_session is None:  # built on first use: a float-only caller never pays for it
             self._u8_session = ort_session(self._u8_source, threads=self.threads, providers=self.providers,
                                            spin=self.spin, exact_u8s8=self.exact_u8s8)
             self._u8_outputs = [o.name for o in self._u8_session.get_outputs()]
-        out = self._u8_session.run([self._u8_outputs[self.output_index], self._u8_outputs[-1]], {"frames": frames})
+        heads = self._u8_outputs[:-1]
+        out = self._u8_session.run([heads[self._head(len(heads))], self._u8_outputs[-1]], {"frames": frames})
         return out[0], float(out[1])
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ class OpenVinoBackend(Backend):
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads}
         if self.precision_hint:
             config["INFERENCE_PRECISION_HINT"] = self.precision_hint
+        self._core, self._config = core, config
         try:
             self.compiled = core.compile_model(str(artifact.payload), self.device, config)
         except Exception as exc:
@@ -69,15 +70,31 @@ class OpenVinoBackend(Backend):
                           "it exactly here.", stacklevel=2)
         from .onnxruntime_backend import uint8_form
 
-        self._core, self._config = core, config
         self._u8_source, self._u8_compiled = uint8_form(artifact.payload), None
         self.uint8_native = self._u8_source is not None
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = chosen.to_string() if hasattr(chosen, "to_string") else str(chosen)
 
+    def _select_output(self) -> None:
+        import openvino as ov
+
+        try:
+            from edgesr.onnxutil import one_output
+
+            pruned = one_output(self.artifact.payload, self.output_index)
+        except ImportError:  # without the onnx package: every head runs, one is returned
+            return
+        from .onnxruntime_backend import uint8_form
+
+        model = self._core.read_model(pruned, ov.Tensor(np.empty(0, np.uint8)))
+        self.compiled = self._core.compile_model(model, self.device, self._config)
+        self.request = self.compiled.create_infer_request()
+        self._u8_source, self._u8_compiled = uint8_form(pruned), None
+
     def _run(self, lr: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: lr})
-        return np.array(result[self.compiled.output(self.output_index)], dtype=np.float32, copy=True)
+        return np.array(result[self.compiled.output(self._head(len(self.compiled.outputs)))], dtype=np.float32,
+                        copy=True)
 
     def _run_uint8(self, frames: np.ndarray) -> tuple[np.ndarray, float]:
         if self._u8_compiled is None:  # compiled on first use, from the 8-bit form's ONNX bytes (nothing on disk)
@@ -87,7 +104,7 @@ class OpenVinoBackend(Backend):
             self._u8_compiled = self._core.compile_model(model, self.device, self._config)
             self._u8_request = self._u8_compiled.create_infer_request()
         result = self._u8_request.infer({0: frames})
-        out = np.array(result[self._u8_compiled.output(self.output_index)], copy=True)
+        out = np.array(result[self._u8_compiled.output(self._head(len(self._u8_compiled.outputs) - 1))], copy=True)
         return out, float(result[self._u8_compiled.outputs[-1]])
 
     def close(self) -> None:

@@ -194,6 +194,26 @@ def test_scale_picks_an_output_of_a_multi_scale_student(tmp_path, capsys):
     assert np.abs(x4[0] - x4[1]).max() <= 1
     assert main(["upscale", str(onnx_art.path), str(photo), str(tmp_path / "x3.png"), "--scale", "3"]) == 2
     assert "emits x[2, 4], not x3" in capsys.readouterr().err
+    # A selected head runs alone (the other head's layers are not computed): the same numbers as the whole graph's
+    # output, float and 8-bit, on both CPU runtimes.
+    from edgesr.runtime import open_backend
+
+    lr = np.ascontiguousarray(_photo(24).transpose(2, 0, 1)[None] / 255.0, dtype=np.float32)
+    frames = _photo(24)[None]
+    with open_backend(onnx_art, "onnxruntime", threads=1) as whole:
+        full = whole.session.run(None, {"lr": lr})
+        full_u8 = [whole.run_uint8(frames)]
+    for backend in ("onnxruntime", "openvino"):
+        for scale, ref in ((2, full[0]), (4, full[1])):
+            opts = {"precision": "f32"} if backend == "openvino" else {}  # not BF16 where the CPU has it
+            with open_backend(onnx_art, backend, threads=1, scale=scale, **opts) as one:
+                n_out = len(one.session.get_outputs()) if backend == "onnxruntime" else len(one.compiled.outputs)
+                assert n_out == 1, backend
+                assert np.abs(one.run(lr) - ref).max() < 1e-4, (backend, scale)
+                u8 = one.run_uint8(frames)
+                assert u8.shape == (1, 24 * scale, 24 * scale, 3)
+                if scale == 2 and backend == "onnxruntime":
+                    assert np.array_equal(u8, full_u8[0])
 
 
 def test_onnxruntime_providers_by_name_with_the_fix_when_missing(student, tmp_path, capsys):
