@@ -87,15 +87,14 @@ def run_benchmark(recipe: Recipe, arts: dict[str, Artifact], evals: dict[str, li
     bench = recipe.benchmark
     t = time.perf_counter()
     arts = dict(arts)
-    if "bicubic_pillow" in bench.variants:  # the runner's bicubic stage, run by Pillow's resize
-        arts["bicubic_pillow"] = arts["bicubic"]
+    arts |= {v: arts["bicubic"] for v in bench.variants if v in BASELINES}  # the runner's bicubic stage
     backends, skipped = benchmark_backends(bench)
     for name, why in skipped.items():
         console.print(f"[yellow]benchmark: backend {name} left out: {why}[/]")
     pairs = [(variant, b, _deployed_as(variant, arts[variant], recipe, arts, b))
-             for variant in bench.variants if variant != "bicubic_pillow" for b in backends]
-    if "bicubic_pillow" in bench.variants:  # Pillow's resize: one pair, whatever the backends
-        pairs.append(("bicubic_pillow", "pillow", arts["bicubic_pillow"]))
+             for variant in bench.variants if not BASELINES.get(variant) for b in backends]
+    # a baseline with a backend of its own (Pillow's resize): one pair, whatever the benchmark's backends
+    pairs += [(v, BASELINES[v], arts[v]) for v in bench.variants if BASELINES.get(v)]
     rows, timing, opened = _measure_pairs(pairs, recipe, evals, out)
     _attach_latency(rows, timing, opened, bench.frames)
     _attach_cost(rows, bench.input_size)

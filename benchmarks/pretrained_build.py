@@ -41,12 +41,27 @@ def _ancestor(up: str | None, copied: dict, run: Path):
         return None
 
 
-def main(argv=None) -> int:
+def _measure(art, backend: str | None, set_paths: list[str]) -> tuple[str, dict]:
+    """(the backend, {scale: quality per set}) of ``art``: every head of a multi-scale artifact, each on LR made at
+    its own scale, on the runtime the artifact is made for (OpenVINO for target openvino, else the default)."""
     from edgesr.benchmarks.quality import measure_quality
     from edgesr.data.datasets import load_pairs, set_name
+    from edgesr.runtime import default_backend, open_backend
+
+    scales = art.manifest.scales
+    last = (art.manifest.get("transforms") or [{}])[-1]
+    backend = backend or ("openvino" if last.get("target") == "openvino" else default_backend(art))
+    by_scale = {}
+    for sc in scales:
+        sets = {set_name(s): load_pairs(s, sc, split="eval") for s in set_paths}
+        with open_backend(art, backend, threads=0, scale=sc if len(scales) > 1 else None) as b:
+            by_scale[sc] = measure_quality(b, sets, sc, art.manifest.size_multiple)
+    return backend, by_scale
+
+
+def main(argv=None) -> int:
     from edgesr.modelio import load_model
     from edgesr.models import count_macs, deploy_form
-    from edgesr.runtime import default_backend, open_backend
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
@@ -82,14 +97,7 @@ def main(argv=None) -> int:
         atomic_write_text(dst / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         art = read_artifact(dst)
         scale, scales = art.scale, art.manifest.scales
-        last = (art.manifest.get("transforms") or [{}])[-1]
-        # Measured on the runtime the artifact is made for: OpenVINO for target openvino, else the default.
-        backend = chosen.get(name) or ("openvino" if last.get("target") == "openvino" else default_backend(art))
-        by_scale = {}
-        for sc in scales:  # every head of a multi-scale artifact, each on LR made at its own scale
-            sets = {set_name(s): load_pairs(s, sc, split="eval") for s in args.set}
-            with open_backend(art, backend, threads=0, scale=sc if len(scales) > 1 else None) as b:
-                by_scale[sc] = measure_quality(b, sets, sc, art.manifest.size_multiple)
+        backend, by_scale = _measure(art, chosen.get(name), args.set)
         quality = by_scale[scale]
         model_art = art
         while model_art is not None and model_art.kind != "model":

@@ -92,9 +92,9 @@ class TrainConfig:
     resume: bool = True
 
 
-BASELINES = ("bicubic", "bicubic_pillow")
-"""Benchmark variants that are not stages: the bicubic graph (timed on every backend) and Pillow's bicubic
-resize on 8-bit images (what users call; timed once, as ``pillow``)."""
+BASELINES = {"bicubic": None, "bicubic_pillow": "pillow"}
+"""Benchmark variants that are not stages of the recipe: the bicubic graph the runner makes (its ``bicubic``
+stage), run on the benchmark's backends, or on a baseline backend of its own (Pillow's resize: ``pillow``)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import Artifact, ArtifactError, check_destination, content_hash, read_artifact, update_metrics
-from .config import Recipe, RecipeError, StageSpec
+from .config import BASELINES, Recipe, RecipeError, StageSpec
 from .data.datasets import ImagePair, load_pairs, set_name
 from .files import RunLock, remove_stale_temps
 from .fitting import distributed
@@ -214,7 +214,7 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
 
 def baseline_specs(recipe: Recipe) -> list[StageSpec]:
     """The baselines the benchmark lists, as stages: the ``bicubic`` graph (also what ``bicubic_pillow`` runs)."""
-    if not {"bicubic", "bicubic_pillow"} & set(recipe.benchmark.variants):
+    if not set(BASELINES) & set(recipe.benchmark.variants):
         return []
     sdef = stage_table().get("bicubic")
     return [StageSpec("bicubic", "bicubic", sdef.config())]
