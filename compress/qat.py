@@ -159,6 +159,11 @@ class QatOnnxConfig:
     lr: float = 2e-5
     train_scales: bool = True
     """Train the quantizers' scales too (LSQ); False: the weights and biases only."""
+    train_zero_points: bool = False
+    """With train_scales: train the zero points of asymmetric activation quantizers too (LSQ+), where the
+    post-training graph's zero point lies inside the integer range (before a LeakyReLU or PReLU, an Add, a
+    Concat): the range's window can then move, not only widen or narrow around the same zero. A zero point at
+    the range's end (after a ReLU) and symmetric quantizers (target tensorrt) stay as they are."""
     val_every: int = 250
     max_psnr_drop_db: float | None = None
     """Against ``reference`` (required with it)."""
@@ -202,7 +207,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     target = quantized_by.get("target", "onnxruntime")
     runtime = quality_backend(target, f"qat_onnx {name}")  # OpenVINO for target openvino, as the quantize stage
     proto = onnx.load(str(input.payload))
-    graph = QdqGraph(proto, scales, train_scales=cfg.train_scales)
+    graph = QdqGraph(proto, scales, train_scales=cfg.train_scales, train_zero_points=cfg.train_zero_points)
     ptq_psnr = onnx_quality(input, val_pairs, scale, threads, runtime)
     parent_psnr = onnx_quality(reference, val_pairs, scale, threads, runtime) if reference is not None else None
     distil_from = None  # the network whose outputs are the distillation target (alpha > 0)
@@ -237,7 +242,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     manifest["transforms"] = manifest["transforms"] + [{
         "type": "qat_onnx", "tool": "edgesr QdqGraph (PyTorch simulation of the Q/DQ graph, STE + LSQ scales)",
         "format": "QDQ", "target": target, "quality_measured_on": runtime, "steps": result.steps, "lr": cfg.lr,
-        "train_scales": cfg.train_scales, "alpha": cfg.alpha,
+        "train_scales": cfg.train_scales, "train_zero_points": cfg.train_zero_points, "alpha": cfg.alpha,
         "distilled_from": (teacher.manifest.get("name") if teacher is not None else
                            reference.manifest.get("name") if cfg.alpha > 0 else None),
         "weight_bits": quantized_by.get("weight_bits", 8), "simulation_parity_db": parity,

@@ -147,7 +147,11 @@ class _Fit:
         self.extra = list(extra_params or [])
         for p in self.extra:
             p.data = p.data.to(dev)
-        self.opt = torch.optim.Adam(list(model.parameters()) + self.extra, lr=lr, betas=(0.9, 0.999))
+        # A model may give some parameters their own learning-rate multiple (``optimizer_groups``: QdqGraph's
+        # zero points move in integer steps); the schedule scales every group's rate alike.
+        groups = model.optimizer_groups() if hasattr(model, "optimizer_groups") else [{"params": list(model.parameters())}]
+        groups = [g for g in groups if g["params"]] + ([{"params": self.extra}] if self.extra else [])
+        self.opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999))
         self.history: list[dict] = []
         self.best = {"psnr": float("-inf"), "score": float("-inf"), "step": 0, "state": None}
         self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
@@ -292,7 +296,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
                 stopped_by_time = True
                 break
             for group in run.opt.param_groups:
-                group["lr"] = lr * schedule.factor(progress, step)
+                group["lr"] = lr * group.get("lr_scale", 1.0) * schedule.factor(progress, step)
             value = run.step(sampler.batch(step, (rank, world)), loss_fn, grad_clip)
             if not math.isfinite(value):
                 saved = (f"the checkpoint of step {start if not run.history else run.history[-1]['step']} and "

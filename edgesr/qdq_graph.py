@@ -70,9 +70,16 @@ def _channel_view(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
 
 
 class _ActQuant(nn.Module):
-    """An activation's QuantizeLinear -> DequantizeLinear pair (per tensor, or per axis)."""
+    """An activation's QuantizeLinear -> DequantizeLinear pair (per tensor, or per axis).
 
-    def __init__(self, scale: np.ndarray, zero_point: np.ndarray, axis: int, train_scale: bool):
+    ``train_zero_point``: the zero point trains too (LSQ+'s learnable offset, Bhalgat et al. CVPRW 2020), as
+    a float rounded in the forward pass with the straight-through estimator; only where the graph's zero point
+    lies strictly inside the integer range (an asymmetric range around zero, e.g. before a LeakyReLU, whose
+    negative half the activation shrinks): a zero point at the range's end marks a range that starts at zero
+    (ONNX Runtime drops a ReLU there) and a symmetric quantizer's zero point must stay 0."""
+
+    def __init__(self, scale: np.ndarray, zero_point: np.ndarray, axis: int, train_scale: bool,
+                 train_zero_point: bool = False):
         super().__init__()
         dtype = np.asarray(zero_point).dtype
         if np.size(scale) == 1:  # a one-element scale is per tensor
@@ -81,14 +88,25 @@ class _ActQuant(nn.Module):
         self.log_ratio = nn.Parameter(torch.zeros_like(self.scale0), requires_grad=train_scale)
         self.register_buffer("zero_point", _t(zero_point))
         self.qmin, self.qmax = _QRANGE[dtype]
+        inside = bool(np.all((np.asarray(zero_point) > self.qmin) & (np.asarray(zero_point) < self.qmax)))
+        self.zero_offset = nn.Parameter(torch.zeros_like(self.zero_point),
+                                        requires_grad=bool(train_zero_point and inside and dtype == np.uint8))
         self.axis = axis
 
     def scale(self) -> torch.Tensor:
         return self.scale0 * self.log_ratio.exp()  # exactly the graph's scale until it trains
 
+    def zp(self) -> torch.Tensor:
+        """The integer zero point the graph gets: the graph's, or the trained one (offset rounded half to even,
+        kept inside the range; straight-through gradient)."""
+        if not self.zero_offset.requires_grad:
+            return self.zero_point
+        z = torch.clamp(self.zero_point + self.zero_offset, self.qmin + 1, self.qmax - 1)
+        return z + (torch.round(z) - z).detach()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = _channel_view(self.scale(), self.axis, x.ndim)
-        z = _channel_view(self.zero_point, self.axis, x.ndim)
+        z = _channel_view(self.zp(), self.axis, x.ndim)
         return fake_quantize(x, s, z, self.qmin, self.qmax)
 
 
@@ -207,11 +225,13 @@ SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Sigmoid
 class QdqGraph(nn.Module):
     """``proto`` run by PyTorch (input ``lr``, outputs in graph order: one tensor, or a tuple for several).
 
-    ``train_scales``: the quantizers' scales are trained too (else only the weights). ``frozen``: node names
-    whose weights stay fixed (besides pixel-shuffle ConvTransposes, which always do)."""
+    ``train_scales``: the quantizers' scales are trained too (else only the weights). ``train_zero_points``
+    (with ``train_scales``): the activation quantizers' zero points too, where the graph's lies inside the
+    integer range (see :class:`_ActQuant`). ``frozen``: node names whose weights stay fixed (besides
+    pixel-shuffle ConvTransposes, which always do)."""
 
     def __init__(self, proto: onnx.ModelProto, scales: tuple[int, ...], *, train_scales: bool = True,
-                 frozen: tuple[str, ...] = ()):
+                 frozen: tuple[str, ...] = (), train_zero_points: bool = False):
         super().__init__()
         from edgesr.onnxutil import shuffle_nodes
 
@@ -242,16 +262,28 @@ class QdqGraph(nn.Module):
         self._act_of: dict[str, str] = {}  # QuantizeLinear node name -> key of its quantizer in self.acts
         self._plan: list = []
         producers = {o: n for n in graph.node for o in n.output}
-        quant_inputs = self._quantizers(graph, inits, consumers, producers, keep_fixed, train_scales)
+        quant_inputs = self._quantizers(graph, inits, consumers, producers, keep_fixed, train_scales,
+                                        train_zero_points)
         self._tie_int32_biases(graph, quant_inputs)
         self._integer_conv = self._integer_convs(graph, consumers, quant_inputs)
+
+    #: The zero points' learning rate as a multiple of the run's (Adam moves a parameter by about its rate per
+    #: step): at qat_onnx's usual 1e-4, an integer step in ~40 training steps, where scales (trained as logs)
+    #: change by ~0.4 % in as many.
+    ZERO_POINT_LR_SCALE = 256.0
+
+    def optimizer_groups(self) -> list[dict]:
+        """Parameter groups for :func:`edgesr.fitting.fit`: the trained zero points at their own rate."""
+        zps = [p for n, p in self.named_parameters() if n.endswith("zero_offset") and p.requires_grad]
+        rest = [p for n, p in self.named_parameters() if not n.endswith("zero_offset")]
+        return [{"params": rest}, {"params": zps, "lr_scale": self.ZERO_POINT_LR_SCALE}]
 
     def _key(self, name: str) -> str:
         """The module key of a tensor or node name (ModuleDict keys cannot hold dots), in order of first use."""
         return self._keys.setdefault(name, f"t{len(self._keys)}")
 
     def _quantizers(self, graph, inits: dict, consumers: dict, producers: dict, keep_fixed: set,
-                    train_scales: bool) -> dict:
+                    train_scales: bool, train_zero_points: bool = False) -> dict:
         """A trainable module per quantized initializer, activation quantizer and trained float initializer, and
         the execution plan; returns DQ output tensor -> the Q node whose pair it ends."""
         quant_inputs = {}  # DQ output tensor -> the Q node whose pair it ends
@@ -279,7 +311,8 @@ class QdqGraph(nn.Module):
                 # hold only one value for it.
                 akey = self._key(f"scale:{n.input[1]}")
                 if akey not in self.acts:
-                    self.acts[akey] = _ActQuant(scale, zp, _attrs(n).get("axis", 1), train_scales)
+                    self.acts[akey] = _ActQuant(scale, zp, _attrs(n).get("axis", 1), train_scales,
+                                                train_zero_points and train_scales)
                 self._act_of[n.name] = akey
                 for u in users:
                     quant_inputs[u.output[0]] = n
@@ -396,7 +429,7 @@ class QdqGraph(nn.Module):
                 acc = acc + bi.view(1, -1, *([1] * (acc.ndim - 2)))
             acc = acc.float()
             m = _channel_view((xs * ws) / ys, 1, acc.ndim)
-            z = act_out.zero_point
+            z = act_out.zp()
             y = torch.round(torch.clamp(acc * m, act_out.qmin - z, act_out.qmax - z))
             return y * ys
 
@@ -439,10 +472,15 @@ class QdqGraph(nn.Module):
             if n.op_type == "QuantizeLinear" and n.name in self._act_of:
                 with torch.no_grad():
                     s = self.acts[self._act_of[n.name]].scale().numpy().astype(np.float32)
-                for u in graph.node:  # the pair's DequantizeLinear has its own scale input (often the same)
-                    if u.op_type == "DequantizeLinear" and u.input[0] == n.output[0]:
-                        values[u.input[1]] = s.reshape(np.shape(self._consts[u.input[1]]))
-                values[n.input[1]] = s.reshape(np.shape(self._consts[n.input[1]]))
+                act = self.acts[self._act_of[n.name]]
+                pair = [n] + [u for u in graph.node if u.op_type == "DequantizeLinear" and u.input[0] == n.output[0]]
+                for u in pair:  # the pair's DequantizeLinear has its own scale input (often the same)
+                    values[u.input[1]] = s.reshape(np.shape(self._consts[u.input[1]]))
+                    if act.zero_offset.requires_grad and len(u.input) > 2 and u.input[2]:
+                        zp = self._consts[u.input[2]]
+                        with torch.no_grad():
+                            z = act.zp().numpy()
+                        values[u.input[2]] = np.round(z).astype(zp.dtype).reshape(np.shape(zp))
         for k, name in ((k, name) for name, k in self._keys.items() if k in self.floats):
             values[name] = self.floats[k].detach().numpy().astype(np.float32)
         for init in graph.initializer:

@@ -302,6 +302,53 @@ def test_a_quantized_conv_computes_what_onnx_runtimes_integer_kernel_computes(ha
     assert steps.max() == 0, f"{int((steps > 0).sum())} of {steps.size} outputs differ by a step"
 
 
+def test_trained_zero_points_move_the_window_and_are_written_as_onnx_runtime_runs_them(tmp_path):
+    """LSQ+ zero points (qat_onnx ``train_zero_points``): only an asymmetric quantizer whose zero point lies inside
+    the range trains one (not the input's, whose range starts at 0); trained on a layer whose outputs saturate at
+    one end of the window, it moves the window towards them (the error falls), and the written graph carries the
+    rounded zero point in both nodes of the pair and computes in ONNX Runtime's integer kernel what the
+    simulation computed."""
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    proto = _qdq_conv_graph(0, False)
+    x = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (1, 16, 48, 48)).astype(np.float32))
+    assert not any(p.requires_grad for n, p in QdqGraph(proto, (1,)).named_parameters() if "zero_offset" in n)
+    graph = QdqGraph(proto, (1,), train_zero_points=True)
+    trained = [n for n, p in graph.named_parameters() if "zero_offset" in n and p.requires_grad]
+    assert len(trained) == 1  # the output's (zero point 128), not the input's (0)
+    out_q = graph.acts[graph._act_of["q_out"]]
+    with torch.no_grad():
+        ref = graph(x)
+        target = torch.nn.functional.conv2d(graph.acts[graph._act_of["q_in"]](x), graph.params[graph._keys["wf"]](),
+                                            graph.params[graph._keys["bf"]](), padding=1)
+        width = float(target.max() - target.min())
+        out_q.log_ratio.fill_(float(np.log(width / 255 / float(out_q.scale()))))  # the window as wide as the values
+        target = target - float(target.min()) - 0.2 * width  # values from -0.2 to 0.8 of it: zero point 128 clips
+    z_before = float(out_q.zp().detach())
+    opt = torch.optim.Adam([out_q.zero_offset], lr=2.0)
+    errors = []
+    for _ in range(120):
+        loss = torch.nn.functional.mse_loss(out_q(target), target)
+        errors.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z_after = float(out_q.zp().detach())
+    # towards 0.2 x 255 = 51, where nothing clips below
+    assert 51 <= z_after < 100 and min(errors[-5:]) < 0.01 * errors[0], (z_before, z_after, errors[::20])
+    with torch.no_grad():
+        sim = graph(x).numpy()
+    written = graph.to_onnx()
+    zps = {i.name: onnx.numpy_helper.to_array(i) for i in written.graph.initializer}
+    assert int(zps["yz"]) == z_after and int(zps["xz"]) == 0
+    path = tmp_path / "zp.onnx"
+    onnx.save_model(written, str(path))
+    assert "QLinearConv" in _fused_ops(path)
+    ran = ort_session(path, threads=1).run(None, {"lr": x.numpy()})[0]
+    assert np.abs(np.round((ran - sim) / float(out_q.scale().detach()))).max() == 0
+    assert not np.allclose(ref.numpy(), sim)  # the window moved
+
+
 def test_an_operator_it_cannot_run_is_named():
     from onnx import TensorProto, helper
 
@@ -386,6 +433,36 @@ def test_qat_onnx_distilled_from_its_fp32_graph_moves_toward_it(shipped_ptq, bui
 
     ref = run(fp32)
     assert np.mean((run(art) - ref) ** 2) < np.mean((run(ptq) - ref) ** 2)
+
+
+def test_qat_onnx_trains_zero_points_into_the_same_kernels(shipped_ptq, builtin_train, builtin_valid):
+    """``train_zero_points``: the written graph has moved zero points (in both nodes of each pair), runs the same
+    fused kernels, passes the stage's simulation parity check, and the manifest says what trained. (Percentile
+    calibration clips the tails: a zero point's gradient comes from the values its window clips.)"""
+    from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
+
+    root, fp32, _ = shipped_ptq
+    ptq = call_stage(quantize_stage, QuantizeConfig(input="f", calibration_images=16, calibration_patch=64,
+                                                    method="percentile"),
+                     name="ptq_pc", out=root / "ptq_pc", source=fp32, calib_pairs=builtin_train, val_pairs=builtin_valid,
+                     scale=2, seed=0)
+    cfg = QatOnnxConfig(input="ptq", reference="f", alpha=1.0, steps=60, batch_size=8, lr=4e-4, val_every=30,
+                        train_zero_points=True)
+    art = call_stage(qat_onnx_stage, cfg, name="qat_zp", out=root / "qat_zp", source=ptq, reference=fp32,
+                     teacher=None, train_pairs=builtin_train, val_pairs=builtin_valid, scale=2, patch_size=32,
+                     min_patch_std=0.04, seed=0)
+    rec = art.manifest["transforms"][-1]
+    assert rec["train_zero_points"] is True and rec["kept_input"] is None and rec["simulation_parity_db"] > 50
+    a, b = onnx.load(str(ptq.payload)), onnx.load(str(art.payload))
+    zp = {i.name: onnx.numpy_helper.to_array(i) for i in b.graph.initializer if i.name.endswith("_zero_point")}
+    moved = [i.name for i in a.graph.initializer
+             if i.name in zp and i.data_type == onnx.TensorProto.UINT8 and onnx.numpy_helper.to_array(i) != zp[i.name]]
+    assert moved, "no zero point moved"
+    for n in b.graph.node:  # a pair keeps one zero point
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            for d in (d for d in b.graph.node if d.op_type == "DequantizeLinear" and d.input[0] == n.output[0]):
+                assert zp[d.input[2]] == zp[n.input[2]], n.name
+    assert _fused_ops(ptq.payload) == _fused_ops(art.payload)
 
 
 def test_qat_that_does_not_help_ships_the_ptq_graph(shipped_ptq, builtin_train, builtin_valid):
