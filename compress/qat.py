@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -159,7 +159,7 @@ class QatOnnxConfig:
     lr: float = 2e-5
     train_scales: bool = True
     """Train the quantizers' scales too (LSQ); False: the weights and biases only."""
-    train_zero_points: bool = False
+    train_zero_points: bool = field(default=False, metadata={"fingerprint": "when_set"})
     """With train_scales: train the zero points of asymmetric activation quantizers too (LSQ+), where the
     post-training graph's zero point lies inside the integer range (before a LeakyReLU or PReLU, an Add, a
     Concat): the range's window can then move, not only widen or narrow around the same zero. A zero point at

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -93,10 +94,21 @@ def _data_identity(data) -> dict:
     return d
 
 
+def _config_identity(config) -> dict:
+    """A stage config's fields as they enter its fingerprint. A field marked ``metadata={"fingerprint":
+    "when_set"}`` (an option added later whose default keeps the earlier behaviour) counts only when it differs
+    from its default, so that adding it does not re-run every stage built before it existed."""
+    d = asdict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("fingerprint") == "when_set" and d.get(f.name) == f.default:
+            del d[f.name]
+    return d
+
+
 def _fingerprint(spec: StageSpec, recipe: Recipe, parents: list[Artifact]) -> str:
     sdef = stage_table().get(spec.stage)
     source = _source_hash(getattr(spec.config, sdef.external)) if sdef.external else None
-    fields = {"stage": spec.stage, "config": asdict(spec.config), "parents": [p.hash for p in parents],
+    fields = {"stage": spec.stage, "config": _config_identity(spec.config), "parents": [p.hash for p in parents],
               "source": source, "data": _data_identity(recipe.data), "scale": recipe.scale, "seed": recipe.seed}
     if sdef.environment is not None:  # only stages that declare one: the others' fingerprints stay as they were
         fields["environment"] = sdef.environment(spec.config)

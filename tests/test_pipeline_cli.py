@@ -284,3 +284,15 @@ def test_every_recipe_of_the_project_loads():
                 load_recipe(path)
         else:
             load_recipe(path)
+
+
+def test_an_option_added_later_does_not_rerun_the_stages_built_before_it():
+    """A stage option added with a default that keeps the earlier behaviour (``metadata={"fingerprint":
+    "when_set"}``, qat_onnx's ``train_zero_points``) enters the stage's fingerprint only when set: upgrading
+    edgesr does not re-run (or refuse the checkpoints of) every qat_onnx stage a run directory already holds."""
+    from edgesr.compress.qat import QatOnnxConfig
+    from edgesr.pipeline import _config_identity
+
+    plain = _config_identity(QatOnnxConfig(input="q"))
+    assert "train_zero_points" not in plain and plain["train_scales"] is True and plain["input"] == "q"
+    assert _config_identity(QatOnnxConfig(input="q", train_zero_points=True))["train_zero_points"] is True
