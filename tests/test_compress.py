@@ -1,5 +1,6 @@
 """Pruning (torch-pruning) and INT8 quantisation (ONNX Runtime QDQ) on tiny networks and real images."""
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -91,6 +92,28 @@ def test_int8_is_standard_qdq_and_runs(student_onnx, builtin_train, builtin_vali
     fp32, int8 = open_backend(student_onnx, threads=2).run(x), open_backend(art, threads=2).run(x)
     assert fp32.shape == int8.shape == (1, 3, 80, 80)
     assert 0 < np.abs(fp32 - int8).mean() < 0.02
+
+
+def test_auto_calibration_keeps_the_method_that_scores_best(student_onnx, builtin_train, builtin_valid, tmp_path):
+    """``method: auto`` quantizes with MinMax, Percentile and Entropy, measures each on the validation images, and
+    writes the best: the manifest records every score and the method kept, and the written graph scores what the
+    kept method scored (the graph a plain run of that method writes)."""
+    from edgesr.compress.common import onnx_quality
+
+    cfg = QuantizeConfig(input="student_onnx", calibration_images=8, calibration_patch=48, method="auto")
+    art = call_stage(quantize_stage, cfg, name="auto", out=tmp_path / "auto", source=student_onnx,
+                     calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0, threads=1)
+    rec = art.manifest["transforms"][-1]
+    tried = rec["calibration_auto"]["tried_db"]
+    assert set(tried) == {"minmax", "percentile", "entropy"} and len(set(tried.values())) > 1, tried
+    kept = rec["calibration_auto"]["kept"]
+    assert rec["method"] == kept and tried[kept] == max(tried.values())
+    assert onnx_quality(art, builtin_valid[:1], 2, 1, "onnxruntime") == pytest.approx(tried[kept], abs=1e-3)
+    plain = call_stage(quantize_stage, dataclasses.replace(cfg, method=kept), name="plain", out=tmp_path / "plain",
+                       source=student_onnx, calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0,
+                       threads=1)
+    assert plain.payload.read_bytes() == art.payload.read_bytes()
+    assert not (tmp_path / "auto" / "calibration.onnx").exists()
 
 
 def test_quantize_refuses_non_fp32_onnx(student_onnx, builtin_train, tmp_path):
