@@ -223,6 +223,10 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> C
                             runtime)
 
     path = ctx.staging / "model.onnx"
+    if cfg.method == "entropy":
+        from edgesr.progress import console
+
+        console.print(f"[yellow]quantize {name}: {ENTROPY_NOTE}[/]")
     cfg, trials = _calibrate(source.payload, path, batches, cfg, quality)
     agreement = None
     if cfg.target == "openvino":
@@ -242,6 +246,8 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext, input: Artifact) -> C
 
 
 CALIBRATION_METHODS = ("minmax", "percentile")
+ENTROPY_NOTE = ("ONNX Runtime's Entropy calibration, as quantize_static runs it (128 histogram bins searched for "
+                "128 quantized bins: one candidate), writes the same ranges as MinMax; use percentile or auto")
 
 
 def _calibrate(src: Path, dst: Path, batches: list[np.ndarray], cfg: QuantizeConfig, quality) -> tuple[QuantizeConfig, dict | None]:
@@ -279,6 +285,7 @@ def _int8_candidate(cfg: QuantizeConfig, ctx: StageContext, source: Artifact, pa
         "tool": "nncf.quantize (ONNX backend)" if cfg.tool == "nncf" else "onnxruntime.quantization.quantize_static",
         "method": cfg.method if cfg.tool == "onnxruntime" else "nncf minmax + fast bias correction",
         **({"calibration_auto": calibration} if calibration else {}),
+        **({"method_note": ENTROPY_NOTE} if cfg.method == "entropy" and cfg.tool == "onnxruntime" else {}),
         "per_channel": cfg.per_channel, "target": cfg.target,
         "weights": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
         "weight_bits": weight_bits_for(cfg.target, cfg.weight_bits),

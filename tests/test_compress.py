@@ -116,6 +116,22 @@ def test_auto_calibration_keeps_the_method_that_scores_best(student_onnx, builti
     assert not (tmp_path / "auto" / "calibration.onnx").exists()
 
 
+def test_entropy_calibration_is_said_to_give_minmax_ranges(student_onnx, builtin_train, builtin_valid, tmp_path):
+    """ONNX Runtime's Entropy method under quantize_static writes MinMax's ranges (its 128 histogram bins are
+    searched for 128 quantized bins); the stage says so in the manifest. If a future ONNX Runtime changes that,
+    this test fails and the note must go."""
+    def scales(art):
+        return {i.name: onnx.numpy_helper.to_array(i).tolist() for i in onnx.load(str(art.payload)).graph.initializer
+                if i.name.endswith("_scale")}
+
+    arts = {m: call_stage(quantize_stage, QuantizeConfig(input="s", calibration_images=8, calibration_patch=48, method=m),
+                          name=m, out=tmp_path / m, source=student_onnx, calib_pairs=builtin_train,
+                          val_pairs=builtin_valid[:1], scale=2, seed=0, threads=1) for m in ("minmax", "entropy")}
+    assert scales(arts["entropy"]) == scales(arts["minmax"])
+    assert "MinMax" in arts["entropy"].manifest["transforms"][-1]["method_note"]
+    assert "method_note" not in arts["minmax"].manifest["transforms"][-1]
+
+
 def test_quantize_refuses_non_fp32_onnx(student_onnx, builtin_train, tmp_path):
     cfg = QuantizeConfig(input="x", calibration_images=2, calibration_patch=32)
     art = call_stage(quantize_stage, cfg, name="q", out=tmp_path / "q", source=student_onnx, calib_pairs=builtin_train,
