@@ -1,21 +1,17 @@
 """Where IMDN-RTC's post-training INT8 loses (issue 26): Set5 x2 PSNR-Y through ONNX Runtime of the FP32 graph,
-of post-training Q/DQ graphs (7/8-bit weights, MinMax/Percentile calibration on the recipe's 64 crops of 96 px),
-of the same graphs with every activation Q/DQ pair removed (weights alone), and of the 8-bit Percentile graph with
-one activation pair kept at a time (the rest float; first three Set5 images).
+of the recipe's post-training Q/DQ graphs (rtc_int8: 7-bit weights, MinMax; rtc_int8_w8: 8-bit, Percentile;
+calibrated on 64 crops of 96 px), of the same graphs with every activation Q/DQ pair removed (weights alone),
+and of rtc_int8_w8 with one activation pair kept at a time (the rest float; first three Set5 images).
 
-    python benchmarks/results/imported_rtc_x2/int8_sensitivity.py runs/imported_rtc_x2/rtc_onnx/model.onnx
+    python benchmarks/results/imported_rtc_x2/int8_sensitivity.py runs/imported_rtc_x2
 """
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgesr.compress.common import calibration_batches
-from edgesr.compress.ptq import quantize_onnx
-from edgesr.data.datasets import load_pairs
 from edgesr.imaging import modcrop, read_image, to_uint8
 from edgesr.metrics import psnr_y
 
@@ -63,24 +59,21 @@ def without_pairs(model: onnx.ModelProto, drop) -> onnx.ModelProto:
     return model
 
 
-def main(src: str) -> None:
+def main(run: str) -> None:
     pairs = set5()
-    calib = calibration_batches(load_pairs("../shared/data/train/photos", 2), 64, 96)
-    print(f"FP32: {psnr(onnx.load(src), pairs):.3f}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for bits, method in ((7, "minmax"), (8, "minmax"), (8, "percentile")):
-            dst = Path(tmp) / f"{bits}_{method}.onnx"
-            quantize_onnx(Path(src), dst, calib, weight_bits=bits, method=method)
-            full, weights = psnr(onnx.load(dst), pairs), psnr(without_pairs(onnx.load(dst), lambda t: True), pairs)
-            print(f"{bits}-bit weights, {method}: INT8 {full:.3f}, weights alone {weights:.3f}")
-        three = pairs[:3]
-        base = psnr(without_pairs(onnx.load(dst), lambda t: True), three)
-        tensors = [n.input[0] for n in onnx.load(dst).graph.node if n.op_type == "QuantizeLinear"]
-        cost = sorted((psnr(without_pairs(onnx.load(dst), lambda t, k=k: t != k), three) - base, k) for k in tensors)
-        print("one activation quantized alone (8-bit percentile; dB against weights alone, 3 images):")
-        for d, k in cost[:12]:
-            print(f"  {d:+.3f} {k}")
-        print(f"  ... sum over all {len(cost)}: {sum(d for d, _ in cost):+.2f}")
+    print(f"FP32: {psnr(onnx.load(Path(run) / 'rtc_onnx/model.onnx'), pairs):.3f}")
+    for stage, what in (("rtc_int8", "7-bit weights, minmax"), ("rtc_int8_w8", "8-bit weights, percentile")):
+        path = Path(run) / stage / "model.onnx"
+        full, weights = psnr(onnx.load(path), pairs), psnr(without_pairs(onnx.load(path), lambda t: True), pairs)
+        print(f"{stage} ({what}): INT8 {full:.3f}, weights alone {weights:.3f}")
+    three = pairs[:3]
+    base = psnr(without_pairs(onnx.load(path), lambda t: True), three)
+    tensors = [n.input[0] for n in onnx.load(path).graph.node if n.op_type == "QuantizeLinear"]
+    cost = sorted((psnr(without_pairs(onnx.load(path), lambda t, k=k: t != k), three) - base, k) for k in tensors)
+    print("one activation quantized alone (rtc_int8_w8; dB against weights alone, 3 images):")
+    for d, k in cost[:12]:
+        print(f"  {d:+.3f} {k}")
+    print(f"  ... sum over all {len(cost)}: {sum(d for d, _ in cost):+.2f}")
 
 
 if __name__ == "__main__":
