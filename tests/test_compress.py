@@ -132,6 +132,49 @@ def test_entropy_calibration_is_said_to_give_minmax_ranges(student_onnx, builtin
     assert "method_note" not in arts["minmax"].manifest["transforms"][-1]
 
 
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_fused_activations_leave_no_pair_between_a_conv_and_its_leaky_relu(builtin_train, builtin_valid, target,
+                                                                          tmp_path):
+    """``fuse_activations``: an IMDN-RTC-shaped network (Conv -> LeakyReLU in every block) quantized with no Q/DQ
+    pair between a Conv and the LeakyReLU that consumes it; every LeakyReLU output still quantized, every other
+    pair kept, the graph standard Q/DQ that both CPU runtimes run, close to the unfused graph's output."""
+    from edgesr.models import build_model
+    from edgesr.runtime import open_backend
+
+    torch.manual_seed(0)
+    arch = {"type": "imdn_rtc", "scale": 2, "channels": 8, "n_blocks": 1}
+    src = save_model(tmp_path / "rtc", build_model(arch), name="rtc", arch=arch)
+    fp32 = call_stage(export_stage, ExportConfig(input="rtc"), name="rtc_onnx", out=tmp_path / "rtc_onnx", source=src)
+    kw = dict(calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0, threads=1)
+    cfg = QuantizeConfig(input="rtc_onnx", calibration_images=4, calibration_patch=48, target=target)
+    plain = call_stage(quantize_stage, cfg, name="plain", out=tmp_path / "plain", source=fp32, **kw)
+    fused = call_stage(quantize_stage, dataclasses.replace(cfg, fuse_activations=True), name="fused",
+                       out=tmp_path / "fused", source=fp32, **kw)
+
+    def graph(art):
+        g = onnx.load(str(art.payload)).graph
+        return g, {o: n for n in g.node for o in n.output}
+
+    pg, pprod = graph(plain)
+    fg, fprod = graph(fused)
+    lrelus = [n for n in fg.node if n.op_type == "LeakyRelu"]
+    assert len(lrelus) == 3
+    for n in lrelus:
+        assert fprod[n.input[0]].op_type == "Conv"
+        assert {c.op_type for c in fg.node if n.output[0] in c.input} == {"QuantizeLinear"}
+    assert all(pprod[pprod[n.input[0]].input[0]].op_type == "QuantizeLinear"
+               for n in pg.node if n.op_type == "LeakyRelu")  # ONNX Runtime's placement: a pair in between
+    count = lambda g, op: sum(n.op_type == op for n in g.node)  # noqa: E731
+    assert count(pg, "QuantizeLinear") - count(fg, "QuantizeLinear") == 3
+    assert fused.manifest["transforms"][-1]["fused_activations"] == ["LeakyRelu", "PRelu"]
+    assert check_qdq(fused.payload)["nonstandard_ops"] == []
+    x = calibration_batches(builtin_train, 1, 40, seed=9)[0]
+    ref = open_backend(plain, "onnxruntime", threads=1).run(x)
+    for backend in ("onnxruntime", "openvino"):
+        out = open_backend(fused, backend, threads=1).run(x)
+        assert out.shape == ref.shape and np.abs(out - ref).mean() < 0.02, backend
+
+
 def test_quantize_refuses_non_fp32_onnx(student_onnx, builtin_train, tmp_path):
     cfg = QuantizeConfig(input="x", calibration_images=2, calibration_patch=32)
     art = call_stage(quantize_stage, cfg, name="q", out=tmp_path / "q", source=student_onnx, calib_pairs=builtin_train,
