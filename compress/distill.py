@@ -26,7 +26,7 @@ from torch import nn
 
 from edgesr.artifacts import Artifact, ArtifactError, Candidate
 from edgesr.config import TrainConfig
-from edgesr.data.degradations import degradation_record
+from edgesr.data.degradations import degradation_record, training_record
 from edgesr.data.patches import PatchSampler
 from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, resolve_device,
                             sampler_for)
@@ -226,12 +226,13 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> C
                          "where the teacher's outputs come from the same patches' protocol LR (a teacher run live, or "
                          "feature distillation, would see the student's degraded LR). Turn cache_teacher on (or "
                          "raise cache_limit_gb) and leave feature_layers out.")
-    result = fit(student, source, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
+    result = fit(student, source, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale, val_degraded=ctx.val_degraded,
                  checkpoint_dir=out.with_name(out.name + ".ckpt"), desc=f"distill {name}",
                  extra_params=list(features.adapters.parameters()) if features is not None else None,
                  fingerprint=config_fingerprint(arch, cfg, teacher.hash, patch_size, min_patch_std, seed,
                                                 [p.name for p in train_pairs],
-                                                *degradation_record(ctx.degradation)), **fit_options(cfg))
+                                                *training_record(ctx.degradation, ctx.val_degraded)),
+                 **fit_options(cfg))
     if features is not None:
         features.remove()
     if isinstance(source, CachedTeacherSampler):

@@ -29,6 +29,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgesr.artifacts import Artifact, Candidate, Quality, derived_transforms
+from edgesr.data.degradations import training_record
 from edgesr.data.patches import PatchSampler
 from edgesr.errors import EdgesrError
 from edgesr.fitting import config_fingerprint, fit, sampler_for, validate
@@ -250,9 +251,11 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext, input: Artifact, teacher: A
                  "params": record["params_after"], "psnr_before_finetune": round(validate(model, val_pairs, scale), 4)}
         if per_step > 0:
             result = fit(model, sampler, steps=per_step, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs,
-                         scale=scale, val_every=max(per_step // 2, 1),
+                         scale=scale, val_degraded=ctx.val_degraded, val_every=max(per_step // 2, 1),
                          checkpoint_dir=out.with_name(f"{out.name}.ckpt{i}"), checkpoint_every=100,
-                         fingerprint=config_fingerprint(source.hash, cfg, seed, i), desc=f"fine-tune {name} ({i}/{k})")
+                         fingerprint=config_fingerprint(source.hash, cfg, seed, i,
+                                                        *training_record(ctx.degradation, ctx.val_degraded)),
+                         desc=f"fine-tune {name} ({i}/{k})")
             psnr, seconds = result.best_psnr, seconds + result.seconds
         else:
             psnr = entry["psnr_before_finetune"]

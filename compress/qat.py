@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgesr.artifacts import Artifact, Candidate, Quality, derived_manifest, last_quantization
-from edgesr.data.degradations import degradation_record
+from edgesr.data.degradations import degradation_record, training_record
 from edgesr.stages import MODEL, ONNX, ONNX_FP32, StageContext, register_stage
 
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
@@ -86,7 +86,8 @@ def qat_stage(cfg: QatConfig, ctx: StageContext, input: Artifact, teacher: Artif
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), load_model(teacher) if teacher else None, cfg.alpha,
                            tuple(scales))
     result = fit(qmodel, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
-                 val_every=cfg.val_every, fingerprint=config_fingerprint(source.hash, cfg, seed),
+                 val_degraded=ctx.val_degraded, val_every=cfg.val_every,
+                 fingerprint=config_fingerprint(source.hash, cfg, seed, *training_record(ctx.degradation, ctx.val_degraded)),
                  desc=f"qat {name}")
     example = image_to_tensor(parity_image())
     stripped = nncf.strip(result.model.eval(), do_copy=True, example_input=example)
@@ -222,8 +223,10 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
                           ctx.degradation)
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), distil_from, cfg.alpha, scales)
     result = fit(graph, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
-                 val_every=cfg.val_every, checkpoint_dir=out.with_name(f"{out.name}.ckpt"), checkpoint_every=250,
-                 fingerprint=config_fingerprint(input.hash, cfg, seed), desc=f"qat_onnx {name}")
+                 val_degraded=ctx.val_degraded, val_every=cfg.val_every,
+                 checkpoint_dir=out.with_name(f"{out.name}.ckpt"), checkpoint_every=250,
+                 fingerprint=config_fingerprint(input.hash, cfg, seed, *training_record(ctx.degradation, ctx.val_degraded)),
+                 desc=f"qat_onnx {name}")
     trained = graph.to_onnx()
     manifest = derived_manifest(input, kind="onnx", name=name, precision=input.manifest["precision"])
     path = ctx.staging / "model.onnx"

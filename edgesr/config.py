@@ -53,7 +53,17 @@ class DataConfig:
     """How training LR patches are made from HR (train, distill, qat, qat_onnx, prune fine-tuning): ``bicubic``,
     the protocol's MATLAB bicubic (the default), or ``general``, a seeded mix of blurs, aliased and antialiased
     resizes, noise and JPEG (:data:`edgesr.data.degradations.GENERAL_MIX`) for frames not made by bicubic.
-    Validation stays on the protocol's LR."""
+    Validation stays on the protocol's LR unless ``valid_degradations`` says otherwise."""
+    degradation_mix: dict[str, Any] = field(default_factory=dict)
+    """Changes to the ``general`` mix (``data.degradation: general``): any key of
+    :data:`~edgesr.data.degradations.GENERAL_MIX`, e.g. ``{blur: 0.05, noise: 0.1, resize: {bicubic: 0.5,
+    cubic-aliased: 0.35, bilinear-aliased: 0.15}}`` (``resize`` replaces the default weights: downscales left out
+    are not drawn). The resulting mix is recorded in every manifest trained on it."""
+    valid_degradations: tuple[str, ...] = ("bicubic",)
+    """How the validation images' LR is made while training (names of ``eval_degradations``): each is validated,
+    the history records each, and the weights kept are those of the best mean PSNR over them; e.g. ``[bicubic,
+    cubic-aliased]`` keeps a general model for both kinds of frame, where the protocol's LR alone (the default)
+    keeps the step that suits MATLAB's bicubic best. Quality budgets stay on the protocol's LR."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -417,6 +427,23 @@ def _parse_data(raw: dict, source: str) -> DataConfig:
     if data.degradation not in TRAIN_DEGRADATIONS:
         raise RecipeError(f"{source}: data.degradation: {data.degradation!r} is not one; use one of "
                           f"{', '.join(TRAIN_DEGRADATIONS)}{_did_you_mean(data.degradation, list(TRAIN_DEGRADATIONS))}")
+    if data.degradation_mix:
+        from .data.degradations import DegradationError, resolve_mix
+
+        if data.degradation == "bicubic":
+            raise RecipeError(f"{source}: data.degradation_mix changes the general mix, but data.degradation is "
+                              f"bicubic (the protocol); set data.degradation: general, or leave the mix out")
+        try:
+            resolve_mix(data.degradation_mix)
+        except DegradationError as exc:
+            raise RecipeError(f"{source}: {exc}") from None
+    for d in data.valid_degradations:
+        if d not in EVAL_DEGRADATIONS:
+            raise RecipeError(f"{source}: data.valid_degradations: {d!r} is not one; use any of "
+                              f"{', '.join(EVAL_DEGRADATIONS)}{_did_you_mean(d, list(EVAL_DEGRADATIONS))}")
+    if not data.valid_degradations:
+        raise RecipeError(f"{source}: data.valid_degradations is empty; leave it out to validate on the protocol's "
+                          f"LR (bicubic)")
     return data
 
 

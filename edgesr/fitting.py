@@ -130,7 +130,7 @@ class _Fit:
 
     def __init__(self, model: nn.Module, *, lr: float, device: str, amp: bool, ema_decay: float,
                  extra_params: list | None, checkpoint_dir: Path | None, fingerprint: str,
-                 val_pairs: list[ImagePair], scale: int):
+                 val_pairs: list[ImagePair], scale: int, val_degraded: dict[str, list[ImagePair]] | None = None):
         self.rank, self.world = distributed()
         dev = resolve_device(device)
         if self.world > 1 and dev.type == "cuda":
@@ -163,6 +163,9 @@ class _Fit:
         scales = model_scales(model)
         self.val_sets = ({s: val_pairs if s == scale else pairs_at_scale(val_pairs, s) for s in scales}
                          if len(scales) > 1 else None)
+        # Validation on LR made several ways (``data.valid_degradations``): the kept weights are those of the best
+        # mean over them (``bicubic`` counts as the protocol's score above: the mean over heads where several).
+        self.val_degraded = dict(val_degraded) if val_degraded else None
 
     def evaluated(self) -> nn.Module:
         """The weights validated and kept: the EMA's when there is one."""
@@ -211,6 +214,12 @@ class _Fit:
             by = {s: psnr if s == self.scale else validate(model, pairs, s) for s, pairs in self.val_sets.items()}
             score = sum(by.values()) / len(by)
             entry["val_psnr_by_scale"] = {str(s): round(v, 4) for s, v in by.items()}
+        if self.val_degraded:
+            by = {d: psnr if d == "bicubic" else validate(model, pairs, self.scale)
+                  for d, pairs in self.val_degraded.items()}
+            entry["val_psnr_by_degradation"] = {d: round(v, 4) for d, v in by.items()}
+            score = sum(score if d == "bicubic" else v for d, v in by.items()) / len(by)
+            entry["val_score"] = round(score, 4)
         self.history.append(entry)
         if score > self.best["score"]:
             self.best.update(psnr=psnr, score=score, step=step,
@@ -267,6 +276,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
         resume: bool = True, fingerprint: str = "", desc: str = "train", stop_after: int | None = None,
         schedule: Schedule | None = None, ema_decay: float = 0.0, max_seconds: float | None = None,
         device: str = "cpu", amp: bool = True, extra_params: list | None = None,
+        val_degraded: dict[str, list[ImagePair]] | None = None,
         clock: Callable[[], float] = time.perf_counter) -> FitResult:
     """Train ``model`` for ``steps`` steps; returns the weights with the best validation PSNR.
 
@@ -275,12 +285,15 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     interruption would; the next call with ``resume`` continues the run. Under ``torchrun`` (WORLD_SIZE > 1)
     the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU), each process trains on its
     slice of every global batch, and only rank 0 validates and writes checkpoints. ``extra_params`` are
-    optimised with the model but not part of it (distillation adapters). ``clock`` (seconds) drives the
-    wall-clock budget and the recorded training time.
+    optimised with the model but not part of it (distillation adapters). ``val_degraded`` ({degradation: pairs},
+    a recipe's ``data.valid_degradations``): each is validated and the weights kept are those of the best mean
+    over them (``best_psnr`` stays the protocol's). ``clock`` (seconds) drives the wall-clock budget and the
+    recorded training time.
     """
     schedule = schedule or Schedule(min_ratio=lr_min_ratio)
     run = _Fit(model, lr=lr, device=device, amp=amp, ema_decay=ema_decay, extra_params=extra_params,
-               checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, val_pairs=val_pairs, scale=scale)
+               checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, val_pairs=val_pairs, scale=scale,
+               val_degraded=val_degraded)
     rank, world = run.rank, run.world
     start, elapsed0 = run.resume() if resume else (0, 0.0)
     if checkpoint_dir is not None and rank == 0:
@@ -309,6 +322,8 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
             info = f"loss {running:.4f}"
             if rank == 0 and (done % val_every == 0 or done == steps):
                 info += f"  val {run.validate(done):.2f} dB"
+                if "val_score" in run.history[-1]:
+                    info += f" (mean over {len(run.val_degraded)} LR kinds {run.history[-1]['val_score']:.2f})"
             bar.update(done, info)
             if done % checkpoint_every == 0 or done == end:
                 run.checkpoint(done, elapsed0 + clock() - t0)

@@ -26,6 +26,7 @@ import torch
 from .artifacts import Artifact, ArtifactError, check_destination, content_hash, read_artifact, update_metrics
 from .config import BASELINES, Recipe, RecipeError, StageSpec
 from .data.datasets import ImagePair, load_pairs, set_name
+from .data.degradations import DegradationSpec
 from .files import RunLock, remove_stale_temps
 from .fitting import distributed
 from .progress import console
@@ -50,6 +51,17 @@ def load_data(recipe: Recipe) -> tuple[list[ImagePair], list[ImagePair], dict[st
         evals = {(name if d == "bicubic" else f"{name} {d}"): pairs for d in degradations
                  for name, pairs in degraded_sets(evals, s, d).items()}
     return train, valid, evals
+
+
+def validation_sets(recipe: Recipe, valid: list[ImagePair]) -> dict[str, list[ImagePair]] | None:
+    """``data.valid_degradations`` as {name: the validation images with LR made that way} (``bicubic``: as
+    loaded); None for the protocol's LR alone (the default)."""
+    names = tuple(dict.fromkeys(recipe.data.valid_degradations))
+    if names == ("bicubic",):
+        return None
+    from .data.degradations import degraded_sets
+
+    return {d: degraded_sets({"valid": valid}, recipe.scale, d)["valid"] for d in names}
 
 
 def _refs(spec: StageSpec) -> dict[str, str | None]:
@@ -91,6 +103,10 @@ def _data_identity(data) -> dict:
     if d.get("degradation") == "bicubic":
         del d["degradation"]
     d.pop("eval_degradations", None)  # evaluation only: no stage's result depends on it
+    if not d.get("degradation_mix"):
+        d.pop("degradation_mix", None)
+    if tuple(d.get("valid_degradations") or ("bicubic",)) == ("bicubic",):
+        d.pop("valid_degradations", None)
     return d
 
 
@@ -241,6 +257,7 @@ class _StageRunner:
         self.recipe, self.out, self.train, self.valid = recipe, out, train, valid
         self.force, self.rank, self.world = force, rank, world
         self.arts: dict[str, Artifact] = {}
+        self.val_degraded = validation_sets(recipe, valid)
 
     def _reusable(self, path: Path, fp: str) -> Artifact | None:
         if self.force or not (path / "manifest.json").is_file():
@@ -256,7 +273,8 @@ class _StageRunner:
         recipe = self.recipe
         return StageContext(name=spec.name, out=path, train_pairs=self.train, val_pairs=self.valid, scale=recipe.scale,
                             patch_size=recipe.data.patch_size, min_patch_std=recipe.data.min_patch_std,
-                            degradation=recipe.data.degradation, seed=recipe.seed, threads=recipe.threads,
+                            degradation=DegradationSpec(recipe.data.degradation, recipe.data.degradation_mix),
+                            val_degraded=self.val_degraded, seed=recipe.seed, threads=recipe.threads,
                             latency_fn=lambda m, hw: onnx_latency_ms(m, hw, recipe.threads),
                             speedup_fn=lambda a, b, hw, backend: onnx_speedup(a, b, hw, recipe.threads, backend=backend),
                             measure_backends=tuple(recipe.benchmark.backends or (recipe.benchmark.backend,)))

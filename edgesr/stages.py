@@ -64,7 +64,11 @@ class StageContext:
     patch_size: int = 32
     min_patch_std: float = 0.04
     degradation: str = "bicubic"
-    """How training LR patches are made (``data.degradation``): the protocol's bicubic, or the ``general`` mix."""
+    """How training LR patches are made (``data.degradation``): the protocol's bicubic, or the ``general`` mix
+    (a :class:`~edgesr.data.degradations.DegradationSpec` carrying the recipe's ``data.degradation_mix``)."""
+    val_degraded: dict | None = None
+    """``data.valid_degradations`` other than the protocol alone: {name: validation pairs with LR made that way};
+    training stages pass it to ``fit``, which keeps the weights of the best mean over them."""
     seed: int = 0
     threads: int = 0
     """Intra-op threads for ONNX Runtime sessions a stage opens (0: all cores); PyTorch's are set by the runner."""

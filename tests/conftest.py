@@ -93,7 +93,7 @@ def tiny_student_d2s(tiny_student, tmp_path_factory):
 
 
 CONTEXT_KEYS = {"train_pairs", "val_pairs", "scale", "patch_size", "min_patch_std", "degradation", "seed", "threads",
-                "latency_fn", "speedup_fn", "measure_backends"}
+                "latency_fn", "speedup_fn", "measure_backends", "val_degraded"}
 
 
 def call_stage(fn, cfg, *, name: str, out, **kw):

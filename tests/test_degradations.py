@@ -151,3 +151,114 @@ def test_int8_of_a_general_model_calibrates_on_the_mix(builtin_train, builtin_va
                    name="q", out=tmp_path / "q", source=src, calib_pairs=builtin_train, val_pairs=builtin_valid[:1],
                    scale=2, degradation="general")
     assert q.manifest.last_quantization()["calibration_lr"] == "general"
+
+
+def test_a_recipe_sets_the_mix_the_sampler_draws_and_the_manifest_records(builtin_train, builtin_valid, tmp_path):
+    """``data.degradation_mix``: the sampler draws from the recipe's mix, not the default (here nearest
+    downscaling alone, so every LR pixel is the HR pixel at (2i, 2j)); the manifest records that mix; a bad mix
+    is refused at load naming the key; the default keeps earlier fingerprints."""
+    from edgesr.config import RecipeError, TrainConfig, parse_recipe
+    from edgesr.data.degradations import GENERAL_MIX, DegradationSpec
+    from edgesr.data.patches import PatchSampler
+    from edgesr.pipeline import _data_identity
+    from edgesr.train.train import train_stage
+
+    from conftest import call_stage
+
+    nearest = {"blur": 0, "noise": 0, "jpeg": 0, "resize": {"nearest": 1}}
+    spec = DegradationSpec("general", nearest)
+    assert spec == "general" and spec.mix["resize"] == {"nearest": 1.0} and spec.mix["jpeg_quality"] == (40, 95)
+    sampler = PatchSampler(builtin_train, 2, 16, 4, seed=1, augment=False, degradation=spec)
+    lr, hr = sampler.batch(3)
+    assert torch_equal(lr, hr[:, :, ::2, ::2])
+    default_lr = PatchSampler(builtin_train, 2, 16, 4, seed=1, augment=False, degradation="general").batch(3)[0]
+    assert not torch_equal(default_lr, lr)
+
+    art = call_stage(train_stage, TrainConfig(model={"type": "abpn", "channels": 4, "n_body": 1}, steps=2,
+                                              batch_size=2, val_every=2), name="g", out=tmp_path / "g",
+                     train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=12,
+                     min_patch_std=0.0, degradation=spec)
+    rec = art.manifest["training"]["degradation"]["mix"]
+    assert rec["resize"] == {"nearest": 1.0} and rec["blur"] == 0.0 and rec["poisson"] == GENERAL_MIX["poisson"]
+
+    base = {"name": "r", "scale": 2, "stages": [{"name": "t", "stage": "train", "model": {"type": "abpn"}}],
+            "data": {"degradation": "general"}}
+    with_mix = parse_recipe({**base, "data": {**base["data"], "degradation_mix": nearest}})
+    assert _data_identity(with_mix.data) != _data_identity(parse_recipe(base).data)
+    assert "degradation_mix" not in _data_identity(parse_recipe(base).data)
+    bad = [({"blurr": 0.1}, r"unknown key 'blurr'; the mix has blur, "),
+           ({"noise": 1.5}, r"degradation_mix.noise: 1.5 is a probability; give a number in \[0, 1\]"),
+           ({"resize": {"lanczos": 1}}, r"unknown downscale 'lanczos'; use any of bicubic, cubic-aliased"),
+           ({"resize": {"bicubic": 0}}, r"every weight is 0"),
+           ({"jpeg_quality": [90, 40]}, r"jpeg_quality: \[90, 40\]; give \[low, high\]")]
+    for mix, message in bad:
+        with pytest.raises(RecipeError, match=message):
+            parse_recipe({**base, "data": {**base["data"], "degradation_mix": mix}})
+    with pytest.raises(RecipeError, match="data.degradation is bicubic"):
+        parse_recipe({**base, "data": {"degradation_mix": {"blur": 0.1}}})
+
+
+def test_validation_on_several_degradations_keeps_the_best_mean(builtin_train, builtin_valid, tmp_path, monkeypatch):
+    """``data.valid_degradations``: the validation images again with LR made each way (same HR); every
+    validation records each and their mean; the weights kept are those of the best mean, the protocol's PSNR is
+    still the one reported; the manifest and the stage fingerprint say which LR chose them."""
+    from edgesr.config import RecipeError, TrainConfig, parse_recipe
+    from edgesr.fitting import validate
+    from edgesr.pipeline import _data_identity, validation_sets
+    from edgesr.train.train import train_stage
+
+    from conftest import call_stage
+
+    base = {"name": "r", "scale": 2, "stages": [{"name": "t", "stage": "train", "model": {"type": "abpn"}}],
+            "data": {"train": "builtin", "patch_size": 16}}
+    recipe = parse_recipe({**base, "data": {**base["data"], "valid_degradations": ["bicubic", "cubic-aliased"]}})
+    valid = builtin_valid[:2]
+    sets = validation_sets(recipe, valid)
+    assert list(sets) == ["bicubic", "cubic-aliased"] and sets["bicubic"] is valid
+    for a, b in zip(sets["bicubic"], sets["cubic-aliased"]):
+        assert np.array_equal(a.hr, b.hr) and not np.array_equal(a.lr, b.lr)
+    assert validation_sets(parse_recipe(base), valid) is None
+    assert _data_identity(recipe.data) != _data_identity(parse_recipe(base).data)
+    assert "valid_degradations" not in _data_identity(parse_recipe(base).data)
+    with pytest.raises(RecipeError, match="valid_degradations: 'aliased' is not one"):
+        parse_recipe({**base, "data": {**base["data"], "valid_degradations": ["aliased"]}})
+
+    art = call_stage(train_stage, TrainConfig(model={"type": "abpn", "channels": 4, "n_body": 1}, steps=6,
+                                              batch_size=4, lr=3e-3, val_every=1), name="v", out=tmp_path / "v",
+                     train_pairs=builtin_train, val_pairs=valid, val_degraded=sets, scale=2, patch_size=12,
+                     min_patch_std=0.0)
+    history = art.manifest["metrics"]["history"]
+    assert len(history) == 6
+    for entry in history:
+        by = entry["val_psnr_by_degradation"]
+        assert list(by) == ["bicubic", "cubic-aliased"] and by["bicubic"] == entry["val_psnr"]
+        assert entry["val_score"] == pytest.approx((by["bicubic"] + by["cubic-aliased"]) / 2, abs=2e-4)
+    best = max(history, key=lambda e: e["val_score"])
+    assert art.manifest["metrics"]["best_step"] == best["step"]
+    assert art.manifest["metrics"]["val_psnr"] == best["val_psnr"]
+    from edgesr.modelio import load_model
+
+    model = load_model(art)
+    assert validate(model, sets["cubic-aliased"], 2) == pytest.approx(best["val_psnr_by_degradation"]["cubic-aliased"],
+                                                                      abs=1e-3)
+    assert art.manifest["training"]["valid_degradations"] == ["bicubic", "cubic-aliased"]
+
+    # The mean chooses, not the protocol: validation PSNRs scripted so that the protocol's LR peaks last
+    # (step 6) and the mean at step 2.
+    import edgesr.fitting as fitting
+    from edgesr.data.patches import PatchSampler
+
+    calls = []
+
+    def scripted(model, pairs, scale, with_ssim=False):
+        calls.append(pairs)
+        k = (len(calls) - 1) // 2 + 1  # the validation's step: two sets per validation
+        return 20.0 + k if pairs is valid else 30.0 - 3.0 * (k - 2) ** 2
+
+    monkeypatch.setattr(fitting, "validate", scripted)
+    model = load_model(art).train()
+    result = fitting.fit(model, PatchSampler(builtin_train, 2, 12, 2, seed=0), steps=6, lr=1e-3,
+                         loss_fn=lambda sr, lr, hr: (sr - hr).abs().mean(), val_pairs=valid, val_degraded=sets,
+                         scale=2, val_every=1)
+    assert [e["val_psnr"] for e in result.history] == [21.0, 22.0, 23.0, 24.0, 25.0, 26.0]
+    assert result.best_step == 2 and result.best_psnr == 22.0

@@ -6,7 +6,7 @@ import torch
 
 from edgesr.artifacts import Artifact, Candidate
 from edgesr.config import TrainConfig
-from edgesr.data.degradations import degradation_record
+from edgesr.data.degradations import degradation_record, training_record
 from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, init_weights, sampler_for,
                             scale_loss)
 from edgesr.losses import LOSSES
@@ -28,12 +28,12 @@ def train_stage(cfg: TrainConfig, ctx: StageContext, init_from: Artifact | None 
     sampler = sampler_for(model, ctx.train_pairs, ctx.scale, ctx.patch_size, cfg.batch_size, ctx.seed,
                           ctx.min_patch_std, ctx.degradation)
     loss_fn = scale_loss(LOSSES.build({"type": cfg.loss}), model_scales(model), cfg.scale_weights)
-    result = fit(model, sampler, loss_fn=loss_fn, val_pairs=ctx.val_pairs, scale=ctx.scale,
+    result = fit(model, sampler, loss_fn=loss_fn, val_pairs=ctx.val_pairs, scale=ctx.scale, val_degraded=ctx.val_degraded,
                  checkpoint_dir=ctx.out.with_name(ctx.out.name + ".ckpt"),
                  fingerprint=config_fingerprint(arch, cfg, ctx.patch_size, ctx.min_patch_std, ctx.seed,
                                                 [p.name for p in ctx.train_pairs],
                                                 init_from.hash if init_from else None,
-                                                *degradation_record(ctx.degradation)),
+                                                *training_record(ctx.degradation, ctx.val_degraded)),
                  desc=f"train {ctx.name}", **fit_options(cfg))
     if distributed()[0] != 0:
         return None
@@ -43,4 +43,5 @@ def train_stage(cfg: TrainConfig, ctx: StageContext, init_from: Artifact | None 
                                           "patch_size": ctx.patch_size, "seed": ctx.seed, "ema_decay": cfg.ema_decay,
                                           "schedule": cfg.schedule, "max_minutes": cfg.max_minutes,
                                           "degradation": degradation_record(ctx.degradation)[0]
-                                          if ctx.degradation != "bicubic" else "bicubic"}})
+                                          if ctx.degradation != "bicubic" else "bicubic",
+                                          **({"valid_degradations": list(ctx.val_degraded)} if ctx.val_degraded else {})}})

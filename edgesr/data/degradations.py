@@ -31,8 +31,9 @@ from ..errors import EdgesrError
 from ..imaging import modcrop
 from .bicubic import imresize
 
-__all__ = ["EVAL_DEGRADATIONS", "TRAIN_DEGRADATIONS", "GENERAL_MIX", "DegradationError", "degrade", "opencv_resize",
-           "gaussian_blur", "general_degradation", "degradation_record", "degraded_sets"]
+__all__ = ["EVAL_DEGRADATIONS", "TRAIN_DEGRADATIONS", "GENERAL_MIX", "RESIZE_KINDS", "DegradationError", "DegradationSpec",
+           "degrade", "opencv_resize", "gaussian_blur", "general_degradation", "resolve_mix", "mix_of",
+           "degradation_record", "training_record", "degraded_sets"]
 
 EVAL_DEGRADATIONS = ("bicubic", "cubic-aliased", "bilinear-aliased", "blur", "noise", "jpeg")
 """The named degradations, in the order reports list them."""
@@ -251,12 +252,84 @@ def general_degradation(hr: np.ndarray, scale: int, rng: np.random.Generator, mi
     return x, applied
 
 
+RESIZE_KINDS = ("bicubic", "cubic-aliased", "cubic-aliased-0.5", "bilinear-aliased", "area", "nearest")
+"""The downscales the ``general`` mix draws from (``resize`` weights)."""
+
+_PROBABILITIES = ("blur", "anisotropic", "noise", "poisson", "jpeg")
+_RANGES = {"blur_sigma": (0.05, 6.0), "noise_sigma": (0.0, 100.0), "poisson_peak": (1.0, 1e5), "jpeg_quality": (1, 100)}
+
+
+def resolve_mix(overrides: dict | None = None, where: str = "data.degradation_mix") -> dict:
+    """:data:`GENERAL_MIX` with ``overrides`` (a recipe's ``data.degradation_mix``) applied, checked: the
+    probabilities in [0, 1], each range (low, high) inside what its step can apply, ``resize`` a weight per
+    downscale of :data:`RESIZE_KINDS` (it replaces the default weights: the kinds left out are not drawn).
+    No override returns :data:`GENERAL_MIX` itself, so earlier manifests and fingerprints are unchanged."""
+    if not overrides:
+        return GENERAL_MIX
+    mix = dict(GENERAL_MIX)
+    for key, value in overrides.items():
+        if key not in GENERAL_MIX:
+            raise DegradationError(f"{where}: unknown key {key!r}; the mix has {', '.join(GENERAL_MIX)}")
+        if key in _PROBABILITIES:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise DegradationError(f"{where}.{key}: {value!r} is a probability; give a number in [0, 1]")
+            mix[key] = float(value)
+        elif key in _RANGES:
+            lo_ok, hi_ok = _RANGES[key]
+            if (not isinstance(value, (list, tuple)) or len(value) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                    or not lo_ok <= value[0] <= value[1] <= hi_ok):
+                raise DegradationError(f"{where}.{key}: {value!r}; give [low, high] with {lo_ok} <= low <= high <= "
+                                       f"{hi_ok}")
+            mix[key] = tuple(int(v) for v in value) if key == "jpeg_quality" else tuple(float(v) for v in value)
+        else:  # resize
+            if not isinstance(value, dict) or not value:
+                raise DegradationError(f"{where}.resize: give a weight per downscale, e.g. {{bicubic: 0.5, "
+                                       f"cubic-aliased: 0.5}}, from {', '.join(RESIZE_KINDS)}")
+            for kind, weight in value.items():
+                if kind not in RESIZE_KINDS:
+                    raise DegradationError(f"{where}.resize: unknown downscale {kind!r}; use any of "
+                                           f"{', '.join(RESIZE_KINDS)}")
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                    raise DegradationError(f"{where}.resize.{kind}: {weight!r}; weights are numbers >= 0")
+            if sum(value.values()) <= 0:
+                raise DegradationError(f"{where}.resize: every weight is 0; give at least one downscale a weight")
+            mix[key] = {k: float(w) for k, w in value.items()}
+    return mix
+
+
+class DegradationSpec(str):
+    """A ``data.degradation`` name that carries its mix: it is the name wherever a name is compared or printed
+    (``"general"``), and ``.mix`` is what the patch sampler draws from (:func:`resolve_mix` of the recipe's
+    ``data.degradation_mix``)."""
+
+    mix: dict
+
+    def __new__(cls, name: str, overrides: dict | None = None):
+        obj = super().__new__(cls, name)
+        obj.mix = resolve_mix(overrides) if name != "bicubic" else {}
+        return obj
+
+
+def mix_of(degradation: str) -> dict:
+    """The mix a ``data.degradation`` value draws from: its own (a :class:`DegradationSpec`) or the default."""
+    return getattr(degradation, "mix", None) or GENERAL_MIX
+
+
 def degradation_record(name: str) -> list:
     """What a manifest (and a training fingerprint) records of ``data.degradation``: nothing for the protocol's
-    bicubic (artifacts made before it existed keep their identity), else [{name, mix}]."""
+    bicubic (artifacts made before it existed keep their identity), else [{name, mix}] (the mix the recipe set,
+    :func:`mix_of`)."""
     if name == "bicubic":
         return []
-    return [{"name": name, "mix": GENERAL_MIX}]
+    return [{"name": str(name), "mix": mix_of(name)}]
+
+
+def training_record(degradation: str, val_degraded: dict | None = None) -> list:
+    """What a training checkpoint's fingerprint adds for the data's degradations: the training mix
+    (:func:`degradation_record`) and the validation's LR kinds when not the protocol's alone (they choose the
+    weights kept). Empty for the defaults, so that earlier checkpoints resume."""
+    return degradation_record(degradation) + ([{"valid_degradations": list(val_degraded)}] if val_degraded else [])
 
 
 def degraded_sets(sets: dict, scale: int, degradation: str) -> dict:

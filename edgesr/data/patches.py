@@ -37,8 +37,9 @@ class PatchSampler:
                  targets: tuple[int, ...] | None = None, degradation: str = "bicubic"):
         """``degradation``: ``bicubic`` crops the pairs' LR images (the protocol); ``general`` makes each LR
         patch from its HR patch (with a margin of :data:`MARGIN` LR pixels for the kernels' reach, then cropped)
-        by one draw of :func:`edgesr.data.degradations.general_degradation`, from the batch's generator: the
-        same batches for the same (seed, step)."""
+        by one draw of :func:`edgesr.data.degradations.general_degradation` (of the mix a
+        :class:`~edgesr.data.degradations.DegradationSpec` carries, else the default), from the batch's
+        generator: the same batches for the same (seed, step)."""
         from .degradations import TRAIN_DEGRADATIONS
 
         if degradation not in TRAIN_DEGRADATIONS:
@@ -89,13 +90,14 @@ class PatchSampler:
 
     def _degraded(self, hr: np.ndarray, y: int, x: int, rng: np.random.Generator) -> np.ndarray:
         """The LR patch at (y, x) made from the HR image by the degradation mix, with context around it."""
-        from .degradations import general_degradation
+        from .degradations import general_degradation, mix_of
 
         p, s, m = self.lr_patch, self.scale, MARGIN
         h, w = hr.shape[0] // s, hr.shape[1] // s
         y0, x0 = max(y - m, 0), max(x - m, 0)
         y1, x1 = min(y + p + m, h), min(x + p + m, w)
-        lr, _ = general_degradation(np.ascontiguousarray(hr[y0 * s:y1 * s, x0 * s:x1 * s]), s, rng)
+        lr, _ = general_degradation(np.ascontiguousarray(hr[y0 * s:y1 * s, x0 * s:x1 * s]), s, rng,
+                                    mix_of(self.degradation))
         return lr[y - y0:y - y0 + p, x - x0:x - x0 + p]
 
     def batch(self, step: int, part: tuple[int, int] = (0, 1), clean: bool = False):
