@@ -64,6 +64,11 @@ def validation_sets(recipe: Recipe, valid: list[ImagePair]) -> dict[str, list[Im
     return {d: degraded_sets({"valid": valid}, recipe.scale, d)["valid"] for d in names}
 
 
+def _valid_note(recipe: Recipe) -> str:
+    names = tuple(dict.fromkeys(recipe.data.valid_degradations))
+    return "" if names == ("bicubic",) else f"; LR made by {', '.join(names)}, the best mean kept"
+
+
 def _refs(spec: StageSpec) -> dict[str, str | None]:
     """The stage's reference fields and the stage names they hold (None when unset)."""
     return {ref: getattr(spec.config, ref, None) for ref in stage_table().get(spec.stage).takes}
@@ -218,7 +223,8 @@ def _run_locked(recipe: Recipe, out: Path, *, force: bool, command: str, only: l
     console.print(f"[bold]edgesr run[/] {recipe.name} (x{recipe.scale}) -> {out}")
     train, valid, evals = load_data(recipe)
     console.print(f"data: {len(train)} training images ({recipe.data.train}), {len(valid)} validation "
-                  f"({recipe.data.valid}), eval sets {list(evals)}; loaded in {time.perf_counter() - t0:.1f} s")
+                  f"({recipe.data.valid}{_valid_note(recipe)}), eval sets {list(evals)}; loaded in "
+                  f"{time.perf_counter() - t0:.1f} s")
     runner = _StageRunner(recipe, out, train, valid, force=force, rank=rank, world=world)
     stages: list[dict] = [{"name": "data", "stage": "data", "status": "ran", "seconds": round(time.perf_counter() - t0, 1)}]
     for spec in recipe.stages:
