@@ -9,8 +9,10 @@ multi-scale artifact, on LR made at its scale: ``quality_by_scale``) on the sets
 the backend users get by default for its kind (OpenVINO for a graph quantized with ``target: openvino``;
 ``@BACKEND`` names it, e.g. one INT8 file shipped twice, as NAME-int8 and as NAME-int8-ov measured on
 OpenVINO); ``index.json`` records the numbers, the parameters and MACs
-(640x360 LR), the recipe, command and training steps. ``tests/test_pretrained.py`` re-evaluates every
-model and checks the recorded PSNR to 0.01 dB.
+(640x360 LR), the recipe, command and training steps. ``--degradation NAME`` (repeatable; for models trained
+on ``data.degradation: general``) also records the quality on LR made each such way beside bicubic of that LR
+(``quality_by_degradation``) and what the model was trained on (``trained_on``). ``tests/test_pretrained.py``
+re-evaluates every model and checks the recorded PSNR to 0.01 dB.
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ def _measure(art, backend: str | None, set_paths: list[str]) -> tuple[str, dict]
     return backend, by_scale
 
 
+def _measure_degradations(art, backend: str, set_paths: list[str], degradations: list[str]) -> dict:
+    """{degradation: {set: {psnr, ssim, bicubic_psnr, gain_db}}} at the artifact's scale."""
+    from edgesr.benchmarks.quality import measure_degradations
+    from edgesr.data.datasets import load_pairs, set_name
+    from edgesr.runtime import open_backend
+
+    sets = {set_name(s): load_pairs(s, art.scale, split="eval") for s in set_paths}
+    multi = len(art.manifest.scales) > 1
+    with open_backend(art, backend, threads=0, scale=art.scale if multi else None) as b:
+        res = measure_degradations(b, sets, art.scale, degradations, art.manifest.size_multiple)
+    return {d: {s: {k: round(res[s][d][k], 4) for k in ("psnr", "ssim", "bicubic_psnr", "gain_db")} for s in res}
+            for d in degradations}
+
+
+def _trained_on(model_art) -> str:
+    """The training LR of a model artifact: ``bicubic`` (the protocol) or the mix's name."""
+    rec = ((model_art.manifest.get("training") or {}).get("degradation") if model_art is not None else None) or "bicubic"
+    return rec if isinstance(rec, str) else rec.get("name", "general")
+
+
 def main(argv=None) -> int:
     from edgesr.modelio import load_model
     from edgesr.models import count_macs, deploy_form
@@ -66,6 +88,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
     ap.add_argument("--set", action="append", required=True)
+    ap.add_argument("--degradation", action="append", default=[], metavar="NAME",
+                    help="also record quality on LR made this way (repeatable; see edgesr eval --degradation)")
     ap.add_argument("pairs", nargs="+", metavar="NAME=STAGE[@BACKEND]")
     args = ap.parse_args(argv)
     chosen = {}
@@ -120,6 +144,10 @@ def main(argv=None) -> int:
                 for sc, qs in by_scale.items()}} if len(scales) > 1 else {}),
             "training_steps": (model_art.manifest.get("metrics") or {}).get("train_steps") if model_art else None, "recipe": results.get("recipe"),
             "command": results.get("command"), "stage": stage, "hash": art.hash}
+        if args.degradation:
+            idx["models"][name]["trained_on"] = _trained_on(model_art)
+            idx["models"][name]["quality_by_degradation"] = _measure_degradations(
+                art, backend, args.set, list(dict.fromkeys(args.degradation)))
         if same_file:
             for key in ("training_steps", "recipe", "command", "stage", "warm_start"):
                 if key in before:
