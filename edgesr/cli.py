@@ -426,7 +426,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     models = pretrained.index()
     table = Table(title=f"pretrained models ({len(models)}; use the name wherever an artifact path goes)")
     for col in ("name", "kind", "precision", "scale", "parameters", "GMACs 640x360", "Set5 PSNR/SSIM",
-                "Set14 PSNR/SSIM", "measured on", "training steps", "trained for LR made by"):
+                "Set14 PSNR/SSIM", "measured on", "training steps", "trained on LR"):
         table.add_column(col, no_wrap=col == "name")
     for name, r in sorted(models.items()):
         by_scale = r.get("quality_by_scale") or {str(r["scale"]): r.get("quality", {})}
@@ -438,9 +438,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                       r.get("eval_backend", "–"), str(r.get("training_steps") or "–"), _trained_for(r))
     console.print(table)
     if any(r.get("quality_by_degradation") for r in models.values()):
-        console.print("A model trained on the protocol's bicubic LR over-sharpens frames made otherwise (OpenCV's "
-                      "resize: -2 dB); for such frames pick a general one (edgesr eval ARTIFACT --set DIR "
-                      "--degradation NAME shows each on LR made that way).", markup=False)
+        console.print("trained on LR: bicubic = MATLAB's antialiased bicubic (the benchmarks' LR); such a model "
+                      "over-sharpens frames made otherwise (OpenCV's resize: -2 dB below bicubic). general = a mix "
+                      "of resizes, noise and JPEG, for frames of unknown origin; in brackets its Set5 gain over "
+                      "bicubic on OpenCV-resized LR (edgesr eval ARTIFACT --set DIR --degradation NAME shows any "
+                      "model on LR made each way).", markup=False)
     return 0
 
 
@@ -450,8 +452,8 @@ def _trained_for(record: dict) -> str:
     trained = record.get("trained_on", "bicubic")
     q = (record.get("quality_by_degradation") or {}).get("cubic-aliased", {}).get("Set5")
     if trained == "bicubic":
-        return "MATLAB bicubic (the protocol)"
-    return f"{trained} mix" + (f" (Set5 cubic-aliased {q['gain_db']:+.2f} dB over bicubic)" if q else "")
+        return "bicubic"
+    return trained + (f" (OpenCV cubic {q['gain_db']:+.2f} dB)" if q else "")
 
 
 def cmd_bench_trtexec(args: argparse.Namespace) -> int:
