@@ -81,17 +81,21 @@ def _trained_on(model_art) -> str:
     return rec if isinstance(rec, str) else rec.get("name", "general")
 
 
-def main(argv=None) -> int:
-    from edgesr.modelio import load_model
-    from edgesr.models import count_macs, deploy_form
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
     ap.add_argument("--set", action="append", required=True)
     ap.add_argument("--degradation", action="append", default=[], metavar="NAME",
                     help="also record quality on LR made this way (repeatable; see edgesr eval --degradation)")
     ap.add_argument("pairs", nargs="+", metavar="NAME=STAGE[@BACKEND]")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    from edgesr.modelio import load_model
+    from edgesr.models import count_macs, deploy_form
+
+    args = _parser().parse_args(argv)
     chosen = {}
     for i, pair in enumerate(args.pairs):
         if "@" in pair:
