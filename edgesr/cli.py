@@ -603,8 +603,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     cfg = EngineConfig(input=art.manifest.get("name", "onnx"), flavour=args.flavour,
                        **({"shapes": args.shapes} if args.shapes else {}), workspace_mb=args.workspace,
                        opt_level=args.opt_level, compute_capabilities=tuple(args.compute_capability or ()),
-                       timing_cache=args.timing_cache)
-    out = Path(args.out) if args.out else art.path.with_name(f"{art.path.name}-{args.flavour}-engine")
+                       timing_cache=args.timing_cache, scale=args.scale)
+    head = f"-x{args.scale}" if args.scale and len(art.manifest.scales) > 1 else ""
+    out = Path(args.out) if args.out else art.path.with_name(f"{art.path.name}{head}-{args.flavour}-engine")
     eng = build_engine(art, cfg, out, name=out.name, cache_dir=out.parent / ".tensorrt_cache", overwrite=args.overwrite)
     e = eng.manifest["engine"]
     print(f"{art.path} -> {eng.path} ({e['flavour']} {e['version']}, {eng.manifest['precision']}, "
@@ -951,6 +952,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-capability", action="append", metavar="SMxx",
                    help="rtx: a GPU generation to compile for (repeatable; default SM75, SM86, SM89, SM120)")
     p.add_argument("--timing-cache", metavar="FILE", help="timing cache shared across builds")
+    p.add_argument("--scale", type=int, metavar="S", help="a multi-scale artifact: build the engine for this head "
+                                                          "alone (default: every head)")
     p.add_argument("--out", help="engine artifact directory (default: beside the ONNX artifact)")
     p.add_argument("--overwrite", action="store_true", help="replace an engine artifact that exists at --out")
     p.set_defaults(fn=cmd_build_engine)

@@ -26,7 +26,7 @@ import json
 import platform
 import shlex
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +65,10 @@ class EngineConfig:
     timing_cache: str | None = None
     """TensorRT flavour: timing cache file shared across builds (default: one per version in the run
     directory). RTX has none: it picks kernels at run time."""
+    scale: int | None = field(default=None, metadata={"fingerprint": "when_set"})
+    """A multi-scale artifact: build the engine for this head alone (its output and the layers it depends on;
+    the other heads' layers are left out of the engine, so x2 from an x2+x4 student costs what x2 does, as on
+    ONNX Runtime and OpenVINO). None: every head, one engine output each."""
 
 
 def check_profile(cfg: EngineConfig, size_multiple: int = 1, input_size=None, max_batch: int | None = None) -> dict:
@@ -114,10 +118,12 @@ def _workspace_mb(cfg: EngineConfig) -> int | None:
 
 
 def engine_key(onnx_hash: str, cfg: EngineConfig, version: str, profile: dict, targets: list[str],
-               workspace_mb: int | None) -> str:
-    """Everything an engine depends on; an engine is rebuilt unless all of it is unchanged."""
+               workspace_mb: int | None, head: int | None = None) -> str:
+    """Everything an engine depends on; an engine is rebuilt unless all of it is unchanged (``head``: the one
+    output built, counted only when set, so that earlier engines keep their keys)."""
     blob = {"onnx": onnx_hash, "flavour": cfg.flavour, "version": version, "platform": engine_platform(),
-            "profile": profile, "targets": targets, "workspace_mb": workspace_mb, "opt_level": cfg.opt_level}
+            "profile": profile, "targets": targets, "workspace_mb": workspace_mb, "opt_level": cfg.opt_level,
+            **({"head": head} if head is not None else {})}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -221,8 +227,21 @@ def _build_plan(onnx_art: Artifact, cfg: EngineConfig) -> dict:
                             onnx_art.manifest.max_batch)
     targets = _targets(cfg)
     workspace = _workspace_mb(cfg)
+    head = _head(onnx_art, cfg)
     return {"trt": trt, "version": version, "profile": profile, "targets": targets, "workspace": workspace,
-            "key": engine_key(onnx_art.hash, cfg, version, profile, targets, workspace)}
+            "head": head, "key": engine_key(onnx_art.hash, cfg, version, profile, targets, workspace,
+                                            None if head is None else cfg.scale)}
+
+
+def _head(onnx_art: Artifact, cfg: EngineConfig) -> int | None:
+    """The index of the output ``cfg.scale`` picks in a multi-scale graph; None: build every output."""
+    scales = list(onnx_art.manifest.scales)
+    if cfg.scale is None:
+        return None
+    if cfg.scale not in scales:
+        raise EngineError(f"{onnx_art.path}: scale {cfg.scale}: the graph outputs x{'/x'.join(map(str, scales))}; "
+                          f"pick one of them (or leave scale out for every head)")
+    return scales.index(cfg.scale) if len(scales) > 1 else None
 
 
 def engine_candidate(onnx_art: Artifact, cfg: EngineConfig, staging: Path, *, name: str, cache_dir: Path) -> Candidate:
@@ -236,7 +255,16 @@ def engine_candidate(onnx_art: Artifact, cfg: EngineConfig, staging: Path, *, na
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_art.payload)):
+    onnx_name, head = onnx_art.payload.name, plan["head"]
+    if head is not None:  # one head: its output and what it depends on, kept beside the engine for trtexec
+        from edgesr.onnxutil import one_output
+
+        graph = one_output(onnx_art.payload, head)
+        onnx_name = f"model_x{cfg.scale}.onnx"
+        (staging / onnx_name).write_bytes(graph)
+    parsed = (parser.parse(graph, str(onnx_art.payload)) if head is not None
+              else parser.parse_from_file(str(onnx_art.payload)))
+    if not parsed:
         errors = [str(parser.get_error(i)).splitlines()[0] for i in range(parser.num_errors)]
         raise EngineError(f"{onnx_art.payload}: TensorRT's ONNX parser ({cfg.flavour} {version}) refuses the graph: "
                           f"{'; '.join(errors[:3] or logger.messages[-3:])}")
@@ -257,14 +285,16 @@ def engine_candidate(onnx_art: Artifact, cfg: EngineConfig, staging: Path, *, na
               "workspace_mb": workspace, "opt_level": cfg.opt_level, "strongly_typed": True,
               "timing_cache": str(cache_path) if cfg.flavour != "rtx" else None,
               "onnx_hash": onnx_art.hash, "cache_key": plan["key"], "build_seconds": round(seconds, 3),
-              "trtexec": trtexec_command(onnx_art.payload.name, "model.engine", profile, cfg, workspace, targets)}
+              "trtexec": trtexec_command(onnx_name, "model.engine", profile, cfg, workspace, targets)}
     manifest = derived_manifest(onnx_art, kind="engine", name=name, precision=onnx_art.manifest["precision"],
-                                transform={"type": "engine", "flavour": cfg.flavour, "version": version},
-                                engine=engine)
+                                transform={"type": "engine", "flavour": cfg.flavour, "version": version,
+                                           **({"head": cfg.scale} if head is not None else {})},
+                                engine=engine, **({"scales": [cfg.scale]} if head is not None else {}))
     (staging / "model.engine").write_bytes(bytes(memoryview(blob)))
     (staging / "trtexec.txt").write_text(
-        f"# The same engine from the command line ({cfg.flavour} {version}), next to a copy of the ONNX:\n"
-        f"{engine['trtexec']}\n")
+        f"# The same engine from the command line ({cfg.flavour} {version}), next to "
+        + (f"{onnx_name} (the x{cfg.scale} head alone, here):\n" if head is not None else "a copy of the ONNX:\n")
+        + f"{engine['trtexec']}\n")
     return Candidate(staging, "model.engine", manifest)
 
 

@@ -156,6 +156,33 @@ def test_build_engine_command(graphs, capsys):
     assert "target: tensorrt" in capsys.readouterr().err
 
 
+def test_an_engine_for_one_head_of_a_multi_scale_student(tmp_path, capsys):
+    """``scale``: the engine of one head holds that output and the layers it needs, not the other heads' (the
+    x4 head's extra block and wider tail); its manifest says x2 alone, its key differs from the all-heads
+    engine's, the pruned graph is kept beside it for trtexec; a scale the graph lacks is refused."""
+    import onnx
+
+    src = read_artifact("msrep-s-x24-fp32")  # shipped: one graph, outputs sr_x2 and sr_x4
+    both = _build(src, tmp_path / "both")
+    x2 = _build(src, tmp_path / "x2", scale=2)
+    assert both.manifest["scales"] == [2, 4] and x2.manifest["scales"] == [2]
+    assert x2.manifest["transforms"][-1]["head"] == 2 and "head" not in both.manifest["transforms"][-1]
+    assert x2.manifest["engine"]["cache_key"] != both.manifest["engine"]["cache_key"]
+    head = onnx.load(str(x2.path / "model_x2.onnx"))
+    full = onnx.load(str(src.payload))
+    assert [o.name for o in head.graph.output] == [full.graph.output[0].name]
+    convs = lambda g: sum(n.op_type in ("Conv", "ConvTranspose") for n in g.graph.node)
+    assert convs(head) < convs(full)
+    assert x2.payload.stat().st_size < both.payload.stat().st_size
+    assert "--onnx=model_x2.onnx" in (x2.path / "trtexec.txt").read_text()
+    with pytest.raises(EngineError, match=r"scale 3: the graph outputs x2/x4; pick one of them"):
+        _build(src, tmp_path / "x3", scale=3)
+    out = tmp_path / "cli"
+    assert main(["build-engine", "msrep-s-x24-fp32", "--scale", "4", "--shapes", "16x16:48x64:96x128",
+                 "--out", str(out)]) == 0
+    assert read_artifact(out).manifest["scales"] == [4] and "-> " in capsys.readouterr().out
+
+
 def test_engine_stage_in_a_recipe(tmp_path):
     from edgesr.config import parse_recipe
     from edgesr.pipeline import run_recipe
