@@ -79,6 +79,27 @@ class TorchBackend(Backend):
         self.model = torch.compile(model) if self.compile else model
         self.uint8_native = True
 
+    def _select_output(self) -> None:
+        """One head of a multi-scale model alone: the traced graph returns that output, and the layers only the
+        other heads use are dropped (torch.fx dead-code elimination), so x2 from an x2+x4 student costs what x2
+        does. A model torch.fx cannot trace keeps running every head (the selected output is returned)."""
+        import torch.fx
+
+        try:
+            gm = torch.fx.symbolic_trace(self._eager)
+        except Exception:  # noqa: BLE001 - data-dependent control flow: every head runs, one is returned
+            return
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        if not isinstance(out.args[0], (tuple, list)):
+            return
+        out.args = (out.args[0][self.output_index],)
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+        self._eager = gm.eval()
+        self.model = torch.compile(gm) if self.compile else gm
+        self._graphs.clear()
+
     def _forward(self, x):
         out = self.model(x)
         if isinstance(out, tuple):  # a multi-output model: the selected scale (default the first, the manifest's)

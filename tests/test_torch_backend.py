@@ -67,3 +67,24 @@ def test_cuda_fp16_channels_last_and_graphs_agree_with_cpu(msrep):
         with open_backend(msrep, "torch", device="cuda", **options) as b:
             assert np.abs(b.run(x) - ref).max() < tol
             assert np.abs(b.run(x) - ref).max() < tol  # a graph replay gives the same
+
+
+def test_one_head_of_a_multi_scale_model_runs_alone():
+    """``select_scale`` on a multi-scale model: the x2 head's output, bit for bit, without running the layers
+    only the x4 head uses (its extra block and tail); the x4 head likewise returns what the whole model does."""
+    x = _x()
+    with open_backend("msrep-s-x24", "torch", threads=1) as whole:
+        full = whole._eager
+        with torch.inference_mode():
+            ref2, ref4 = (t.numpy() for t in full(torch.from_numpy(x)))
+    for scale, ref in ((2, ref2), (4, ref4)):
+        with open_backend("msrep-s-x24", "torch", threads=1, scale=scale) as b:
+            calls = []
+            hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m))
+                     for m in b._eager.modules() if isinstance(m, torch.nn.Conv2d)]
+            out = b.run(x)
+            for h in hooks:
+                h.remove()
+            assert np.array_equal(out, ref) and out.shape[-1] == x.shape[-1] * scale
+            n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in full.modules())
+            assert len(calls) == {2: 5, 4: 6}[scale] < n_convs == 7  # head + 3 (+1) blocks + that tail
