@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,8 +29,8 @@ from edgesr.artifacts import Artifact, ArtifactError, Candidate
 from edgesr.config import TrainConfig
 from edgesr.data.degradations import degradation_record, training_record
 from edgesr.data.patches import PatchSampler
-from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, resolve_device,
-                            sampler_for)
+from edgesr.fitting import (config_fingerprint, distributed, fit, fit_metrics, fit_options, init_weights,
+                            resolve_device, sampler_for)
 from edgesr.losses import LOSSES, distill_loss
 from edgesr.modelio import load_model, model_candidate
 from edgesr.models import build_model, model_scales, outputs_by_scale
@@ -56,6 +57,11 @@ class DistillConfig(TrainConfig):
     learned 1x1 conv adapter on the student side (the teacher then runs live)."""
     feature_weight: float = 0.0
     """Weight of the feature term (L1 between adapted student and teacher features)."""
+    teacher_lr: Literal["clean", "degraded"] = field(default="clean", metadata={"fingerprint": "when_set"})
+    """With ``data.degradation: general``, the LR the teacher sees. ``clean``: each patch's protocol LR (a teacher
+    trained on the protocol shows the student what a clean frame becomes). ``degraded``: the student's own LR (a
+    teacher trained on the same mix, e.g. a general model distilled into a smaller one); its cached outputs are
+    keyed by the mix too."""
 
 
 
@@ -68,8 +74,10 @@ class TeacherCache:
     batch."""
 
     def __init__(self, root: Path, teacher: nn.Module, teacher_hash: str, sampler: PatchSampler, steps: int,
-                 part: tuple[int, int] = (0, 1)):
+                 part: tuple[int, int] = (0, 1), teacher_lr: str = "clean"):
         self.teacher, self.sampler, self.steps, self.part = teacher.eval(), sampler, steps, part
+        degraded = getattr(sampler, "degradation", "bicubic") != "bicubic"
+        self.clean = degraded and teacher_lr == "clean"  # the teacher sees the protocol's LR, the student not
         self.scales = [s for s in model_scales(teacher) if s in sampler.targets]
         if not self.scales:
             raise ValueError(f"the teacher emits x{list(model_scales(teacher))}, none of the student's "
@@ -77,7 +85,8 @@ class TeacherCache:
         key = {"teacher": teacher_hash, "seed": sampler.seed, "patch": sampler.lr_patch, "batch": sampler.batch_size,
                "scale": sampler.scale, "targets": list(sampler.targets), "augment": sampler.augment,
                "min_std": sampler.min_std, "images": [p.name for p in sampler.pairs], "part": list(part),
-               "steps": steps}
+               "steps": steps,
+               **({"teacher_lr": degradation_record(sampler.degradation)} if degraded and not self.clean else {})}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = root / digest
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +147,7 @@ class CachedTeacherSampler:
         the same patches' protocol LR: the teacher sees clean frames, the student learns to reach them from
         degraded ones."""
         lr, hr = self.sampler.batch(step, part)
-        degraded = getattr(self.sampler, "degradation", "bicubic") != "bicubic"
-        teacher_lr = self.sampler.batch(step, part, clean=True)[0] if degraded and not self.cache.filled[step] else lr
+        teacher_lr = self.sampler.batch(step, part, clean=True)[0] if self.cache.clean and not self.cache.filled[step] else lr
         return lr, {"hr": hr, "teacher": self.cache.get(step, teacher_lr)}
 
 
@@ -184,9 +192,11 @@ class FeatureDistiller(nn.Module):
             h.remove()
 
 
-@register_stage("distill", DistillConfig, makes=MODEL, takes={"teacher": MODEL}, trains=True)
-def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> Candidate | None:
-    """The ``distill`` stage: train ``cfg.model`` from scratch against HR and the teacher artifact."""
+@register_stage("distill", DistillConfig, makes=MODEL, takes={"teacher": MODEL, "init_from": MODEL}, trains=True)
+def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact,
+                  init_from: Artifact | None = None) -> Candidate | None:
+    """The ``distill`` stage: train ``cfg.model`` against HR and the teacher artifact, from scratch or from
+    ``init_from``'s weights where names and shapes match."""
     name, out, scale, seed = ctx.name, ctx.out, ctx.scale, ctx.seed
     train_pairs, val_pairs, patch_size, min_patch_std = ctx.train_pairs, ctx.val_pairs, ctx.patch_size, ctx.min_patch_std
     if scale not in teacher.manifest["scales"]:
@@ -196,6 +206,7 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> C
     arch = {**cfg.model, "scale": scale}
     torch.manual_seed(seed)
     student = build_model(arch)
+    init_record = init_weights(student, init_from) if init_from is not None else None
     sampler = sampler_for(student, train_pairs, scale, patch_size, cfg.batch_size, seed, min_patch_std,
                           ctx.degradation)
     scales = model_scales(student)
@@ -217,21 +228,24 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> C
             cache_info["reason"] = f"{size / 1e9:.1f} GB over cache_limit_gb"
         else:
             cache = TeacherCache(out.parent / ".teacher_cache", teacher_model, teacher.hash, sampler, cfg.steps,
-                                 (rank, world))
+                                 (rank, world), cfg.teacher_lr)
             source = CachedTeacherSampler(sampler, cache)
             cache_info = {"used": True, "dir": str(cache.dir), "bytes": size,
                           "filled_before": int(cache.filled.sum())}
-    if ctx.degradation != "bicubic" and cfg.alpha > 0 and (features is not None or not isinstance(source, CachedTeacherSampler)):
+    if (ctx.degradation != "bicubic" and cfg.teacher_lr == "clean" and cfg.alpha > 0
+            and (features is not None or not isinstance(source, CachedTeacherSampler))):
         raise ValueError(f"distill {name}: data.degradation {ctx.degradation!r} distils through the teacher cache, "
                          "where the teacher's outputs come from the same patches' protocol LR (a teacher run live, or "
                          "feature distillation, would see the student's degraded LR). Turn cache_teacher on (or "
-                         "raise cache_limit_gb) and leave feature_layers out.")
+                         "raise cache_limit_gb) and leave feature_layers out; or, for a teacher trained on the same "
+                         "mix, set teacher_lr: degraded.")
     result = fit(student, source, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale, val_degraded=ctx.val_degraded,
                  checkpoint_dir=out.with_name(out.name + ".ckpt"), desc=f"distill {name}",
                  extra_params=list(features.adapters.parameters()) if features is not None else None,
                  fingerprint=config_fingerprint(arch, cfg, teacher.hash, patch_size, min_patch_std, seed,
                                                 [p.name for p in train_pairs],
-                                                *training_record(ctx.degradation, ctx.val_degraded)),
+                                                *training_record(ctx.degradation, ctx.val_degraded),
+                                                *([init_from.hash] if init_from is not None else [])),
                  **fit_options(cfg))
     if features is not None:
         features.remove()
@@ -241,8 +255,10 @@ def distill_stage(cfg: DistillConfig, ctx: StageContext, teacher: Artifact) -> C
     if rank != 0:
         return None
     return model_candidate(ctx.staging, result.model, out=out, name=name, arch=arch, parent=teacher, transforms=[
+        *([{"type": "init_from", **init_record}] if init_record else []),
         {"type": "distill", "teacher": teacher.manifest.get("name"), "teacher_hash": teacher.hash,
          "alpha": cfg.alpha, "loss": cfg.loss, "feature_layers": cfg.feature_layers,
          "feature_weight": cfg.feature_weight, "teacher_cache": cache_info,
-         **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {})}],
+         **({"degradation": degradation_record(ctx.degradation)[0], "teacher_lr": cfg.teacher_lr}
+            if ctx.degradation != "bicubic" else {})}],
         metrics=fit_metrics(result))

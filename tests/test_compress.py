@@ -311,6 +311,46 @@ def test_teacher_outputs_are_cached_once_and_reused(tiny_teacher, builtin_train,
     assert other.dir != cache.dir and not other.filled.any()
 
 
+def test_distill_warm_started_from_a_general_teacher_on_the_students_lr(tiny_teacher, builtin_train, builtin_valid,
+                                                                         tmp_path):
+    """``init_from`` warm-starts a distilled student (it was ignored before); with a degraded training mix,
+    ``teacher_lr: degraded`` caches the teacher's outputs on the student's own LR, ``clean`` on the protocol's LR
+    of the same patches, in caches of their own."""
+    from pathlib import Path
+
+    from edgesr.compress.distill import DistillConfig, TeacherCache, distill_stage
+    from edgesr.config import TrainConfig
+    from edgesr.data.degradations import DegradationSpec
+    from edgesr.data.patches import PatchSampler
+    from edgesr.train.train import train_stage
+
+    mix = DegradationSpec("general", {"blur": 0, "noise": 0, "jpeg": 0, "resize": {"cubic-aliased": 1}})
+    spec = {"type": "abpn", "channels": 8, "n_body": 1}
+    start = call_stage(train_stage, TrainConfig(model=spec, steps=2, batch_size=2, val_every=2), name="start",
+                       out=tmp_path / "start", train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2,
+                       patch_size=16, min_patch_std=0.0)
+    kw = dict(teacher=tiny_teacher, train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, patch_size=16,
+              min_patch_std=0.0, seed=0, degradation=mix)
+    arts = {sees: call_stage(distill_stage, DistillConfig(model=spec, teacher="teacher", steps=3, batch_size=4,
+                                                          alpha=0.5, val_every=3, teacher_lr=sees),
+                             name=sees, out=tmp_path / sees, init_from=start, **kw) for sees in ("clean", "degraded")}
+    first, last = arts["degraded"].manifest["transforms"][0], arts["degraded"].manifest["transforms"][-1]
+    assert first["type"] == "init_from" and first["from"] == "start" and first["loaded"] > 0 and not first["fresh"]
+    assert last["teacher_lr"] == "degraded" and last["degradation"]["mix"]["resize"] == {"cubic-aliased": 1.0}
+    dirs = {k: a.manifest["transforms"][-1]["teacher_cache"]["dir"] for k, a in arts.items()}
+    assert dirs["clean"] != dirs["degraded"]
+    teacher = load_model(tiny_teacher)
+    sampler = PatchSampler(builtin_train, 2, 16, 4, seed=0, min_std=0.0, degradation=mix)
+    lr, clean = sampler.batch(1)[0], sampler.batch(1, clean=True)[0]
+    assert not torch.equal(lr, clean)
+    for sees, x in (("clean", clean), ("degraded", lr)):
+        cache = TeacherCache(tmp_path / ".teacher_cache", teacher, tiny_teacher.hash, sampler, 3, teacher_lr=sees)
+        assert cache.dir == Path(dirs[sees]) and cache.filled.all()
+        with torch.no_grad():
+            live = teacher(x).clamp(0, 1)
+        assert (cache.get(1, x)[2] - live).abs().max() <= 0.5 / 255 + 1e-6
+
+
 def test_feature_distillation_trains_adapters_and_names_bad_layers(tiny_teacher, builtin_train, builtin_valid,
                                                                      tmp_path):
     from edgesr.compress.distill import DistillConfig, distill_stage
