@@ -429,6 +429,12 @@ class QdqGraph(nn.Module):
         raise QdqGraphError(f"tensor {name!r} is used before it is computed (the graph is not in topological order)")
 
     def forward(self, lr: torch.Tensor):
+        env = self.tensors(lr)
+        outs = tuple(env[o] for o in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    def tensors(self, lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every tensor of a forward pass, by its name in the graph (a quantizer's output: its dequantized value)."""
         env: dict[str, torch.Tensor] = {self.input_name: lr}
         for kind, n, _ in self._plan:
             if kind == "param":
@@ -444,8 +450,21 @@ class QdqGraph(nn.Module):
                 out = self._op(n, [self._tensor(env, i) for i in n.input])
                 for name, t in zip(n.output, out if isinstance(out, tuple) else (out,)):
                     env[name] = t
-        outs = tuple(env[o] for o in self.output_names)
-        return outs[0] if len(outs) == 1 else outs
+        return env
+
+    def integer_conv_names(self) -> set[str]:
+        """The Conv nodes simulated as integer kernels (DQ -> Conv -> Q); every other Conv runs in float."""
+        return {conv.name for conv, *_ in self._integer_conv.values()}
+
+    def quantized(self, q_name: str, value: torch.Tensor) -> np.ndarray:
+        """The integers the QuantizeLinear node ``q_name`` holds for the simulation's (dequantized) ``value``, in
+        the node's output type: what ONNX Runtime gets from it."""
+        a = self.acts[self._act_of[q_name]]
+        with torch.no_grad():
+            s = _channel_view(a.scale(), a.axis, value.ndim)
+            z = _channel_view(a.zp(), a.axis, value.ndim)
+            q = torch.clamp(torch.round(value / s) + z, a.qmin, a.qmax)
+        return q.numpy().astype(np.uint8 if a.qmin >= 0 else np.int8)
 
     def _integer_conv_value(self, env: dict, q_node) -> torch.Tensor:
         """What ONNX Runtime's QLinearConv returns for DQ -> Conv -> Q (dequantized): the integer convolution
@@ -534,6 +553,71 @@ class QdqGraph(nn.Module):
                     if attr.name == "value":
                         attr.t.CopyFrom(numpy_helper.from_array(values[n.output[0]], n.output[0]))
         return proto
+
+
+def where_onnx_runtime_differs(graph: QdqGraph, path, x: torch.Tensor, threads: int = 0) -> str:
+    """Where the simulation and ONNX Runtime part, in words: every QuantizeLinear of the written graph, and every
+    output, has its piece of graph (from the quantized tensors it depends on) run by ONNX Runtime, fully optimised,
+    on the simulation's own values, and compared with the simulation's. A float convolution (Conv + activation with
+    no pair between: ONNX Runtime's FusedConv) sums in MLAS's order, which no simulation reproduces; isolated
+    one-step flips after one are float arithmetic, amplified by a graph without an image skip."""
+    import tempfile
+    from pathlib import Path
+
+    from onnx.utils import extract_model
+
+    from .runtime.onnxruntime_backend import ort_session
+
+    proto = onnx.load(str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    inits = {i.name for i in proto.graph.initializer}
+    float_convs = {n.name for n in proto.graph.node if n.op_type == "Conv"} - graph.integer_conv_names()
+    with torch.no_grad():
+        env, outs = graph.tensors(x), graph(x)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    targets = [(n.output[0], n) for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    targets += [(o, None) for o in graph.output_names]
+    flips = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, q in targets:
+            inputs, nodes = _piece_inputs(name if q is None else q.input[0], producer, inits)
+            piece = Path(tmp) / "piece.onnx"
+            extract_model(str(path), str(piece), sorted(inputs), [name])
+            feeds = {t: graph.quantized(producer[t].name, env[t]) if t in producer else env[t].numpy() for t in inputs}
+            got = ort_session(str(piece), threads=threads).run(None, feeds)[0]
+            ops = ", ".join(sorted({n.op_type for n in nodes} - {"DequantizeLinear"})) or "none"
+            if q is None:
+                d = float(np.abs(got - outs[graph.output_names.index(name)].numpy()).max())
+                if d > 1e-4:
+                    return (f"given the same quantized inputs, output {name} differs by up to {d:.3g} (ops between: "
+                            f"{ops}); report the graph so that the simulation can be fixed")
+                continue
+            n_off = int((graph.quantized(q.name, env[name]) != got).sum())
+            if n_off and (not any(n.name in float_convs for n in nodes) or n_off > 1e-4 * got.size):
+                return (f"given the same quantized inputs, quantizer {q.name} has {n_off} of {got.size} values a step "
+                        f"off (ops between: {ops}); report the graph so that the simulation can be fixed")
+            if n_off:
+                flips.append(f"{q.name} {n_off}/{got.size}")
+    return ("given the same quantized inputs every quantizer and output agrees, but for isolated one-step flips after "
+            f"float convolutions ({'; '.join(flips) or 'none'}): float summation order, amplified by the graph. If "
+            "that is acceptable for this graph, lower min_parity_db to the parity measured")
+
+
+def _piece_inputs(start: str, producer: dict, inits: set) -> tuple[set, list]:
+    """The quantized tensors (or graph inputs) ``start`` depends on, and the nodes between."""
+    inputs, nodes, stack, seen = set(), [], [start], set()
+    while stack:
+        t = stack.pop()
+        if not t or t in seen or t in inits:
+            continue
+        seen.add(t)
+        p = producer.get(t)
+        if p is None or p.op_type == "QuantizeLinear":
+            inputs.add(t)
+            continue
+        nodes.append(p)
+        stack.extend(p.input)
+    return inputs, nodes
 
 
 # --- the operators with more than a line to them (node, attributes, computed inputs) ---------------------------

@@ -490,7 +490,8 @@ def test_qat_onnx_parity_is_held_to_the_runtimes_own_agreement(shipped_ptq, buil
                                                                monkeypatch):
     """Below min_parity_db the simulation is compared with ONNX Runtime's agreement with itself (fused integer
     kernels against node-by-node execution; a graph without an image skip amplifies single rounding flips, as
-    RLFN's does to 44.9 dB) and passes within 1 dB of it, recorded; a simulation off by more is still refused."""
+    RLFN's does to 44.9 dB) and passes within 1 dB of it, recorded; a simulation off by more is still refused, and
+    the refusal says where (each quantizer's piece of graph run by ONNX Runtime on the simulation's own inputs)."""
     from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
     from edgesr.qdq_graph import QdqGraph
 
@@ -503,9 +504,11 @@ def test_qat_onnx_parity_is_held_to_the_runtimes_own_agreement(shipped_ptq, buil
     assert rec["simulation_parity_db"] >= rec["runtime_self_agreement_db"] - 1.0
     forward = QdqGraph.forward
     monkeypatch.setattr(QdqGraph, "forward", lambda self, lr: forward(self, lr) + 0.01)  # a simulation gone wrong
-    with pytest.raises(QuantizeError, match="below ONNX Runtime's own agreement"):
+    with pytest.raises(QuantizeError, match="below ONNX Runtime's own agreement") as refused:
         call_stage(qat_onnx_stage, QatOnnxConfig(input="ptq", steps=2, batch_size=2, lr=1e-5, val_every=1),
                    name="qat_off", out=root / "qat_off", source=ptq, **kw)
+    # and it says where: every quantizer agrees given the same inputs, the output (after the last pair) does not
+    assert "given the same quantized inputs, output sr differs by up to 0.01" in str(refused.value), str(refused.value)
 
 
 def _qdq_resize_graph(size: tuple[int, int], scales: tuple[float, float] | None = None) -> onnx.ModelProto:
