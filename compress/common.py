@@ -18,7 +18,7 @@ from edgesr.onnxutil import INT16_MAX, op_counts, u8s8_pair_sum_max
 from edgesr.runtime import Upscaler, open_backend
 
 __all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq", "require_tensorrt_form",
-           "u8s8_pair_sum_max"]
+           "u8s8_pair_sum_max", "activation_quantizers", "float_activations"]
 
 
 class QuantizeError(EdgesrError, RuntimeError):
@@ -111,3 +111,53 @@ def onnx_quality(art: Artifact, pairs: list[ImagePair], scale: int, threads: int
         return evaluate_pairs(up.upscale_float, ((p.name, p.lr, p.hr) for p in pairs), scale, with_ssim=False).psnr
     finally:
         backend.close()
+
+
+def activation_quantizers(proto: onnx.ModelProto) -> list[str]:
+    """The tensors a Q/DQ graph quantizes between two operators: each QuantizeLinear whose input an operator
+    computes (not the graph's input, not an initializer) and whose DequantizeLinear nodes do not give a graph
+    output, by its input tensor's name, in graph order."""
+    g = proto.graph
+    produced = {o for n in g.node for o in n.output}
+    outputs = {o.name for o in g.output}
+    dqs = {}
+    for n in g.node:
+        if n.op_type == "DequantizeLinear":
+            dqs.setdefault(n.input[0], []).append(n)
+    return [q.input[0] for q in g.node if q.op_type == "QuantizeLinear" and q.input[0] in produced
+            and dqs.get(q.output[0]) and not any(d.output[0] in outputs for d in dqs[q.output[0]])]
+
+
+def float_activations(proto: onnx.ModelProto, tensors) -> onnx.ModelProto:
+    """A copy of ``proto`` with the Q/DQ pairs of ``tensors`` (names from :func:`activation_quantizers`) replaced
+    by a Clip to each quantizer's range, ``[(qmin - z) s, (qmax - z) s]``: the operators that read the dequantized
+    tensor read it in float (mixed precision: an integer runtime runs them in floating point), and the clamp the
+    quantizer applied stays (ONNX Runtime's quantizer folds a ReLU into a quantizer whose range starts at 0).
+    Refuses a name that is not such a quantizer."""
+    from onnx import helper
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    known = set(activation_quantizers(proto))
+    if unknown := sorted(set(tensors) - known):
+        raise QuantizeError(f"no activation quantizer on {unknown} (quantized activations: {sorted(known)})")
+    g = proto.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for q in [q for q in g.node if q.op_type == "QuantizeLinear" and q.input[0] in set(tensors)]:
+        s, z = inits[q.input[1]].astype(np.float32), inits[q.input[2]] if len(q.input) > 2 else np.uint8(0)
+        info = np.iinfo(z.dtype)
+        lo, hi = (np.float32((info.min - int(z)) * s), np.float32((info.max - int(z)) * s))
+        clipped = f"{q.input[0]}_float_clip"
+        g.initializer.extend([numpy_helper.from_array(np.asarray(lo, np.float32), f"{clipped}_min"),
+                              numpy_helper.from_array(np.asarray(hi, np.float32), f"{clipped}_max")])
+        at = list(g.node).index(q)
+        for d in [d for d in g.node if d.op_type == "DequantizeLinear" and d.input[0] == q.output[0]]:
+            for c in g.node:
+                c.input[:] = [clipped if i == d.output[0] else i for i in c.input]
+            g.node.remove(d)
+        g.node.remove(q)
+        g.node.insert(at, helper.make_node("Clip", [q.input[0], f"{clipped}_min", f"{clipped}_max"], [clipped],
+                                           name=f"{q.input[0]}_float_clip"))
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:  # the removed pairs' scales and zero points
+        g.initializer.remove(init)
+    return proto

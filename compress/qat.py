@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -168,7 +169,11 @@ class QatOnnxConfig:
     val_every: int = 250
     max_psnr_drop_db: float | None = None
     """Against ``reference`` (required with it)."""
-    on_budget_exceeded: Literal["fail", "warn"] = "fail"
+    on_budget_exceeded: Literal["fail", "warn", "fallback"] = "fail"
+    """fallback: mixed precision after training, when the trained graph is over budget: each activation's Q/DQ
+    pair is removed alone and the validation PSNR it gives back measured on the runtime; then the costliest
+    pairs are removed, most first, until the drop is within ``max_psnr_drop_db`` (their consumers run in float).
+    The manifest names the float activations and every pair's measured cost."""
     min_parity_db: float = 50.0
     """The lowest PSNR (peak 1.0) allowed between the trained graph's output in ONNX Runtime and in the
     PyTorch simulation that trained it, on the parity image: below it, what trained is not what runs, unless
@@ -199,6 +204,8 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     if cfg.max_psnr_drop_db is not None and reference is None:
         raise QuantizeError(f"qat_onnx {name}: max_psnr_drop_db is measured against the FP32 graph; name it as "
                             "reference")
+    if cfg.on_budget_exceeded == "fallback" and cfg.max_psnr_drop_db is None:
+        raise QuantizeError(f"qat_onnx {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
     if cfg.alpha > 0 and reference is None and teacher is None:
         raise QuantizeError(f"qat_onnx {name}: alpha > 0 distils from reference or teacher; name one")
     from .ptq import quality_backend
@@ -257,7 +264,48 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
                            "qat_torch_val_psnr": round(result.best_psnr, 4), "train_seconds": round(result.seconds, 1),
                            "history": result.history,
                            **({"fp32_val_psnr": round(parent_psnr, 4)} if parent_psnr is not None else {})}
-    return Candidate(ctx.staging, path.name, manifest, Quality(f"qat_onnx {name}", psnr, parent_psnr))
+    cand = Candidate(ctx.staging, path.name, manifest, Quality(f"qat_onnx {name}", psnr, parent_psnr))
+    cand.gentler = lambda: _float_activations(cand, ctx, runtime, cfg.max_psnr_drop_db)
+    return cand
+
+
+def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_drop_db: float) -> Candidate:
+    """Mixed precision after training (``on_budget_exceeded: fallback``): the trained graph's activation Q/DQ
+    pairs, each removed alone, are ranked by the validation PSNR that gives back (measured on ``runtime``); the
+    costliest are removed, most first, until the drop against the FP32 parent is within ``max_drop_db``.
+    Rewrites the candidate's payload; the weights stay INT8."""
+    import onnx
+
+    from .common import activation_quantizers, float_activations
+
+    path, q = cand.staging / cand.payload, cand.quality
+    proto = onnx.load(str(path))
+
+    def quality(graph: onnx.ModelProto, file: Path) -> float:
+        onnx.save_model(graph, str(file))
+        return onnx_quality(Artifact(file.parent, {**cand.manifest, "payload": file.name}), ctx.val_pairs, ctx.scale,
+                            ctx.threads, runtime)
+
+    trial = path.with_name("float_activation.onnx")
+    tensors = activation_quantizers(proto)
+    gain = {t: round(quality(float_activations(proto, [t]), trial) - q.psnr, 4) for t in tensors}
+    trial.unlink(missing_ok=True)
+    kept, psnr = [], q.psnr
+    for t in sorted(tensors, key=lambda t: gain[t], reverse=True):
+        if q.parent_psnr - psnr <= max_drop_db:
+            break
+        kept.append(t)
+        psnr = quality(float_activations(proto, kept), path)
+    report = check_qdq(path)
+    manifest = {**cand.manifest, "precision": "int8+fp32" if kept else cand.manifest["precision"],
+                "ops": report.pop("ops")}
+    manifest["transforms"] = cand.manifest["transforms"][:-1] + [{**cand.manifest["transforms"][-1], **report,
+        "mixed_precision": {
+            "float_activations": kept, "psnr": round(psnr, 4), "int8_psnr": round(q.psnr, 4),
+            "gain_db": dict(sorted(gain.items(), key=lambda kv: -kv[1])),
+            "reason": "activation Q/DQ pairs removed after training, costliest first (validation PSNR given back "
+                      "when removed alone), until the drop fits max_psnr_drop_db; weights stay INT8"}}]
+    return Candidate(cand.staging, cand.payload, manifest, dataclasses.replace(q, psnr=psnr))
 
 
 def _simulation_parity(graph, path: Path, manifest: dict, min_parity_db: float, threads: int) -> tuple[float, float | None]:

@@ -477,6 +477,51 @@ def test_qat_that_does_not_help_ships_the_ptq_graph(shipped_ptq, builtin_train, 
     assert art.payload.read_bytes() == ptq.payload.read_bytes()
 
 
+def test_qat_onnx_over_budget_falls_back_to_float_activations(shipped_ptq, builtin_train, builtin_valid, tmp_path):
+    """``on_budget_exceeded: fallback``: the trained graph over budget gives its costliest activation Q/DQ pairs
+    back to float (each one's validation PSNR measured on the runtime), most costly first, until the drop fits;
+    the weights stay INT8, the rest of the graph is untouched, and the recorded PSNR is what ONNX Runtime gives."""
+    from edgesr.artifacts import Artifact
+    from edgesr.budget import QualityBudgetExceeded
+    from edgesr.compress.common import activation_quantizers, float_activations, onnx_quality
+    from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
+
+    root, fp32, ptq = shipped_ptq
+    kw = dict(source=ptq, reference=fp32, teacher=None, train_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2,
+              patch_size=32, min_patch_std=0.04, seed=0)
+    base = dict(input="ptq", reference="f", alpha=1.0, steps=20, batch_size=8, lr=2e-5, val_every=20)
+    full = call_stage(qat_onnx_stage, QatOnnxConfig(**base, max_psnr_drop_db=10.0), name="qat_full",
+                      out=root / "qat_full", **kw)
+    drop = full.manifest["metrics"]["budget"]["psnr_drop_db"]
+    every = tmp_path / "every" / "model.onnx"  # every activation in float: the weights' own loss, the floor
+    every.parent.mkdir()
+    proto = onnx.load(str(full.payload))
+    onnx.save_model(float_activations(proto, activation_quantizers(proto)), str(every))
+    floor = full.manifest["metrics"]["budget"]["parent_psnr"] - onnx_quality(
+        Artifact(every.parent, {**full.manifest, "payload": every.name}), builtin_valid[:1], 2, 1)
+    assert drop - floor > 0.01, (drop, floor)
+    budget = (drop + floor) / 2
+    with pytest.raises(QualityBudgetExceeded):  # the same budget without the fallback
+        call_stage(qat_onnx_stage, QatOnnxConfig(**base, max_psnr_drop_db=budget), name="qat_fail",
+                   out=root / "qat_fail", **kw)
+    art = call_stage(qat_onnx_stage, QatOnnxConfig(**base, max_psnr_drop_db=budget, on_budget_exceeded="fallback"),
+                     name="qat_mixed", out=root / "qat_mixed", **kw)
+    mixed = art.manifest["transforms"][-1]["mixed_precision"]
+    kept, gain = mixed["float_activations"], mixed["gain_db"]
+    before, after = onnx.load(str(full.payload)), onnx.load(str(art.payload))
+    assert kept and kept[0] == max(gain, key=gain.get) and set(gain) == set(activation_quantizers(before))
+    assert art.manifest["precision"] == "int8+fp32" and art.manifest["metrics"]["budget"]["psnr_drop_db"] <= budget
+    assert set(activation_quantizers(after)) == set(gain) - set(kept)
+    int8 = lambda m: [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8]  # noqa: E731
+    assert int8(after) and int8(after) == int8(before)  # the trained INT8 weights, as they were
+    assert art.manifest["metrics"]["val_psnr"] == pytest.approx(
+        onnx_quality(art, builtin_valid[:1], 2, 1), abs=1e-3)  # the runtime's number
+    clips = [n for n in after.graph.node if n.op_type == "Clip"]
+    assert sorted(n.input[0] for n in clips) == sorted(kept)  # each float activation keeps its quantizer's clamp
+    with pytest.raises(QuantizeError, match="no activation quantizer on .'lr'."):
+        float_activations(before, ["lr"])
+
+
 def test_qat_onnx_refuses_what_it_cannot_train(shipped_ptq, builtin_valid):
     from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
 
