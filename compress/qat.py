@@ -178,7 +178,9 @@ class QatOnnxConfig:
     """The lowest PSNR (peak 1.0) allowed between the trained graph's output in ONNX Runtime and in the
     PyTorch simulation that trained it, on the parity image: below it, what trained is not what runs, unless
     ONNX Runtime agrees no better with itself (fused kernels against node-by-node execution: a graph without an
-    image skip amplifies single rounding flips) and the simulation is within 1 dB of that agreement."""
+    image skip amplifies single rounding flips) and the simulation is within 1 dB of that agreement, or each
+    quantizer's piece of graph, run by ONNX Runtime on the simulation's own inputs, gives the simulation's integers
+    but for isolated one-step flips after float convolutions (recorded as ``parity_per_quantizer``)."""
 
 
 @register_stage("qat_onnx", QatOnnxConfig, makes=ONNX, takes={"input": ONNX, "reference": ONNX_FP32, "teacher": MODEL},
@@ -239,7 +241,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     path = ctx.staging / "model.onnx"
     onnx.save_model(trained, str(path))
     psnr = onnx_quality(Artifact(path.parent, {**manifest, "payload": path.name}), val_pairs, scale, threads, runtime)
-    parity, self_db = _simulation_parity(graph, path, manifest, cfg.min_parity_db, threads)
+    parity, self_db, per_quantizer = _simulation_parity(graph, path, manifest, cfg.min_parity_db, threads)
     kept_input = psnr <= ptq_psnr
     if kept_input:  # training did not help on the validation images: ship the post-training graph
         onnx.save_model(proto, str(path))
@@ -257,6 +259,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
                            reference.manifest.get("name") if cfg.alpha > 0 else None),
         "weight_bits": quantized_by.get("weight_bits", 8), "simulation_parity_db": parity,
         **({"runtime_self_agreement_db": self_db} if self_db is not None else {}),
+        **({"parity_per_quantizer": per_quantizer} if per_quantizer is not None else {}),
         **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {}),
         "kept_input": "training did not beat the input graph on the validation images" if kept_input else None,
         **report}]
@@ -296,6 +299,12 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
             break
         kept.append(t)
         psnr = quality(float_activations(proto, kept), path)
+    from edgesr.progress import console
+
+    console.print(f"  {q.step}: {len(kept)} of {len(tensors)} activations back in float, val PSNR {q.psnr:.3f} -> "
+                  f"{psnr:.3f} dB (FP32 {q.parent_psnr:.3f})" + (
+                      "; that is every activation: what is left is the INT8 weights' own loss" if len(kept) == len(tensors)
+                      else ""))
     report = check_qdq(path)
     manifest = {**cand.manifest, "precision": "int8+fp32" if kept else cand.manifest["precision"],
                 "ops": report.pop("ops")}
@@ -308,9 +317,11 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
     return Candidate(cand.staging, cand.payload, manifest, dataclasses.replace(q, psnr=psnr))
 
 
-def _simulation_parity(graph, path: Path, manifest: dict, min_parity_db: float, threads: int) -> tuple[float, float | None]:
+def _simulation_parity(graph, path: Path, manifest: dict, min_parity_db: float,
+                       threads: int) -> tuple[float, float | None, dict | None]:
     """What trained must be what runs: ONNX Runtime's output of the written graph against the PyTorch simulation's
-    on the parity image, in dB (peak 1.0); and, below ``min_parity_db``, ONNX Runtime's agreement with itself."""
+    on the parity image, in dB (peak 1.0); below ``min_parity_db``, ONNX Runtime's agreement with itself; and below
+    both, the per-quantizer check's record (accepted when it finds only flips after float convolutions)."""
     import numpy as np
     import torch
 
@@ -329,7 +340,7 @@ def _simulation_parity(graph, path: Path, manifest: dict, min_parity_db: float, 
     db = lambda a, b: round(float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-20))), 2)  # noqa: E731
     parity = db(run, sim)
     if parity >= min_parity_db:
-        return parity, None
+        return parity, None, None
     # A graph without an image skip (RLFN, IMDN-RTC) carries the image through every quantizer, and one value
     # rounded the other way anywhere moves its output: ONNX Runtime disagrees with itself between its fused integer
     # kernels and its node-by-node execution at that level (RLFN x4: 44.9 dB). The simulation is held to that: as
@@ -338,8 +349,15 @@ def _simulation_parity(graph, path: Path, manifest: dict, min_parity_db: float, 
                         exact_u8s8=saturation_risk(manifest)).run(None, {"lr": x.numpy()})[0]
     self_db = db(run, plain)
     if parity >= self_db - 1.0:
-        return parity, self_db
+        return parity, self_db, None
+    # Below both: each quantizer's piece of graph, run by ONNX Runtime on the simulation's own inputs, must give the
+    # simulation's integers. Where it does but for isolated flips after float convolutions (MLAS's summation order,
+    # which nothing reproduces), the simulation computes what runs and the output's gap is the graph amplifying
+    # those flips (RLFN x4 with fused activations: 49.998 dB): accepted, recorded.
+    found = where_onnx_runtime_differs(graph, path, x, threads)
+    if found.float_order_only:
+        return parity, self_db, {"accepted": "every quantizer agrees given the same inputs, but for isolated flips "
+                                             "after float convolutions", "flips": list(found.flips)}
     raise QuantizeError(f"{path}: ONNX Runtime runs the trained graph differently from the PyTorch simulation that "
                         f"trained it ({parity} dB < min_parity_db {min_parity_db}, and below ONNX Runtime's own "
-                        f"agreement between its fused and node-by-node execution, {self_db} dB): "
-                        f"{where_onnx_runtime_differs(graph, path, x, threads)}")
+                        f"agreement between its fused and node-by-node execution, {self_db} dB): {found.message}")

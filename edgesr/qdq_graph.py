@@ -28,6 +28,7 @@ it started from. Only the operators SR students export to are implemented; any o
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -555,12 +556,25 @@ class QdqGraph(nn.Module):
         return proto
 
 
-def where_onnx_runtime_differs(graph: QdqGraph, path, x: torch.Tensor, threads: int = 0) -> str:
-    """Where the simulation and ONNX Runtime part, in words: every QuantizeLinear of the written graph, and every
-    output, has its piece of graph (from the quantized tensors it depends on) run by ONNX Runtime, fully optimised,
-    on the simulation's own values, and compared with the simulation's. A float convolution (Conv + activation with
-    no pair between: ONNX Runtime's FusedConv) sums in MLAS's order, which no simulation reproduces; isolated
-    one-step flips after one are float arithmetic, amplified by a graph without an image skip."""
+@dataclass(frozen=True)
+class Divergence:
+    """Where the simulation and ONNX Runtime part (:func:`where_onnx_runtime_differs`)."""
+
+    float_order_only: bool
+    """True when, given the same quantized inputs, every quantizer and output agrees but for isolated one-step
+    flips after float convolutions (float summation order: the simulation computes what runs)."""
+    message: str
+    flips: tuple[str, ...] = ()
+    """``"quantizer off/size"`` for each quantizer with flips."""
+
+
+def where_onnx_runtime_differs(graph: QdqGraph, path, x: torch.Tensor, threads: int = 0) -> Divergence:
+    """Where the simulation and ONNX Runtime part: every QuantizeLinear of the written graph, and every output, has
+    its piece of graph (from the quantized tensors it depends on) run by ONNX Runtime, fully optimised, on the
+    simulation's own values, and compared with the simulation's. A float convolution (Conv + activation with no
+    pair between: ONNX Runtime's FusedConv; a consumer of an activation kept in float) sums in MLAS's order, which
+    no simulation reproduces; isolated one-step flips after one are float arithmetic, amplified by a graph without
+    an image skip."""
     import tempfile
     from pathlib import Path
 
@@ -589,18 +603,19 @@ def where_onnx_runtime_differs(graph: QdqGraph, path, x: torch.Tensor, threads: 
             if q is None:
                 d = float(np.abs(got - outs[graph.output_names.index(name)].numpy()).max())
                 if d > 1e-4:
-                    return (f"given the same quantized inputs, output {name} differs by up to {d:.3g} (ops between: "
-                            f"{ops}); report the graph so that the simulation can be fixed")
+                    return Divergence(False, f"given the same quantized inputs, output {name} differs by up to {d:.3g} "
+                                             f"(ops between: {ops}); report the graph so that the simulation can be fixed")
                 continue
             n_off = int((graph.quantized(q.name, env[name]) != got).sum())
             if n_off and (not any(n.name in float_convs for n in nodes) or n_off > 1e-4 * got.size):
-                return (f"given the same quantized inputs, quantizer {q.name} has {n_off} of {got.size} values a step "
-                        f"off (ops between: {ops}); report the graph so that the simulation can be fixed")
+                return Divergence(False, f"given the same quantized inputs, quantizer {q.name} has {n_off} of "
+                                         f"{got.size} values a step off (ops between: {ops}); report the graph so that "
+                                         "the simulation can be fixed")
             if n_off:
                 flips.append(f"{q.name} {n_off}/{got.size}")
-    return ("given the same quantized inputs every quantizer and output agrees, but for isolated one-step flips after "
-            f"float convolutions ({'; '.join(flips) or 'none'}): float summation order, amplified by the graph. If "
-            "that is acceptable for this graph, lower min_parity_db to the parity measured")
+    return Divergence(True, "given the same quantized inputs every quantizer and output agrees, but for isolated "
+                            f"one-step flips after float convolutions ({'; '.join(flips) or 'none'}): float summation "
+                            "order, amplified by the graph", tuple(flips))
 
 
 def _piece_inputs(start: str, producer: dict, inits: set) -> tuple[set, list]:

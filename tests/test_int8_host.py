@@ -547,6 +547,20 @@ def test_qat_onnx_parity_is_held_to_the_runtimes_own_agreement(shipped_ptq, buil
     art = call_stage(qat_onnx_stage, cfg, name="qat_self", out=root / "qat_self", source=ptq, **kw)
     rec = art.manifest["transforms"][-1]
     assert rec["simulation_parity_db"] >= rec["runtime_self_agreement_db"] - 1.0
+    assert "parity_per_quantizer" not in rec
+    # Below both thresholds (ONNX Runtime made to agree with itself exactly, the simulation's output moved by 1e-6,
+    # as float arithmetic moves it): the per-quantizer check decides; this simulation gives every quantizer's
+    # integers, so the graph lands with the check's record
+    from edgesr.runtime import onnxruntime_backend
+
+    session, forward = onnxruntime_backend.ort_session, QdqGraph.forward
+    with monkeypatch.context() as m:
+        m.setattr(onnxruntime_backend, "ort_session", lambda *a, optimize=True, **k: session(*a, **k))
+        m.setattr(QdqGraph, "forward", lambda self, lr: forward(self, lr) + 1e-6)
+        art = call_stage(qat_onnx_stage, cfg, name="qat_pq", out=root / "qat_pq", source=ptq, **kw)
+    rec = art.manifest["transforms"][-1]
+    assert rec["runtime_self_agreement_db"] == 200.0 and rec["simulation_parity_db"] < 199.0, rec
+    assert rec["parity_per_quantizer"]["flips"] == [] and "float convolutions" in rec["parity_per_quantizer"]["accepted"]
     forward = QdqGraph.forward
     monkeypatch.setattr(QdqGraph, "forward", lambda self, lr: forward(self, lr) + 0.01)  # a simulation gone wrong
     with pytest.raises(QuantizeError, match="below ONNX Runtime's own agreement") as refused:

@@ -30,7 +30,8 @@ def main(path: str, scale: int, checkpoint: str | None = None) -> None:
         graph.load_state_dict(load_file(checkpoint))
     written = Path(tempfile.mkdtemp()) / "graph.onnx"
     onnx.save(graph.to_onnx(), str(written))
-    print(where_onnx_runtime_differs(graph, written, image_to_tensor(parity_image()), 2))
+    found = where_onnx_runtime_differs(graph, written, image_to_tensor(parity_image()), 2)
+    print(("the per-quantizer check accepts: " if found.float_order_only else "the per-quantizer check refuses: ") + found.message)
 
 
 if __name__ == "__main__":
