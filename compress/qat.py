@@ -200,16 +200,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     from edgesr.qdq_graph import QdqGraph
 
     name, out, scale, seed, val_pairs, threads = ctx.name, ctx.out, ctx.scale, ctx.seed, ctx.val_pairs, ctx.threads
-    if input.kind != "onnx" or "int8" not in input.manifest["precision"]:
-        raise QuantizeError(f"{input.path}: qat_onnx trains an INT8 Q/DQ graph (a quantize stage's output), got "
-                            f"{input.kind} {input.manifest.get('precision')}")
-    if cfg.max_psnr_drop_db is not None and reference is None:
-        raise QuantizeError(f"qat_onnx {name}: max_psnr_drop_db is measured against the FP32 graph; name it as "
-                            "reference")
-    if cfg.on_budget_exceeded == "fallback" and cfg.max_psnr_drop_db is None:
-        raise QuantizeError(f"qat_onnx {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
-    if cfg.alpha > 0 and reference is None and teacher is None:
-        raise QuantizeError(f"qat_onnx {name}: alpha > 0 distils from reference or teacher; name one")
+    _check_qat_onnx_inputs(cfg, name, input, reference, teacher)
     from .ptq import quality_backend
 
     scales = tuple(int(s) for s in input.manifest["scales"])
@@ -270,6 +261,20 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     cand = Candidate(ctx.staging, path.name, manifest, Quality(f"qat_onnx {name}", psnr, parent_psnr))
     cand.gentler = lambda: _float_activations(cand, ctx, runtime, cfg.max_psnr_drop_db)
     return cand
+
+
+def _check_qat_onnx_inputs(cfg: QatOnnxConfig, name: str, input: Artifact, reference: Artifact | None,
+                           teacher: Artifact | None) -> None:
+    if input.kind != "onnx" or "int8" not in input.manifest["precision"]:
+        raise QuantizeError(f"{input.path}: qat_onnx trains an INT8 Q/DQ graph (a quantize stage's output), got "
+                            f"{input.kind} {input.manifest.get('precision')}")
+    if cfg.max_psnr_drop_db is not None and reference is None:
+        raise QuantizeError(f"qat_onnx {name}: max_psnr_drop_db is measured against the FP32 graph; name it as "
+                            "reference")
+    if cfg.on_budget_exceeded == "fallback" and cfg.max_psnr_drop_db is None:
+        raise QuantizeError(f"qat_onnx {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
+    if cfg.alpha > 0 and reference is None and teacher is None:
+        raise QuantizeError(f"qat_onnx {name}: alpha > 0 distils from reference or teacher; name one")
 
 
 def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_drop_db: float) -> Candidate:
