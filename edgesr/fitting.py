@@ -365,8 +365,18 @@ def distributed() -> tuple[int, int]:
     return tdist.get_rank(), world
 
 
+POLICY_FIELDS = frozenset({"max_psnr_drop_db", "on_budget_exceeded", "min_parity_db", "on_slower"})
+"""Stage config fields that decide what happens to a trained result (budgets, their policies, the parity bar),
+not how it trains: left out of a checkpoint's fingerprint, so that a tightened budget resumes the training."""
+
+
 def config_fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """What a checkpoint was trained from; a stage config (dataclass) enters without its :data:`POLICY_FIELDS`."""
+    import dataclasses
+
+    plain = [{f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in POLICY_FIELDS}
+             if dataclasses.is_dataclass(p) and not isinstance(p, type) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def scale_loss(criterion: Callable, scales: tuple[int, ...], weights: tuple[float, ...] = ()) -> LossFn:

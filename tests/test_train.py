@@ -47,6 +47,20 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(builtin_train, tmp
             val_pairs=builtin_train[:1], scale=2, checkpoint_dir=tmp_path, fingerprint="other")
 
 
+def test_a_checkpoint_fingerprint_ignores_what_is_done_with_the_result():
+    """A budget tightened after a long training resumes its checkpoint; anything that changes the training does not."""
+    from edgesr.compress.qat import QatOnnxConfig
+    from edgesr.fitting import config_fingerprint
+
+    base = QatOnnxConfig(input="q", steps=100, max_psnr_drop_db=0.2, on_budget_exceeded="warn")
+    same = QatOnnxConfig(input="q", steps=100, max_psnr_drop_db=0.1, on_budget_exceeded="fallback", min_parity_db=40.0)
+    assert config_fingerprint("h", base, 0) == config_fingerprint("h", same, 0)
+    for other in (QatOnnxConfig(input="q", steps=101, max_psnr_drop_db=0.2, on_budget_exceeded="warn"),
+                  QatOnnxConfig(input="q", steps=100, lr=1e-4, max_psnr_drop_db=0.2, on_budget_exceeded="warn")):
+        assert config_fingerprint("h", other, 0) != config_fingerprint("h", base, 0)
+    assert config_fingerprint("h", base, 1) != config_fingerprint("h", base, 0)
+
+
 def test_training_beats_its_nearest_anchor_on_held_out_images(builtin_train, builtin_valid):
     pairs = [(p.name, p.lr, p.hr) for p in builtin_valid]
     nearest = evaluate_pairs(lambda lr: lr.repeat(2, 0).repeat(2, 1), pairs, 2, with_ssim=False).psnr
