@@ -294,8 +294,17 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
         return onnx_quality(Artifact(file.parent, {**cand.manifest, "payload": file.name}), ctx.val_pairs, ctx.scale,
                             ctx.threads, runtime)
 
+    from edgesr.progress import console
+
     trial = path.with_name("float_activation.onnx")
     tensors = activation_quantizers(proto)
+    floor = quality(float_activations(proto, tensors), trial)
+    if q.parent_psnr - floor > max_drop_db:  # the INT8 weights alone are over budget: nothing to gain here
+        trial.unlink(missing_ok=True)
+        console.print(f"  {q.step}: with every activation in float the graph still loses {q.parent_psnr - floor:.3f} dB "
+                      f"(its INT8 weights' own loss), over max_psnr_drop_db {max_drop_db:g}: mixed precision cannot meet "
+                      "the budget; train longer or loosen it")
+        return cand
     gain = {t: round(quality(float_activations(proto, [t]), trial) - q.psnr, 4) for t in tensors}
     trial.unlink(missing_ok=True)
     kept, psnr = [], q.psnr
@@ -304,12 +313,8 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
             break
         kept.append(t)
         psnr = quality(float_activations(proto, kept), path)
-    from edgesr.progress import console
-
     console.print(f"  {q.step}: {len(kept)} of {len(tensors)} activations back in float, val PSNR {q.psnr:.3f} -> "
-                  f"{psnr:.3f} dB (FP32 {q.parent_psnr:.3f})" + (
-                      "; that is every activation: what is left is the INT8 weights' own loss" if len(kept) == len(tensors)
-                      else ""))
+                  f"{psnr:.3f} dB (FP32 {q.parent_psnr:.3f})")
     report = check_qdq(path)
     manifest = {**cand.manifest, "precision": "int8+fp32" if kept else cand.manifest["precision"],
                 "ops": report.pop("ops")}

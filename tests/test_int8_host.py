@@ -477,7 +477,8 @@ def test_qat_that_does_not_help_ships_the_ptq_graph(shipped_ptq, builtin_train, 
     assert art.payload.read_bytes() == ptq.payload.read_bytes()
 
 
-def test_qat_onnx_over_budget_falls_back_to_float_activations(shipped_ptq, builtin_train, builtin_valid, tmp_path):
+def test_qat_onnx_over_budget_falls_back_to_float_activations(shipped_ptq, builtin_train, builtin_valid, tmp_path,
+                                                              capfd):
     """``on_budget_exceeded: fallback``: the trained graph over budget gives its costliest activation Q/DQ pairs
     back to float (each one's validation PSNR measured on the runtime), most costly first, until the drop fits;
     the weights stay INT8, the rest of the graph is untouched, and the recorded PSNR is what ONNX Runtime gives."""
@@ -520,6 +521,12 @@ def test_qat_onnx_over_budget_falls_back_to_float_activations(shipped_ptq, built
     assert sorted(n.input[0] for n in clips) == sorted(kept)  # each float activation keeps its quantizer's clamp
     with pytest.raises(QuantizeError, match="no activation quantizer on .'lr'."):
         float_activations(before, ["lr"])
+    capfd.readouterr()
+    with pytest.raises(QualityBudgetExceeded):  # below the INT8 weights' own loss: refused without the sweep
+        call_stage(qat_onnx_stage, QatOnnxConfig(**base, max_psnr_drop_db=floor / 2, on_budget_exceeded="fallback"),
+                   name="qat_floor", out=root / "qat_floor", **kw)
+    assert "mixed precision cannot meet the budget" in " ".join(capfd.readouterr().err.split())
+    assert not (root / "qat_floor").exists()
 
 
 def test_qat_onnx_refuses_what_it_cannot_train(shipped_ptq, builtin_valid):
