@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from edgesr.artifacts import Artifact, Candidate, Quality, derived_manifest
+from edgesr.budget import float_until_within
 from edgesr.stages import ONNX, ONNX_FP32, StageContext, register_stage
 
 from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
@@ -372,15 +373,12 @@ def _mixed_precision(src: Path, dst: Path, batches: list[np.ndarray], cfg: Quant
     for layer in layers:  # quantize this layer alone: exclude every other one
         quantize_graph(src, trial, batches, cfg, exclude=tuple(x for x in layers if x != layer))
         sensitivity[layer] = round(parent_psnr - quality(trial), 4)
-    ranked = sorted(layers, key=lambda n: sensitivity[n], reverse=True)
-    kept: list[str] = []
-    psnr = full_psnr
-    for layer in ranked:
-        if parent_psnr - psnr <= cfg.max_psnr_drop_db:
-            break
-        kept.append(layer)
+
+    def keep_float(kept: list[str]) -> float:
         quantize_graph(src, dst, batches, cfg, exclude=tuple(kept))
-        psnr = quality(dst)
+        return quality(dst)
+
+    kept, psnr = float_until_within(sensitivity, parent_psnr, full_psnr, cfg.max_psnr_drop_db, keep_float)
     trial.unlink(missing_ok=True)
     return {"fp_layers": kept, "psnr": psnr, "full_int8_drop_db": round(parent_psnr - full_psnr, 4),
             "sensitivity_db": sensitivity,

@@ -284,6 +284,8 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
     Rewrites the candidate's payload; the weights stay INT8."""
     import onnx
 
+    from edgesr.budget import float_until_within
+
     from .common import activation_quantizers, float_activations
 
     path, q = cand.staging / cand.payload, cand.quality
@@ -307,12 +309,8 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
         return cand
     gain = {t: round(quality(float_activations(proto, [t]), trial) - q.psnr, 4) for t in tensors}
     trial.unlink(missing_ok=True)
-    kept, psnr = [], q.psnr
-    for t in sorted(tensors, key=lambda t: gain[t], reverse=True):
-        if q.parent_psnr - psnr <= max_drop_db:
-            break
-        kept.append(t)
-        psnr = quality(float_activations(proto, kept), path)
+    kept, psnr = float_until_within(gain, q.parent_psnr, q.psnr, max_drop_db,
+                                    lambda kept: quality(float_activations(proto, kept), path))
     console.print(f"  {q.step}: {len(kept)} of {len(tensors)} activations back in float, val PSNR {q.psnr:.3f} -> "
                   f"{psnr:.3f} dB (FP32 {q.parent_psnr:.3f})")
     report = check_qdq(path)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .errors import EdgesrError
 from .progress import console
 
-__all__ = ["Budget", "QualityBudgetExceeded", "check_budget"]
+__all__ = ["Budget", "QualityBudgetExceeded", "check_budget", "float_until_within"]
 
 
 class QualityBudgetExceeded(EdgesrError, RuntimeError):
@@ -60,3 +61,18 @@ class Budget:
         """The budget record; raises :class:`QualityBudgetExceeded` over budget unless the policy is ``warn``."""
         return check_budget(step, parent_psnr, psnr, self.max_drop_db,
                             "warn" if self.on_exceeded == "warn" else "fail")
+
+
+def float_until_within(cost: dict[str, float], parent_psnr: float, psnr: float, max_drop_db: float,
+                       apply: Callable[[list[str]], float]) -> tuple[list[str], float]:
+    """The mixed-precision fallback every INT8 stage follows: the candidates (layers, activations) ranked by their
+    measured cost, most first (ties in the given order), go back to floating point one more at a time, the graph
+    re-measured each time (``apply(kept)`` writes it and returns its PSNR), until the drop against the parent
+    fits ``max_drop_db`` or none is left. Returns those kept in float and the last PSNR."""
+    kept: list[str] = []
+    for name in sorted(cost, key=cost.get, reverse=True):
+        if parent_psnr - psnr <= max_drop_db:
+            break
+        kept.append(name)
+        psnr = apply(kept)
+    return kept, psnr
