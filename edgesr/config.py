@@ -308,6 +308,9 @@ def _check_numbers(cfg: Any, where: str) -> None:
         if f.name in LEARNING_RATES and isinstance(value, float) and not (math.isfinite(value) and value > 0):
             raise RecipeError(f"{where}.{f.name}: {value}; a learning rate must be a finite number above 0 "
                               f"(e.g. {f.default})")
+        if f.name == "on_budget_exceeded" and value == "fallback" and getattr(cfg, "max_psnr_drop_db", None) is None:
+            raise RecipeError(f"{where}.on_budget_exceeded: fallback works towards a budget and there is none; give "
+                              "max_psnr_drop_db (e.g. max_psnr_drop_db: 0.1)")
         if f.name == "device" and value == "cuda":
             import importlib.util
 

@@ -485,6 +485,11 @@ RECIPE_CASES = [
     Case("recipe-wrong-input-kind", "recipe", "quantize stage whose input is a PyTorch model stage",
          lambda c: _run_bad_recipe(c, {**_tiny(), "stages": _tiny()["stages"] + [{"name": "q", "stage": "quantize", "input": "student"}]}),
          2, r"\(q\)\.input: 'student' is a distill stage; a quantize stage's input must be an FP32 ONNX graph \(made by a stage of kind bicubic, export, import_onnx, load\)$"),
+    Case("recipe-fallback-without-budget", "recipe", "`on_budget_exceeded: fallback` with no `max_psnr_drop_db`",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "stages": _tiny()["stages"] + [
+             {"name": "f", "stage": "export", "input": "student"},
+             {"name": "q", "stage": "quantize", "input": "f", "on_budget_exceeded": "fallback"}]}), 2,
+         r"\(q\)\.on_budget_exceeded: fallback works towards a budget and there is none; give max_psnr_drop_db"),
     Case("recipe-bad-yaml", "recipe", "recipe that is not valid YAML",
          lambda c: _run_bad_recipe(c, "name: t\nstages: [unclosed\n"), 2, r"recipe\.yaml: not valid YAML"),
     Case("recipe-missing", "recipe", "recipe file that does not exist",
