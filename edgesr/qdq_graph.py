@@ -607,6 +607,16 @@ def where_onnx_runtime_differs(graph: QdqGraph, path, x: torch.Tensor, threads: 
                                              f"(ops between: {ops}); report the graph so that the simulation can be fixed")
                 continue
             n_off = int((graph.quantized(q.name, env[name]) != got).sum())
+            sandwiched = [n.name for n in nodes if n.name in float_convs and n.output[0] == q.input[0]
+                          and n.input[1] in inits and producer.get(n.input[0]) is not None
+                          and producer[n.input[0]].op_type == "DequantizeLinear"]
+            if n_off > 1e-4 * got.size and sandwiched:
+                return Divergence(False, f"given the same quantized inputs, quantizer {q.name} has {n_off} of {got.size} "
+                                         f"values a step off: ONNX Runtime quantizes the float convolution "
+                                         f"{sandwiched[0]} itself (its WeightBiasQuantization optimizer, per-tensor "
+                                         "INT8 weights) because it sits between a DequantizeLinear and a "
+                                         "QuantizeLinear, while the simulation computes it in float; keep that "
+                                         "layer's output in float as well, or quantize the layer")
             if n_off and (not any(n.name in float_convs for n in nodes) or n_off > 1e-4 * got.size):
                 return Divergence(False, f"given the same quantized inputs, quantizer {q.name} has {n_off} of "
                                          f"{got.size} values a step off (ops between: {ops}); report the graph so that "

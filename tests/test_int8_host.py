@@ -627,3 +627,35 @@ def test_a_quantized_bilinear_resize_computes_what_onnx_runtime_computes(size, s
     if scales is None:  # what the simulation computed before (interpolate) does flip steps here
         old_q = np.clip(np.round(old / np.float32(0.0371)) + 20, 0, 255)
         assert (old_q != np.round(ran / np.float32(0.0371)) + 20).any()
+
+
+def test_a_float_conv_between_quantizers_is_named_as_what_onnx_runtime_quantizes_itself(tmp_path):
+    """A convolution kept in float (float weights) between a DequantizeLinear and a QuantizeLinear is not float in
+    ONNX Runtime: its WeightBiasQuantization optimizer gives it per-tensor INT8 weights and runs a QLinearConv.
+    The simulation computes it in float, and the parity check's explanation names that convolution and the fix
+    (it said "report the graph" before: a float conv of an excluded layer, in the quantize stage's mixed form)."""
+    from onnx import TensorProto, helper
+
+    from edgesr.qdq_graph import where_onnx_runtime_differs
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3],
+                           rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32).ravel())
+    w.float_data[0] = 4.0  # one large weight: a per-tensor INT8 grid is coarse for all the others
+    b = helper.make_tensor("b", TensorProto.FLOAT, [8], np.zeros(8, np.float32))
+    consts = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("s_in", 1 / 255), ("s_out", 0.02))]
+    consts += [helper.make_tensor(n, TensorProto.UINT8, [], [v]) for n, v in (("z_in", 0), ("z_out", 128))]
+    nodes = [helper.make_node("QuantizeLinear", ["lr", "s_in", "z_in"], ["x_q"], name="q_in"),
+             helper.make_node("DequantizeLinear", ["x_q", "s_in", "z_in"], ["x"], name="dq_in"),
+             helper.make_node("Conv", ["x", "w", "b"], ["y"], name="float_conv", pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["y", "s_out", "z_out"], ["y_q"], name="q_out"),
+             helper.make_node("DequantizeLinear", ["y_q", "s_out", "z_out"], ["sr"], name="dq_out")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1, 8, 16, 16])], [w, b, *consts])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "float_conv.onnx"
+    onnx.save_model(proto, str(path))
+    x = torch.from_numpy(rng.uniform(0, 1, (1, 3, 16, 16)).astype(np.float32))
+    found = where_onnx_runtime_differs(QdqGraph(proto, (1,)), path, x, 1)
+    assert not found.float_order_only
+    assert "quantizes the float convolution float_conv itself" in found.message, found.message
