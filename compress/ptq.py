@@ -26,7 +26,7 @@ from edgesr.artifacts import Artifact, Candidate, Quality, derived_manifest
 from edgesr.budget import float_until_within
 from edgesr.stages import ONNX, ONNX_FP32, StageContext, register_stage
 
-from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
+from .common import (QuantizeError, calibration_batches, check_qdq, keep_layers_float, nncf_options, onnx_quality,
                      require_tensorrt_form)
 
 __all__ = ["QuantizeConfig", "weight_bits_for", "fuse_activations", "quantize_onnx", "quantize_onnx_nncf", "quantize_graph", "quantizable_nodes",
@@ -183,10 +183,11 @@ def quantize_graph(src: Path, dst: Path, batches: list[np.ndarray], cfg: Quantiz
     else:
         quantize_onnx(src, dst, batches, method=cfg.method, per_channel=cfg.per_channel, target=cfg.target,
                       exclude=keep, weight_bits=cfg.weight_bits)
-    if cfg.fuse_activations:
-        proto = onnx.load(str(dst))
-        if fuse_activations(proto):
-            onnx.save_model(proto, str(dst))
+    proto = onnx.load(str(dst))
+    fused = cfg.fuse_activations and fuse_activations(proto)
+    if keep_layers_float(proto, tuple(cfg.exclude) + tuple(exclude)) or fused:  # float on ONNX Runtime too (not
+        # the shuffles: 0/1 weights, exact on any grid, and measured as they are)
+        onnx.save_model(proto, str(dst))
 
 
 FUSED_ACTIVATIONS = ("LeakyRelu", "PRelu")

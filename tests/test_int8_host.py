@@ -629,7 +629,7 @@ def test_a_quantized_bilinear_resize_computes_what_onnx_runtime_computes(size, s
         assert (old_q != np.round(ran / np.float32(0.0371)) + 20).any()
 
 
-def test_a_float_conv_between_quantizers_is_named_as_what_onnx_runtime_quantizes_itself(tmp_path):
+def test_a_float_conv_between_quantizers_stays_float_only_when_guarded(tmp_path):
     """A convolution kept in float (float weights) between a DequantizeLinear and a QuantizeLinear is not float in
     ONNX Runtime: its WeightBiasQuantization optimizer gives it per-tensor INT8 weights and runs a QLinearConv.
     The simulation computes it in float, and the parity check's explanation names that convolution and the fix
@@ -659,3 +659,13 @@ def test_a_float_conv_between_quantizers_is_named_as_what_onnx_runtime_quantizes
     found = where_onnx_runtime_differs(QdqGraph(proto, (1,)), path, x, 1)
     assert not found.float_order_only
     assert "quantizes the float convolution float_conv itself" in found.message, found.message
+    assert "QLinearConv" in _fused_ops(path)
+    # the quantize stage's guard (a Clip to the DequantizeLinear's range before a layer it keeps in float): the layer
+    # stays float in ONNX Runtime, which then computes what the simulation computes
+    from edgesr.compress.common import keep_layers_float
+
+    assert keep_layers_float(proto, ["float_conv"]) == ["float_conv"]
+    onnx.save_model(proto, str(path))
+    assert "QLinearConv" not in _fused_ops(path)
+    found = where_onnx_runtime_differs(QdqGraph(proto, (1,)), path, x, 1)
+    assert found.float_order_only, found.message
