@@ -340,6 +340,7 @@ def _simulation_parity(graph, path: Path, manifest: dict, min_parity_db: float,
     from edgesr.runtime.onnxruntime_backend import ort_session
 
     x = image_to_tensor(parity_image())
+    graph.eval()  # the integer kernels' values (a training step takes the float path's)
     with torch.no_grad():
         sim = graph(x)
     sim = (sim if isinstance(sim, tuple) else (sim,))[0].numpy()

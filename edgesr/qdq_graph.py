@@ -269,7 +269,13 @@ class QdqGraph(nn.Module):
     ``train_scales``: the quantizers' scales are trained too (else only the weights). ``train_zero_points``
     (with ``train_scales``): the activation quantizers' zero points too, where the graph's lies inside the
     integer range (see :class:`_ActQuant`). ``frozen``: node names whose weights stay fixed (besides
-    pixel-shuffle ConvTransposes, which always do)."""
+    pixel-shuffle ConvTransposes, which always do).
+
+    A new graph is in eval mode: it computes what ONNX Runtime computes (DQ -> Conv -> Q as the integer kernel,
+    see :meth:`_integer_convs`), for validation, parity checks and every other use. In training mode (the
+    training loop's steps only) those convolutions give the float path's values, which differ from the integer
+    kernel's by one step at about one output in 10^6: the same gradients to within that, and ~1.2x faster
+    steps (benchmarks/results/qat_step/)."""
 
     def __init__(self, proto: onnx.ModelProto, scales: tuple[int, ...], *, train_scales: bool = True,
                  frozen: tuple[str, ...] = (), train_zero_points: bool = False):
@@ -307,6 +313,7 @@ class QdqGraph(nn.Module):
                                         train_zero_points)
         self._tie_int32_biases(graph, quant_inputs)
         self._integer_conv = self._integer_convs(graph, consumers, quant_inputs)
+        self.eval()
 
     #: The zero points' learning rate as a multiple of the run's (Adam moves a parameter by about its rate per
     #: step): at qat_onnx's usual 1e-4, an integer step in ~40 training steps, where scales (trained as logs)
@@ -442,7 +449,8 @@ class QdqGraph(nn.Module):
                 env[n.output[0]] = self.params[self._keys[n.output[0]]]()
             elif kind == "act":
                 out = self.acts[self._act_of[n.name]](env[n.input[0]])
-                if n.name in self._integer_conv:  # the integer kernel's value, the float path's gradient
+                if n.name in self._integer_conv and not self.training:  # the integer kernel's value, the
+                    # float path's gradient (training steps take the float path's value: see the class)
                     out = out + (self._integer_conv_value(env, n) - out).detach()
                 env[n.output[0]] = out
             elif kind == "dq":
@@ -582,6 +590,7 @@ def where_onnx_runtime_differs(graph: QdqGraph, path, x: torch.Tensor, threads: 
 
     from .runtime.onnxruntime_backend import ort_session
 
+    graph.eval()  # what ONNX Runtime computes (see QdqGraph)
     proto = onnx.load(str(path))
     producer = {o: n for n in proto.graph.node for o in n.output}
     inits = {i.name for i in proto.graph.initializer}

@@ -302,6 +302,36 @@ def test_a_quantized_conv_computes_what_onnx_runtimes_integer_kernel_computes(ha
     assert steps.max() == 0, f"{int((steps > 0).sum())} of {steps.size} outputs differ by a step"
 
 
+def test_training_steps_take_the_float_path_and_every_other_use_the_integer_kernel(tmp_path):
+    """A QdqGraph is built in eval mode and computes ONNX Runtime's integer kernel (validation, parity, export
+    checks); only training mode (the loop's steps) skips the kernel for the float path's values, 1.2x faster steps.
+    The two differ by one step where sums fall halfway (here 26 of 36,864 outputs); the gradients are the same."""
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    proto = _qdq_conv_graph(0, halfway=True)
+    x = np.random.default_rng(1).uniform(0, 1, (1, 16, 48, 48)).astype(np.float32)
+    path = tmp_path / "conv.onnx"
+    onnx.save_model(proto, str(path))
+    ran = ort_session(path, threads=1).run(None, {"lr": x})[0]
+    ys = float(onnx.numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "ys")))
+    graph = QdqGraph(proto, (1,))
+    assert not graph.training
+    outputs, grads = {}, {}
+    for mode in ("eval", "train"):
+        graph.train(mode == "train")
+        graph.zero_grad()
+        out = graph(torch.from_numpy(x))
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        outputs[mode] = out.detach().numpy()
+        grads[mode] = {n: p.grad.clone() for n, p in graph.named_parameters() if p.grad is not None}
+    steps = {m: np.abs(np.round((ran - o) / ys)) for m, o in outputs.items()}
+    assert steps["eval"].max() == 0
+    assert steps["train"].max() == 1 and (steps["train"] > 0).sum() > 10  # the float path's value
+    assert grads["eval"].keys() == grads["train"].keys() and grads["eval"]
+    for name, g in grads["eval"].items():
+        torch.testing.assert_close(grads["train"][name], g, msg=name)
+
+
 def test_trained_zero_points_move_the_window_and_are_written_as_onnx_runtime_runs_them(tmp_path):
     """LSQ+ zero points (qat_onnx ``train_zero_points``): only an asymmetric quantizer whose zero point lies inside
     the range trains one (not the input's, whose range starts at 0); trained on a layer whose outputs saturate at
