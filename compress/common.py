@@ -18,7 +18,8 @@ from edgesr.onnxutil import INT16_MAX, op_counts, u8s8_pair_sum_max
 from edgesr.runtime import Upscaler, open_backend
 
 __all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq", "require_tensorrt_form",
-           "u8s8_pair_sum_max", "activation_quantizers", "float_activations", "keep_layers_float"]
+           "u8s8_pair_sum_max", "activation_quantizers", "activation_groups", "float_activations",
+           "keep_layers_float"]
 
 
 class QuantizeError(EdgesrError, RuntimeError):
@@ -126,6 +127,57 @@ def activation_quantizers(proto: onnx.ModelProto) -> list[str]:
             dqs.setdefault(n.input[0], []).append(n)
     return [q.input[0] for q in g.node if q.op_type == "QuantizeLinear" and q.input[0] in produced
             and dqs.get(q.output[0]) and not any(d.output[0] in outputs for d in dqs[q.output[0]])]
+
+
+#: Operators that only select, move or reorder their input's values: an output of one of them that is quantized
+#: again on its input's grid holds the same integers.
+_GRID_PRESERVING = frozenset({"Split", "Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                              "MaxPool", "DepthToSpace", "SpaceToDepth", "Gather"})
+
+
+def activation_groups(proto: onnx.ModelProto) -> list[list[str]]:
+    """:func:`activation_quantizers` in groups that go to float together. A quantizer whose dequantized tensor
+    feeds only value-moving operators (Split, Slice, Reshape, MaxPool, ...), each output of which is read by
+    nothing but a quantizer on the same grid (scale and zero point), is grouped with those quantizers: removing
+    any one of them alone changes no value (the others quantize the same values to the same grid; a fused
+    Conv+LeakyReLU feeding a Split is quantized three times so), only the group together does. Groups in graph
+    order of their first member; most are one tensor."""
+    g = proto.graph
+    names = activation_quantizers(proto)
+    quantizer = {n.input[0]: n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in set(names)}
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def grid(q) -> tuple | None:
+        ins = [q.input[1], q.input[2] if len(q.input) > 2 else ""]
+        if any(i and i not in inits for i in ins):
+            return None
+        return tuple(numpy_helper.to_array(inits[i]).tobytes() if i else b"" for i in ins)
+
+    parent = {t: t for t in names}
+
+    def root(t: str) -> str:
+        while parent[t] != t:
+            t = parent[t]
+        return t
+
+    for t in names:
+        dqs = [d for d in consumers.get(quantizer[t].output[0], []) if d.op_type == "DequantizeLinear"]
+        users = [c for d in dqs for c in consumers.get(d.output[0], [])]
+        outs = [o for c in users for o in c.output if o]
+        if not users or any(c.op_type not in _GRID_PRESERVING for c in users) or grid(quantizer[t]) is None:
+            continue
+        if all(o in quantizer and consumers.get(o) == [quantizer[o]] and grid(quantizer[o]) == grid(quantizer[t])
+               for o in outs):
+            for o in outs:
+                parent[root(o)] = root(t)
+    groups: dict[str, list[str]] = {}
+    for t in names:
+        groups.setdefault(root(t), []).append(t)
+    return list(groups.values())
 
 
 def float_activations(proto: onnx.ModelProto, tensors) -> onnx.ModelProto:

@@ -286,7 +286,7 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
 
     from edgesr.budget import float_until_within
 
-    from .common import activation_quantizers, float_activations
+    from .common import activation_groups, float_activations
 
     path, q = cand.staging / cand.payload, cand.quality
     proto = onnx.load(str(path))
@@ -299,7 +299,8 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
     from edgesr.progress import console
 
     trial = path.with_name("float_activation.onnx")
-    tensors = activation_quantizers(proto)
+    groups = {members[0]: members for members in activation_groups(proto)}  # go to float together
+    tensors = [t for members in groups.values() for t in members]
     floor = quality(float_activations(proto, tensors), trial)
     if q.parent_psnr - floor > max_drop_db:  # the INT8 weights alone are over budget: nothing to gain here
         trial.unlink(missing_ok=True)
@@ -307,12 +308,14 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
                       f"(its INT8 weights' own loss), over max_psnr_drop_db {max_drop_db:g}: mixed precision cannot meet "
                       "the budget; train longer or loosen it")
         return cand
-    gain = {t: round(quality(float_activations(proto, [t]), trial) - q.psnr, 4) for t in tensors}
+    gain = {k: round(quality(float_activations(proto, members), trial) - q.psnr, 4) for k, members in groups.items()}
     trial.unlink(missing_ok=True)
-    kept, psnr = float_until_within(gain, q.parent_psnr, q.psnr, max_drop_db,
-                                    lambda kept: quality(float_activations(proto, kept), path))
-    console.print(f"  {q.step}: {len(kept)} of {len(tensors)} activations back in float, val PSNR {q.psnr:.3f} -> "
-                  f"{psnr:.3f} dB (FP32 {q.parent_psnr:.3f})")
+    members_of = lambda keys: [t for k in keys for t in groups[k]]  # noqa: E731
+    kept_groups, psnr = float_until_within(gain, q.parent_psnr, q.psnr, max_drop_db,
+                                           lambda keys: quality(float_activations(proto, members_of(keys)), path))
+    kept = members_of(kept_groups)
+    console.print(f"  {q.step}: {len(kept)} of {len(tensors)} activations back in float ({len(kept_groups)} of "
+                  f"{len(groups)} groups), val PSNR {q.psnr:.3f} -> {psnr:.3f} dB (FP32 {q.parent_psnr:.3f})")
     report = check_qdq(path)
     manifest = {**cand.manifest, "precision": "int8+fp32" if kept else cand.manifest["precision"],
                 "ops": report.pop("ops")}
@@ -320,8 +323,10 @@ def _float_activations(cand: Candidate, ctx: StageContext, runtime: str, max_dro
         "mixed_precision": {
             "float_activations": kept, "psnr": round(psnr, 4), "int8_psnr": round(q.psnr, 4),
             "gain_db": dict(sorted(gain.items(), key=lambda kv: -kv[1])),
+            "groups": {k: members for k, members in groups.items() if len(members) > 1},
             "reason": "activation Q/DQ pairs removed after training, costliest first (validation PSNR given back "
-                      "when removed alone), until the drop fits max_psnr_drop_db; weights stay INT8"}}]
+                      "when removed alone, or with the pairs that re-quantize the same values on the same grid: "
+                      "groups, named by their first), until the drop fits max_psnr_drop_db; weights stay INT8"}}]
     return Candidate(cand.staging, cand.payload, manifest, dataclasses.replace(q, psnr=psnr))
 
 
