@@ -39,7 +39,12 @@ class DataConfig:
     eval: tuple[str, ...] = ("builtin",)
     """Evaluation sets: 'builtin' (held-out built-in images) or benchmark set folders (e.g. .../Set5)."""
     valid: str = "builtin"
-    """Validation set used during training and by quality budgets."""
+    """Validation set used during training and by quality budgets: 'builtin' (three held-out built-in photographs),
+    a folder (as ``train``), or 'holdout': ``valid_holdout`` whole photographs of ``train`` taken out of it,
+    one crop of each validating (:func:`edgesr.data.datasets.holdout_split`)."""
+    valid_holdout: int = 8
+    """How many source photographs ``valid: holdout`` takes out of ``train`` (crops named ``<photo>_<y>_<x>`` or
+    ``<photo>_s<NNN>`` are one photograph, so none of a validation image's crops is trained on)."""
     patch_size: int = 32
     """LR patch side in pixels."""
     min_patch_std: float = 0.04
@@ -440,6 +445,13 @@ def _parse_data(raw: dict, source: str) -> DataConfig:
             resolve_mix(data.degradation_mix)
         except DegradationError as exc:
             raise RecipeError(f"{source}: {exc}") from None
+    if data.valid == "holdout" and data.train == "builtin":
+        raise RecipeError(f"{source}: data.valid: holdout takes photographs out of data.train, but the built-in "
+                          f"training images have a held-out set of their own; use data.valid: builtin, or give "
+                          f"data.train a folder")
+    if data.valid_holdout < 1:
+        raise RecipeError(f"{source}: data.valid_holdout must be >= 1 (photographs held out of data.train), "
+                          f"got {data.valid_holdout}")
     for d in data.valid_degradations:
         if d not in EVAL_DEGRADATIONS:
             raise RecipeError(f"{source}: data.valid_degradations: {d!r} is not one; use any of "

@@ -25,7 +25,7 @@ import torch
 
 from .artifacts import Artifact, ArtifactError, check_destination, content_hash, read_artifact, update_metrics
 from .config import BASELINES, Recipe, RecipeError, StageSpec
-from .data.datasets import ImagePair, load_pairs, set_name
+from .data.datasets import ImagePair, holdout_split, load_pairs, set_name
 from .data.degradations import DegradationSpec
 from .files import RunLock, remove_stale_temps
 from .fitting import distributed
@@ -42,7 +42,12 @@ def _now() -> str:
 def load_data(recipe: Recipe) -> tuple[list[ImagePair], list[ImagePair], dict[str, list[ImagePair]]]:
     s = recipe.scale
     train = load_pairs(recipe.data.train, s, "train", min_size=recipe.data.patch_size * s)
-    valid = load_pairs(recipe.data.valid, s, "valid")
+    if recipe.data.valid == "holdout":
+        train, valid, held = holdout_split(train, recipe.data.valid_holdout, recipe.data.train)
+        console.print(f"validation: {len(held)} photographs held out of {recipe.data.train} (one crop of each "
+                      f"validates, none is trained on): {', '.join(held)}")
+    else:
+        valid = load_pairs(recipe.data.valid, s, "valid")
     evals = {set_name(src): load_pairs(src, s, "eval") for src in recipe.data.eval}
     degradations = recipe.data.eval_degradations
     if tuple(degradations) != ("bicubic",):
@@ -110,6 +115,8 @@ def _data_identity(data) -> dict:
     d.pop("eval_degradations", None)  # evaluation only: no stage's result depends on it
     if not d.get("degradation_mix"):
         d.pop("degradation_mix", None)
+    if d.get("valid") != "holdout":
+        d.pop("valid_holdout", None)
     if tuple(d.get("valid_degradations") or ("bicubic",)) == ("bicubic",):
         d.pop("valid_degradations", None)
     return d

@@ -129,3 +129,49 @@ def test_patches_are_aligned_deterministic_and_textured(builtin_train):
     assert (lr.flatten(1).std(dim=1) >= 0.04).float().mean() > 0.8
     with pytest.raises(ValueError, match=r"data.patch_size 4096 \(LR pixels\) is larger than 12 of the 12 training images"):
         PatchSampler(builtin_train, 2, 4096, 4)
+
+
+def test_a_holdout_validates_on_whole_photographs_never_trained_on(tmp_path):
+    """``data.valid: holdout``: crops of one photograph (``<photo>_<y>_<x>``, ``<photo>_s<NNN>``) leave training
+    together, one crop of each validates; which photographs is fixed by their names, not the folder's order;
+    too many asked, or the built-in set, is refused with the fix; recipes without it keep their fingerprints."""
+    from conftest import SHARED
+    from edgesr.config import RecipeError, parse_recipe
+    from edgesr.data.datasets import DataError, holdout_split, source_photo
+    from edgesr.pipeline import _data_identity, load_data
+
+    assert [source_photo(n) for n in ("aloel_0_480", "0001_s012", "img_001", "baby", "a_1_2.png")] == \
+        ["aloel", "0001", "img_001", "baby", "a"]
+    photos = SHARED / "train" / "photos"
+    if not photos.is_dir():
+        pytest.skip(f"{photos} absent")
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    names = sorted(p.name for p in photos.iterdir() if p.name.startswith(("aloe", "analogpattern", "aitzgorri")))
+    for name in names:
+        shutil.copy(photos / name, folder / name)
+    pairs = load_pairs(folder, 4, "train")
+    groups = {source_photo(p.name) for p in pairs}
+    assert len(groups) == 4 and len(pairs) == 16  # four crops of each photograph
+    train, valid, held = holdout_split(pairs, 2, folder)
+    assert len(held) == len(valid) == 2 and len(train) == 8
+    assert {source_photo(p.name) for p in valid} == set(held)
+    assert not {source_photo(p.name) for p in train} & set(held)
+    assert {source_photo(p.name) for p in train} == groups - set(held)
+    again = holdout_split(pairs[::-1], 2, folder)
+    assert again[2] == held and [p.name for p in again[1]] == [p.name for p in valid]
+    with pytest.raises(DataError, match=rf"{folder}: data.valid_holdout is {len(groups)}.*between 1 and"):
+        holdout_split(pairs, len(groups), folder)
+
+    base = {"name": "r", "scale": 4, "stages": [{"name": "t", "stage": "train", "model": {"type": "abpn"}}],
+            "data": {"train": str(folder), "patch_size": 16}}
+    recipe = parse_recipe({**base, "data": {**base["data"], "valid": "holdout", "valid_holdout": 2}})
+    tr, va, _ = load_data(recipe)
+    assert [p.name for p in va] == [p.name for p in valid] and [p.name for p in tr] == [p.name for p in train]
+    plain = parse_recipe(base)
+    assert "valid_holdout" not in _data_identity(plain.data)
+    assert _data_identity(recipe.data)["valid_holdout"] == 2
+    with pytest.raises(RecipeError, match="built-in training images have a held-out set"):
+        parse_recipe({**base, "data": {"valid": "holdout"}})
+    with pytest.raises(RecipeError, match="valid_holdout must be >= 1"):
+        parse_recipe({**base, "data": {**base["data"], "valid": "holdout", "valid_holdout": 0}})

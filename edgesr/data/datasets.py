@@ -16,7 +16,9 @@ scikit-learn, split into a training and a held-out validation part.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from .bicubic import imresize
 
 __all__ = [
     "DataError", "ImagePair", "parity_image", "set_name", "BUILTIN_TRAIN", "BUILTIN_VALID", "builtin_images", "list_images", "find_layout",
-    "load_pairs", "make_lr",
+    "load_pairs", "make_lr", "source_photo", "holdout_split",
 ]
 
 # (package, file) of the images shipped with scikit-image / scikit-learn. Textured photographs train;
@@ -150,6 +152,37 @@ def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: i
     if not pairs:
         raise DataError(f"{hr_dir}: no images found")
     return pairs
+
+
+_CROP_SUFFIX = re.compile(r"(_\d+_\d+|_s\d{3,})$")
+
+
+def source_photo(name: str) -> str:
+    """The photograph a training image was cropped from: ``<photo>_<y>_<x>`` (crops named by their offset, as
+    in ../shared/data/train/photos) and ``<photo>_s<NNN>`` (BasicSR's DIV2K sub-images) name ``<photo>``; any
+    other name is a photograph of its own."""
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+    return _CROP_SUFFIX.sub("", stem) or stem
+
+
+def holdout_split(pairs: list[ImagePair], photos: int, source: str | Path
+                  ) -> tuple[list[ImagePair], list[ImagePair], list[str]]:
+    """``pairs`` split into (training, validation, held-out photographs): ``photos`` whole source photographs
+    (:func:`source_photo`) leave training, so no crop of a validation image's photograph is trained on, and the
+    first crop of each (by name) validates. Which photographs is fixed by their names' hashes, not by the
+    folder's order: adding images to the folder moves a photograph in or out only when it ranks among the
+    first ``photos``."""
+    groups: dict[str, list[ImagePair]] = {}
+    for pair in pairs:
+        groups.setdefault(source_photo(pair.name), []).append(pair)
+    if not 1 <= photos < len(groups):
+        raise DataError(f"{source}: data.valid_holdout is {photos}, but its {len(pairs)} images come from "
+                        f"{len(groups)} photographs (crops named <photo>_<y>_<x> or <photo>_s<NNN> count as one); "
+                        f"hold out between 1 and {len(groups) - 1}, or give data.valid a folder of its own.")
+    held = sorted(sorted(groups, key=lambda g: hashlib.sha256(g.encode()).hexdigest())[:photos])
+    valid = [min(groups[g], key=lambda p: p.name) for g in held]
+    train = [p for p in pairs if source_photo(p.name) not in set(held)]
+    return train, valid, held
 
 
 def parity_image() -> np.ndarray:
