@@ -921,6 +921,15 @@ def _env_max_pixels(c: Ctx) -> tuple[int, str]:
         del os.environ["EDGESR_MAX_PIXELS"]
 
 
+def _holdout_one_photo(c: Ctx) -> tuple[int, str]:
+    d = c.fresh("crops")
+    d.mkdir()
+    img = np.asarray(Image.open(SKIMAGE / "chelsea.png").convert("RGB"))
+    Image.fromarray(img[:64, :64]).save(d / "p_0_0.png")
+    Image.fromarray(img[:64, 64:128]).save(d / "p_0_64.png")
+    return _run_bad_recipe(c, {**_tiny(), "data": {"patch_size": 16, "train": str(d), "valid": "holdout"}})
+
+
 def _tiny_eval_set(c: Ctx) -> Path:
     d = c.fresh("tinyset")
     (d / "HR").mkdir(parents=True)
@@ -994,6 +1003,12 @@ LATE_CASES = [
     Case("recipe-valid-degradation-unknown", "recipe", "`data: {valid_degradations: [opencv]}`",
          lambda c: _run_bad_recipe(c, {**_tiny(), "data": {"patch_size": 16, "valid_degradations": ["opencv"]}}), 2,
          r"data\.valid_degradations: 'opencv' is not one; use any of bicubic, cubic-aliased"),
+    Case("recipe-valid-holdout-builtin", "recipe", "`data: {valid: holdout}` with the built-in training images",
+         lambda c: _run_bad_recipe(c, {**_tiny(), "data": {"patch_size": 16, "valid": "holdout"}}), 2,
+         r"data\.valid: holdout takes photographs out of data\.train, but the built-in training images"),
+    Case("recipe-valid-holdout-one-photo", "recipe",
+         "`data: {valid: holdout}` on a folder of crops of one photograph (`p_0_0.png`, `p_0_64.png`)",
+         _holdout_one_photo, 2, r"crops of one photograph \(p\); nothing would be left to train on"),
     Case("env-max-pixels-text", "cli", "`EDGESR_MAX_PIXELS=abc edgesr upscale ...`", _env_max_pixels, 2,
          r"EDGESR_MAX_PIXELS='abc': not a positive whole number of pixels"),
     Case("artifact-manifest-other-scale", "artifact", "ONNX artifact whose manifest was edited to `scales: [4]` (graph is x2)",

@@ -175,6 +175,10 @@ def holdout_split(pairs: list[ImagePair], photos: int, source: str | Path
     groups: dict[str, list[ImagePair]] = {}
     for pair in pairs:
         groups.setdefault(source_photo(pair.name), []).append(pair)
+    if len(groups) < 2:
+        raise DataError(f"{source}: data.valid: holdout takes whole photographs out of training, but its "
+                        f"{len(pairs)} images are crops of one photograph ({next(iter(groups))}); nothing would be "
+                        f"left to train on. Give data.valid a folder of its own.")
     if not 1 <= photos < len(groups):
         raise DataError(f"{source}: data.valid_holdout is {photos}, but its {len(pairs)} images come from "
                         f"{len(groups)} photographs (crops named <photo>_<y>_<x> or <photo>_s<NNN> count as one); "
