@@ -19,7 +19,7 @@ from edgesr.runtime import Upscaler, open_backend
 
 __all__ = ["QuantizeError", "calibration_batches", "onnx_quality", "check_qdq", "require_tensorrt_form",
            "u8s8_pair_sum_max", "activation_quantizers", "activation_groups", "float_activations",
-           "keep_layers_float"]
+           "keep_layers_float", "dequantize_layers"]
 
 
 class QuantizeError(EdgesrError, RuntimeError):
@@ -219,6 +219,52 @@ def _quantizer_range(node, inits: dict) -> tuple[np.float32, np.float32]:
     z = inits[node.input[2]] if len(node.input) > 2 and node.input[2] else np.uint8(0)
     info = np.iinfo(z.dtype)
     return np.float32((info.min - int(z)) * s), np.float32((info.max - int(z)) * s)
+
+
+def dequantize_layers(proto: onnx.ModelProto, names) -> list[str]:
+    """The layers ``names`` of a Q/DQ graph put in floating point, in place: each Conv/ConvTranspose/Gemm whose
+    weights (and bias) a DequantizeLinear reads from integer initializers gets their dequantized values as float
+    initializers instead, so the graph computes what it computed, and training (``qat_onnx``'s
+    ``float_layers``) can move them off the grid; :func:`keep_layers_float` then keeps ONNX Runtime from
+    quantizing them again. Refuses a name that is not such a layer, naming those that are. Returns ``names``."""
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def quantized(n, idx: int):
+        d = producer.get(n.input[idx]) if len(n.input) > idx and n.input[idx] else None
+        return d if d is not None and d.op_type == "DequantizeLinear" and d.input[0] in inits else None
+
+    layers = {n.name: n for n in g.node if n.op_type in ("Conv", "ConvTranspose", "Gemm") and quantized(n, 1)}
+    if unknown := [n for n in names if n not in layers]:
+        raise QuantizeError(f"float_layers: {unknown} are not layers with quantized weights in this graph; those "
+                            f"are {sorted(layers)}")
+    for n in (layers[name] for name in names):
+        for idx in (1, 2):
+            if (d := quantized(n, idx)) is not None:
+                g.initializer.append(numpy_helper.from_array(_dequantized(d, inits), f"{n.input[idx]}_float"))
+                n.input[idx] = f"{n.input[idx]}_float"
+    used = {i for n in g.node for i in n.input}
+    for d in [d for d in g.node if d.op_type == "DequantizeLinear" and d.output[0] not in used and d.input[0] in inits]:
+        g.node.remove(d)
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)
+    keep_layers_float(proto, names)
+    return list(names)
+
+
+def _dequantized(node, inits: dict) -> np.ndarray:
+    """What a DequantizeLinear of an initializer outputs: ``(q - z) * s``, per ``axis`` where the scale is a vector."""
+    q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
+    s = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+    z = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
+    if np.ndim(s):
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        s, z = s.reshape(shape), np.reshape(z, shape) if np.ndim(z) else z
+    return ((q - z) * s).astype(np.float32)
 
 
 def keep_layers_float(proto: onnx.ModelProto, names) -> list[str]:

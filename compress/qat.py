@@ -11,7 +11,7 @@ from edgesr.artifacts import Artifact, Candidate, Quality, derived_manifest, las
 from edgesr.data.degradations import degradation_record, training_record
 from edgesr.stages import MODEL, ONNX, ONNX_FP32, StageContext, register_stage
 
-from .common import (QuantizeError, calibration_batches, check_qdq, nncf_options, onnx_quality,
+from .common import (QuantizeError, calibration_batches, check_qdq, dequantize_layers, nncf_options, onnx_quality,
                      require_tensorrt_form, u8s8_pair_sum_max)
 
 __all__ = ["QatConfig", "qat_stage", "QatOnnxConfig", "qat_onnx_stage"]
@@ -166,6 +166,11 @@ class QatOnnxConfig:
     post-training graph's zero point lies inside the integer range (before a LeakyReLU or PReLU, an Add, a
     Concat): the range's window can then move, not only widen or narrow around the same zero. A zero point at
     the range's end (after a ReLU) and symmetric quantizers (target tensorrt) stay as they are."""
+    float_layers: tuple[str, ...] = field(default=(), metadata={"fingerprint": "when_set"})
+    """Convolutions (ONNX node names) whose weights go to floating point before training: they start at the
+    values the input graph's INT8 weights stand for and train off the grid (their activations stay as they
+    are). For a trained graph whose INT8 weights are its floor (the fallback says so): the layers whose 8-bit
+    weights cost most, e.g. by benchmarks/results/imported_rtc_x2/weight_sensitivity.py."""
     val_every: int = 250
     max_psnr_drop_db: float | None = None
     """Against ``reference`` (required with it)."""
@@ -208,6 +213,8 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
     target = quantized_by.get("target", "onnxruntime")
     runtime = quality_backend(target, f"qat_onnx {name}")  # OpenVINO for target openvino, as the quantize stage
     proto = onnx.load(str(input.payload))
+    if cfg.float_layers:
+        dequantize_layers(proto, cfg.float_layers)
     graph = QdqGraph(proto, scales, train_scales=cfg.train_scales, train_zero_points=cfg.train_zero_points)
     ptq_psnr = onnx_quality(input, val_pairs, scale, threads, runtime)
     parent_psnr = onnx_quality(reference, val_pairs, scale, threads, runtime) if reference is not None else None
@@ -249,6 +256,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
         "distilled_from": (teacher.manifest.get("name") if teacher is not None else
                            reference.manifest.get("name") if cfg.alpha > 0 else None),
         "weight_bits": quantized_by.get("weight_bits", 8), "simulation_parity_db": parity,
+        **({"float_layers": list(cfg.float_layers)} if cfg.float_layers else {}),
         **({"runtime_self_agreement_db": self_db} if self_db is not None else {}),
         **({"parity_per_quantizer": per_quantizer} if per_quantizer is not None else {}),
         **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {}),

@@ -757,3 +757,44 @@ def test_a_float_conv_between_quantizers_stays_float_only_when_guarded(tmp_path)
     assert "QLinearConv" not in _fused_ops(path)
     found = where_onnx_runtime_differs(QdqGraph(proto, (1,)), path, x, 1)
     assert found.float_order_only, found.message
+
+
+def test_qat_onnx_trains_named_layers_off_the_int8_grid(shipped_ptq, builtin_train, builtin_valid):
+    """``float_layers``: the named convolution's weights go to float at the values its INT8 weights stand for
+    (ONNX Runtime then computes what it did, that layer in float: one QLinearConv fewer), train off the grid,
+    and stay float in the written graph; every other layer keeps its INT8 weights; a name that is not a
+    quantized layer is refused naming those that are."""
+    import onnxruntime as ort
+
+    from edgesr.compress.common import QuantizeError, dequantize_layers
+    from edgesr.compress.qat import QatOnnxConfig, qat_onnx_stage
+
+    root, fp32, ptq = shipped_ptq
+    proto = onnx.load(str(ptq.payload))
+    layer = "node_conv2d_2"
+    assert dequantize_layers(proto, [layer]) == [layer]
+    path = root / "float_layer.onnx"
+    onnx.save_model(proto, str(path))
+    x = image_to_tensor(builtin_valid[0].lr[:64, :64]).numpy()
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+            for p in (ptq.payload, path))
+    assert np.abs(a - b).max() < 0.02 and np.mean(a != b) < 0.01  # a float accumulation's rare flips
+    assert _fused_ops(path)["QLinearConv"] == _fused_ops(ptq.payload)["QLinearConv"] - 1
+    with pytest.raises(QuantizeError, match=r"\['conv9'\] are not layers with quantized weights.*node_conv2d_1"):
+        dequantize_layers(onnx.load(str(ptq.payload)), ["conv9"])
+
+    cfg = QatOnnxConfig(input="ptq", reference="f", alpha=1.0, steps=30, batch_size=8, lr=2e-4, val_every=15,
+                        float_layers=(layer,))
+    art = call_stage(qat_onnx_stage, cfg, name="qat_fl", out=root / "qat_fl", source=ptq, reference=fp32,
+                     teacher=None, train_pairs=builtin_train, val_pairs=builtin_valid, scale=2, patch_size=32,
+                     min_patch_std=0.04, seed=0)
+    rec = art.manifest["transforms"][-1]
+    assert rec["float_layers"] == [layer] and rec["kept_input"] is None and rec["simulation_parity_db"] > 50
+    trained = onnx.load(str(art.payload))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in trained.graph.initializer}
+    start = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    conv = {n.name: n for n in trained.graph.node}[layer]
+    w = inits[conv.input[1]]
+    assert w.dtype == np.float32 and not np.array_equal(w, start[conv.input[1]])  # trained, in float
+    quantized = [n.name for n in trained.graph.node if n.op_type == "Conv" and n.input[1] not in inits]
+    assert len(quantized) == 5 and layer not in quantized

@@ -1,0 +1,79 @@
+"""Which convolutions' 8-bit weights cost IMDN-RTC the most (issue 26: the INT8 weights are the floor)? The FP32
+graph with one convolution's weights at a time on the quantize stage's grid (int8 symmetric per output channel,
+[-127, 127], scale max|w| / 127), everything else float, scored through ONNX Runtime on the validation images
+(the three built-in ones and the 8 photographs `data.valid: holdout` takes out of ../shared/data/train/photos)
+and on Set5 / Set14, as PSNR-Y drops against the FP32 graph. Layers are picked by the validation columns only.
+
+    python benchmarks/results/imported_rtc_x2/weight_sensitivity.py runs/imported_rtc_x2/rtc_onnx \
+        > benchmarks/results/imported_rtc_x2/weight_sensitivity.txt
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from edgesr.data.datasets import holdout_split, load_pairs
+from edgesr.imaging import to_uint8
+from edgesr.metrics import psnr_y
+
+ort.set_default_logger_severity(3)
+SHARED = Path("../shared/data")
+
+
+def image_sets(scale: int = 2) -> dict:
+    _, held, _ = holdout_split(load_pairs(SHARED / "train" / "photos", scale, "train"), 8, SHARED / "train" / "photos")
+    return {"valid": load_pairs("builtin", scale, "valid") + held,
+            "Set5": load_pairs(SHARED / "benchmark" / "Set5", scale, "eval"),
+            "Set14": load_pairs(SHARED / "benchmark" / "Set14", scale, "eval")}
+
+
+def scores(model: onnx.ModelProto, sets: dict, scale: int = 2) -> dict:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out = {}
+    for name, pairs in sets.items():
+        vals = []
+        for p in pairs:
+            y = s.run(None, {"lr": (p.lr.astype(np.float32) / 255).transpose(2, 0, 1)[None]})[0][0]
+            vals.append(psnr_y(to_uint8(y.transpose(1, 2, 0)), p.hr, scale))
+        out[name] = float(np.mean(vals))
+    return out
+
+
+def with_int8_weights(model: onnx.ModelProto, conv) -> onnx.ModelProto:
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    for init in m.graph.initializer:
+        if init.name == conv.input[1]:
+            w = numpy_helper.to_array(init)
+            s = np.abs(w).reshape(w.shape[0], -1).max(1) / 127
+            s = np.where(s > 0, s, 1).reshape(-1, *[1] * (w.ndim - 1))
+            init.CopyFrom(numpy_helper.from_array((np.clip(np.round(w / s), -127, 127) * s).astype(np.float32),
+                                                  init.name))
+    return m
+
+
+def main(root: str) -> None:
+    model = onnx.load(str(Path(root) / "model.onnx"))
+    sets = image_sets()
+    base = scores(model, sets)
+    print("FP32 " + "  ".join(f"{k} {v:.3f}" for k, v in base.items()))
+    rows = []
+    for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
+        got = scores(with_int8_weights(model, conv), sets)
+        rows.append((conv.name, {k: got[k] - base[k] for k in base}))
+    rows.sort(key=lambda r: r[1]["valid"])
+    print(f"{'conv (8-bit weights alone)':28s} " + " ".join(f"{k:>8s}" for k in base) + "   (drop, dB)")
+    for name, d in rows:
+        print(f"{name:28s} " + " ".join(f"{d[k]:+8.4f}" for k in base))
+    every = onnx.ModelProto.FromString(model.SerializeToString())
+    for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
+        every = with_int8_weights(every, conv)
+    print("every conv 8-bit: " + "  ".join(f"{k} {v - base[k]:+.4f}" for k, v in scores(every, sets).items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
