@@ -4,8 +4,10 @@ graph with one convolution's weights at a time on the quantize stage's grid (int
 (the three built-in ones and the 8 photographs `data.valid: holdout` takes out of ../shared/data/train/photos)
 and on Set5 / Set14, as PSNR-Y drops against the FP32 graph. Layers are picked by the validation columns only.
 
-    python benchmarks/results/imported_rtc_x2/weight_sensitivity.py runs/imported_rtc_x2/rtc_onnx \
+    python benchmarks/results/imported_rtc_x2/weight_sensitivity.py runs/imported_rtc_x2/rtc_onnx 2 \
         > benchmarks/results/imported_rtc_x2/weight_sensitivity.txt
+    python benchmarks/results/imported_rtc_x2/weight_sensitivity.py runs/imported_rlfn_x4/rlfn_onnx 4 \
+        > benchmarks/results/imported_rlfn_x4/weight_sensitivity.txt
 """
 import sys
 from pathlib import Path
@@ -23,14 +25,14 @@ ort.set_default_logger_severity(3)
 SHARED = Path("../shared/data")
 
 
-def image_sets(scale: int = 2) -> dict:
+def image_sets(scale: int) -> dict:
     _, held, _ = holdout_split(load_pairs(SHARED / "train" / "photos", scale, "train"), 8, SHARED / "train" / "photos")
     return {"valid": load_pairs("builtin", scale, "valid") + held,
             "Set5": load_pairs(SHARED / "benchmark" / "Set5", scale, "eval"),
             "Set14": load_pairs(SHARED / "benchmark" / "Set14", scale, "eval")}
 
 
-def scores(model: onnx.ModelProto, sets: dict, scale: int = 2) -> dict:
+def scores(model: onnx.ModelProto, sets: dict, scale: int) -> dict:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -56,14 +58,14 @@ def with_int8_weights(model: onnx.ModelProto, conv) -> onnx.ModelProto:
     return m
 
 
-def main(root: str) -> None:
+def main(root: str, scale: int) -> None:
     model = onnx.load(str(Path(root) / "model.onnx"))
-    sets = image_sets()
-    base = scores(model, sets)
+    sets = image_sets(scale)
+    base = scores(model, sets, scale)
     print("FP32 " + "  ".join(f"{k} {v:.3f}" for k, v in base.items()))
     rows = []
     for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
-        got = scores(with_int8_weights(model, conv), sets)
+        got = scores(with_int8_weights(model, conv), sets, scale)
         rows.append((conv.name, {k: got[k] - base[k] for k in base}))
     rows.sort(key=lambda r: r[1]["valid"])
     print(f"{'conv (8-bit weights alone)':28s} " + " ".join(f"{k:>8s}" for k in base) + "   (drop, dB)")
@@ -72,8 +74,8 @@ def main(root: str) -> None:
     every = onnx.ModelProto.FromString(model.SerializeToString())
     for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
         every = with_int8_weights(every, conv)
-    print("every conv 8-bit: " + "  ".join(f"{k} {v - base[k]:+.4f}" for k, v in scores(every, sets).items()))
+    print("every conv 8-bit: " + "  ".join(f"{k} {v - base[k]:+.4f}" for k, v in scores(every, sets, scale).items()))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]))
