@@ -166,11 +166,14 @@ class QatOnnxConfig:
     post-training graph's zero point lies inside the integer range (before a LeakyReLU or PReLU, an Add, a
     Concat): the range's window can then move, not only widen or narrow around the same zero. A zero point at
     the range's end (after a ReLU) and symmetric quantizers (target tensorrt) stay as they are."""
-    float_layers: tuple[str, ...] = field(default=(), metadata={"fingerprint": "when_set"})
+    float_layers: tuple[str, ...] = field(default=(), metadata={"fingerprint": "when_set", "checkpoint": "when_set"})
     """Convolutions (ONNX node names) whose weights go to floating point before training: they start at the
     values the input graph's INT8 weights stand for and train off the grid (their activations stay as they
     are). For a trained graph whose INT8 weights are its floor (the fallback says so): the layers whose 8-bit
     weights cost most, e.g. by benchmarks/results/imported_rtc_x2/weight_sensitivity.py."""
+    patch_size: int | None = field(default=None, metadata={"fingerprint": "when_set", "checkpoint": "when_set"})
+    """LR patch side of this stage's training batches (default: the recipe's ``data.patch_size``): a fine-tune of
+    a large-patch network can take 4x the steps in the same time at half the side."""
     val_every: int = 250
     max_psnr_drop_db: float | None = None
     """Against ``reference`` (required with it)."""
@@ -226,8 +229,8 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
             distil_from = QdqGraph(onnx.load(str(reference.payload)), scales)
             for p in distil_from.parameters():
                 p.requires_grad_(False)
-    sampler = sampler_for(graph, ctx.train_pairs, scale, ctx.patch_size, cfg.batch_size, seed + 5, ctx.min_patch_std,
-                          ctx.degradation)
+    sampler = sampler_for(graph, ctx.train_pairs, scale, cfg.patch_size or ctx.patch_size, cfg.batch_size, seed + 5,
+                          ctx.min_patch_std, ctx.degradation)
     loss_fn = distill_loss(LOSSES.build({"type": "l1"}), distil_from, cfg.alpha, scales)
     result = fit(graph, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
                  val_degraded=ctx.val_degraded, val_every=cfg.val_every,
@@ -257,6 +260,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
                            reference.manifest.get("name") if cfg.alpha > 0 else None),
         "weight_bits": quantized_by.get("weight_bits", 8), "simulation_parity_db": parity,
         **({"float_layers": list(cfg.float_layers)} if cfg.float_layers else {}),
+        **({"patch_size": cfg.patch_size} if cfg.patch_size else {}),
         **({"runtime_self_agreement_db": self_db} if self_db is not None else {}),
         **({"parity_per_quantizer": per_quantizer} if per_quantizer is not None else {}),
         **({"degradation": degradation_record(ctx.degradation)[0]} if ctx.degradation != "bicubic" else {}),
@@ -281,6 +285,9 @@ def _check_qat_onnx_inputs(cfg: QatOnnxConfig, name: str, input: Artifact, refer
                             "reference")
     if cfg.on_budget_exceeded == "fallback" and cfg.max_psnr_drop_db is None:
         raise QuantizeError(f"qat_onnx {name}: on_budget_exceeded: fallback needs max_psnr_drop_db")
+    if cfg.patch_size is not None and cfg.patch_size < 8:
+        raise QuantizeError(f"qat_onnx {name}: patch_size {cfg.patch_size} is too small to train on; give 8 or "
+                            "more LR pixels, or leave it out for data.patch_size")
     if cfg.alpha > 0 and reference is None and teacher is None:
         raise QuantizeError(f"qat_onnx {name}: alpha > 0 distils from reference or teacher; name one")
 

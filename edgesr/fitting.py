@@ -371,10 +371,16 @@ not how it trains: left out of a checkpoint's fingerprint, so that a tightened b
 
 
 def config_fingerprint(*parts) -> str:
-    """What a checkpoint was trained from; a stage config (dataclass) enters without its :data:`POLICY_FIELDS`."""
+    """What a checkpoint was trained from; a stage config (dataclass) enters without its :data:`POLICY_FIELDS`,
+    and without options marked ``checkpoint: when_set`` left at their defaults (options added later: checkpoints
+    written before them still resume)."""
     import dataclasses
 
-    plain = [{f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in POLICY_FIELDS}
+    def counts(p, f) -> bool:
+        return f.name not in POLICY_FIELDS and not (f.metadata.get("checkpoint") == "when_set"
+                                                    and getattr(p, f.name) == f.default)
+
+    plain = [{f.name: getattr(p, f.name) for f in dataclasses.fields(p) if counts(p, f)}
              if dataclasses.is_dataclass(p) and not isinstance(p, type) else p for p in parts]
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -759,7 +759,7 @@ def test_a_float_conv_between_quantizers_stays_float_only_when_guarded(tmp_path)
     assert found.float_order_only, found.message
 
 
-def test_qat_onnx_trains_named_layers_off_the_int8_grid(shipped_ptq, builtin_train, builtin_valid):
+def test_qat_onnx_trains_named_layers_off_the_int8_grid(shipped_ptq, builtin_train, builtin_valid, monkeypatch):
     """``float_layers``: the named convolution's weights go to float at the values its INT8 weights stand for
     (ONNX Runtime then computes what it did, that layer in float: one QLinearConv fewer), train off the grid,
     and stay float in the written graph; every other layer keeps its INT8 weights; a name that is not a
@@ -783,13 +783,18 @@ def test_qat_onnx_trains_named_layers_off_the_int8_grid(shipped_ptq, builtin_tra
     with pytest.raises(QuantizeError, match=r"\['conv9'\] are not layers with quantized weights.*node_conv2d_1"):
         dequantize_layers(onnx.load(str(ptq.payload)), ["conv9"])
 
+    import edgesr.fitting as fitting
+
+    patches, sampler_for = [], fitting.sampler_for
+    monkeypatch.setattr(fitting, "sampler_for", lambda *a, **k: patches.append(a[3]) or sampler_for(*a, **k))
     cfg = QatOnnxConfig(input="ptq", reference="f", alpha=1.0, steps=30, batch_size=8, lr=2e-4, val_every=15,
-                        float_layers=(layer,))
+                        float_layers=(layer,), patch_size=24)
     art = call_stage(qat_onnx_stage, cfg, name="qat_fl", out=root / "qat_fl", source=ptq, reference=fp32,
                      teacher=None, train_pairs=builtin_train, val_pairs=builtin_valid, scale=2, patch_size=32,
                      min_patch_std=0.04, seed=0)
     rec = art.manifest["transforms"][-1]
     assert rec["float_layers"] == [layer] and rec["kept_input"] is None and rec["simulation_parity_db"] > 50
+    assert patches == [24] and rec["patch_size"] == 24  # the stage's own patch side, not data.patch_size (32)
     trained = onnx.load(str(art.payload))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in trained.graph.initializer}
     start = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
@@ -798,3 +803,22 @@ def test_qat_onnx_trains_named_layers_off_the_int8_grid(shipped_ptq, builtin_tra
     assert w.dtype == np.float32 and not np.array_equal(w, start[conv.input[1]])  # trained, in float
     quantized = [n.name for n in trained.graph.node if n.op_type == "Conv" and n.input[1] not in inits]
     assert len(quantized) == 5 and layer not in quantized
+
+
+def test_options_added_later_leave_earlier_checkpoints_resumable():
+    """``float_layers`` and ``patch_size`` (marked ``checkpoint: when_set``) enter a qat_onnx checkpoint's
+    fingerprint only when set: a checkpoint written before they existed still resumes; setting one does not."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from edgesr.compress.qat import QatOnnxConfig
+    from edgesr.fitting import POLICY_FIELDS, config_fingerprint
+
+    cfg = QatOnnxConfig(input="ptq", steps=10)
+    before = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+              if f.name not in POLICY_FIELDS | {"float_layers", "patch_size"}}
+    old = hashlib.sha256(json.dumps(["h", before], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_fingerprint("h", cfg) == old
+    assert config_fingerprint("h", dataclasses.replace(cfg, patch_size=48)) != old
+    assert config_fingerprint("h", dataclasses.replace(cfg, float_layers=("c",))) != old
