@@ -170,7 +170,7 @@ class QatOnnxConfig:
     """Convolutions (ONNX node names) whose weights go to floating point before training: they start at the
     values the input graph's INT8 weights stand for and train off the grid (their activations stay as they
     are). For a trained graph whose INT8 weights are its floor (the fallback says so): the layers whose 8-bit
-    weights cost most, e.g. by benchmarks/results/imported_rtc_x2/weight_sensitivity.py."""
+    weights cost most (``python -m edgesr.benchmarks.weight_sensitivity`` ranks them)."""
     patch_size: int | None = field(default=None, metadata={"fingerprint": "when_set", "checkpoint": "when_set"})
     """LR patch side of this stage's training batches (default: the recipe's ``data.patch_size``): a fine-tune of
     a large-patch network can take 4x the steps in the same time at half the side."""

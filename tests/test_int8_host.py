@@ -822,3 +822,47 @@ def test_options_added_later_leave_earlier_checkpoints_resumable():
     assert config_fingerprint("h", cfg) == old
     assert config_fingerprint("h", dataclasses.replace(cfg, patch_size=48)) != old
     assert config_fingerprint("h", dataclasses.replace(cfg, float_layers=("c",))) != old
+
+
+def test_weight_sensitivity_finds_the_layer_whose_weights_the_grid_hurts(builtin_valid, tmp_path):
+    """``edgesr.benchmarks.weight_sensitivity`` on the shipped student with half of one ReLU's channels rescaled
+    (conv2d_2's output channels x50, conv2d_3's matching input weights /50: the same function, since ReLU is
+    positively homogeneous, but conv2d_3's per-channel grid now rounds those inputs' weights away): conv2d_3 ranks
+    first by far, conv2d_2 (whose grid scales with its channels) costs what it cost; every layer on the grid costs
+    at least about the worst one; INT8 artifacts are refused; the command writes the same ranking as JSON."""
+    import json
+
+    from edgesr.artifacts import Artifact, ArtifactError
+    from edgesr.benchmarks.weight_sensitivity import main, weight_sensitivity, weights_on_grid
+
+    fp32 = read_artifact("msrep-s-x2-fp32")
+    sets = {"builtin": builtin_valid}
+    plain = weight_sensitivity(fp32, sets, 2, threads=1)
+    proto = onnx.load(str(fp32.payload))
+    nodes = {n.name: n for n in proto.graph.node}
+    inits = {i.name: i for i in proto.graph.initializer}
+
+    def rescale(name, fn):
+        arr = fn(onnx.numpy_helper.to_array(inits[name]).copy())
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), name))
+
+    half = slice(0, onnx.numpy_helper.to_array(inits[nodes["node_conv2d_2"].input[1]]).shape[0] // 2)
+    for name in nodes["node_conv2d_2"].input[1:]:
+        rescale(name, lambda a: np.concatenate([a[half] * 50, a[half.stop:]]))
+    rescale(nodes["node_conv2d_3"].input[1], lambda a: np.concatenate([a[:, half] / 50, a[:, half.stop:]], axis=1))
+    (tmp_path / "m").mkdir()
+    onnx.save_model(proto, str(tmp_path / "m" / "model.onnx"))
+    hurt = weight_sensitivity(Artifact(tmp_path / "m", {**fp32.manifest, "payload": "model.onnx"}), sets, 2, threads=1)
+    assert hurt["fp32"]["builtin"] == pytest.approx(plain["fp32"]["builtin"], abs=0.01)  # the same function
+    ranked = list(hurt["layers"])
+    assert ranked[0] == "node_conv2d_3" and set(ranked) == set(plain["layers"])
+    assert hurt["layers"]["node_conv2d_3"]["builtin"] < 5 * min(-0.02, plain["layers"]["node_conv2d_3"]["builtin"])
+    assert hurt["layers"]["node_conv2d_2"]["builtin"] == pytest.approx(plain["layers"]["node_conv2d_2"]["builtin"],
+                                                                       abs=0.02)
+    assert hurt["all"]["builtin"] <= hurt["layers"]["node_conv2d_3"]["builtin"] + 0.05
+    same = weights_on_grid(proto, [], 8)
+    assert [i.raw_data for i in same.graph.initializer] == [i.raw_data for i in proto.graph.initializer]
+    with pytest.raises(ArtifactError, match="takes an FP32 ONNX artifact"):
+        weight_sensitivity(read_artifact("msrep-s-x2-int8"), sets, 2)
+    assert main(["msrep-s-x2-fp32", "--set", "builtin", "--threads", "1", "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["layers"].keys() == plain["layers"].keys()

@@ -3,6 +3,7 @@ graph with one convolution's weights at a time on the quantize stage's grid (int
 [-127, 127], scale max|w| / 127), everything else float, scored through ONNX Runtime on the validation images
 (the three built-in ones and the 8 photographs `data.valid: holdout` takes out of ../shared/data/train/photos)
 and on Set5 / Set14, as PSNR-Y drops against the FP32 graph. Layers are picked by the validation columns only.
+(The product's form of this, on any sets: python -m edgesr.benchmarks.weight_sensitivity.)
 
     python benchmarks/results/imported_rtc_x2/weight_sensitivity.py runs/imported_rtc_x2/rtc_onnx 2 \
         > benchmarks/results/imported_rtc_x2/weight_sensitivity.txt
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
+from edgesr.benchmarks.weight_sensitivity import weights_on_grid
 from edgesr.data.datasets import holdout_split, load_pairs
 from edgesr.imaging import to_uint8
 from edgesr.metrics import psnr_y
@@ -46,18 +47,6 @@ def scores(model: onnx.ModelProto, sets: dict, scale: int) -> dict:
     return out
 
 
-def with_int8_weights(model: onnx.ModelProto, conv) -> onnx.ModelProto:
-    m = onnx.ModelProto.FromString(model.SerializeToString())
-    for init in m.graph.initializer:
-        if init.name == conv.input[1]:
-            w = numpy_helper.to_array(init)
-            s = np.abs(w).reshape(w.shape[0], -1).max(1) / 127
-            s = np.where(s > 0, s, 1).reshape(-1, *[1] * (w.ndim - 1))
-            init.CopyFrom(numpy_helper.from_array((np.clip(np.round(w / s), -127, 127) * s).astype(np.float32),
-                                                  init.name))
-    return m
-
-
 def main(root: str, scale: int) -> None:
     model = onnx.load(str(Path(root) / "model.onnx"))
     sets = image_sets(scale)
@@ -65,15 +54,13 @@ def main(root: str, scale: int) -> None:
     print("FP32 " + "  ".join(f"{k} {v:.3f}" for k, v in base.items()))
     rows = []
     for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
-        got = scores(with_int8_weights(model, conv), sets, scale)
+        got = scores(weights_on_grid(model, [conv.name]), sets, scale)
         rows.append((conv.name, {k: got[k] - base[k] for k in base}))
     rows.sort(key=lambda r: r[1]["valid"])
     print(f"{'conv (8-bit weights alone)':28s} " + " ".join(f"{k:>8s}" for k in base) + "   (drop, dB)")
     for name, d in rows:
         print(f"{name:28s} " + " ".join(f"{d[k]:+8.4f}" for k in base))
-    every = onnx.ModelProto.FromString(model.SerializeToString())
-    for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
-        every = with_int8_weights(every, conv)
+    every = weights_on_grid(model, [n.name for n in model.graph.node if n.op_type == "Conv"])
     print("every conv 8-bit: " + "  ".join(f"{k} {v - base[k]:+.4f}" for k, v in scores(every, sets, scale).items()))
 
 
