@@ -139,6 +139,8 @@ class TeacherCache:
 class CachedTeacherSampler:
     """A PatchSampler whose targets also carry the teacher's outputs for the batch (from the cache)."""
 
+    parallel = False  # the cache is filled (and its flags kept) in the training process
+
     def __init__(self, sampler: PatchSampler, cache: TeacherCache):
         self.sampler, self.cache = sampler, cache
 

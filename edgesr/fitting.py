@@ -37,7 +37,7 @@ from .progress import progress_bar
 
 __all__ = ["FitResult", "Schedule", "fit", "validate", "torch_upscaler", "scale_loss", "pairs_at_scale",
            "sampler_for", "fit_options", "fit_metrics", "init_weights", "distributed", "resolve_device",
-           "config_fingerprint"]
+           "config_fingerprint", "step_batches"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -276,7 +276,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
         resume: bool = True, fingerprint: str = "", desc: str = "train", stop_after: int | None = None,
         schedule: Schedule | None = None, ema_decay: float = 0.0, max_seconds: float | None = None,
         device: str = "cpu", amp: bool = True, extra_params: list | None = None,
-        val_degraded: dict[str, list[ImagePair]] | None = None,
+        val_degraded: dict[str, list[ImagePair]] | None = None, workers: int = 0,
         clock: Callable[[], float] = time.perf_counter) -> FitResult:
     """Train ``model`` for ``steps`` steps; returns the weights with the best validation PSNR.
 
@@ -288,7 +288,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     optimised with the model but not part of it (distillation adapters). ``val_degraded`` ({degradation: pairs},
     a recipe's ``data.valid_degradations``): each is validated and the weights kept are those of the best mean
     over them (``best_psnr`` stays the protocol's). ``clock`` (seconds) drives the wall-clock budget and the
-    recorded training time.
+    recorded training time. ``workers`` > 0 cuts the batches ahead in that many processes (:func:`step_batches`).
     """
     schedule = schedule or Schedule(min_ratio=lr_min_ratio)
     run = _Fit(model, lr=lr, device=device, amp=amp, ema_decay=ema_decay, extra_params=extra_params,
@@ -302,6 +302,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     run.net.train()
     end = steps if stop_after is None else min(steps, start + stop_after)
     running, step, stopped_by_time = None, start, False
+    batches = step_batches(sampler, start, end, (rank, world), workers, pin=run.dev.type == "cuda")
     with progress_bar(desc, total=steps, completed=start, enabled=rank == 0) as bar:
         for step in range(start, end):
             progress = _progress(step, steps, elapsed0 + clock() - t0, max_seconds, world)
@@ -310,7 +311,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
                 break
             for group in run.opt.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0) * schedule.factor(progress, step)
-            value = run.step(sampler.batch(step, (rank, world)), loss_fn, grad_clip)
+            value = run.step(next(batches), loss_fn, grad_clip)
             if not math.isfinite(value):
                 saved = (f"the checkpoint of step {start if not run.history else run.history[-1]['step']} and "
                          f"earlier are kept in {checkpoint_dir}" if checkpoint_dir is not None else "nothing was written")
@@ -329,12 +330,43 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
                 run.checkpoint(done, elapsed0 + clock() - t0)
         else:
             step = end
+    del batches  # a loader's worker processes end with it
     if rank == 0 and (end == steps or stopped_by_time) and (not run.history or run.history[-1]["step"] != step):
         run.validate(step)
         run.checkpoint(step, elapsed0 + clock() - t0)
     run.finish()
     return FitResult(model, step, elapsed0 + clock() - t0, run.best["psnr"], run.best["step"], run.history,
                      stopped_by_time=stopped_by_time)
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Training steps ``start``.. as a dataset: item i is the batch of step ``start + i`` (this process's slice)."""
+
+    def __init__(self, sampler, start: int, end: int, part: tuple[int, int]):
+        self.sampler, self.start, self.end, self.part = sampler, start, end, part
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int):
+        return self.sampler.batch(self.start + i, self.part)
+
+
+def step_batches(sampler, start: int, end: int, part: tuple[int, int], workers: int, pin: bool = False):
+    """The batches of steps ``start`` to ``end`` in order: cut here (``workers`` 0), or ahead by ``workers``
+    processes of a DataLoader. Batches depend only on (seed, step), so both give the same tensors. A sampler that
+    computes in this process (a teacher cache that writes as it goes) says ``parallel = False`` and is refused."""
+    if workers < 0:
+        raise UsageError(f"workers must be 0 (batches cut in the training process) or more; got {workers}")
+    if workers == 0:
+        return (sampler.batch(step, part) for step in range(start, end))
+    if not getattr(sampler, "parallel", True):
+        raise UsageError(f"workers: {workers} cannot cut these batches in other processes ({type(sampler).__name__} "
+                         f"fills a cache in the training process); set workers: 0, or "
+                         f"turn the cache off (cache_teacher: false).")
+    loader = torch.utils.data.DataLoader(_StepBatches(sampler, start, end, part), batch_size=None, shuffle=False,
+                                         num_workers=workers, pin_memory=pin, prefetch_factor=4)
+    return iter(loader)
 
 
 def _ema_with_warmup(decay: float):
@@ -377,7 +409,7 @@ def config_fingerprint(*parts) -> str:
     import dataclasses
 
     def counts(p, f) -> bool:
-        return f.name not in POLICY_FIELDS and not (f.metadata.get("checkpoint") == "when_set"
+        return f.name not in POLICY_FIELDS and f.metadata.get("fingerprint") != "never" and not (f.metadata.get("checkpoint") == "when_set"
                                                     and getattr(p, f.name) == f.default)
 
     plain = [{f.name: getattr(p, f.name) for f in dataclasses.fields(p) if counts(p, f)}
@@ -442,6 +474,7 @@ def fit_options(cfg: TrainConfig) -> dict:
     return {"steps": cfg.steps, "lr": cfg.lr, "grad_clip": cfg.grad_clip, "val_every": cfg.val_every,
             "checkpoint_every": cfg.checkpoint_every, "resume": cfg.resume, "ema_decay": cfg.ema_decay,
             "max_seconds": cfg.max_minutes * 60 if cfg.max_minutes else None, "device": cfg.device, "amp": cfg.amp,
+            "workers": cfg.workers,
             "schedule": Schedule(cfg.schedule, cfg.lr_min_ratio, cfg.milestones, cfg.gamma, cfg.warmup_steps)}
 
 

@@ -125,10 +125,12 @@ def _data_identity(data) -> dict:
 def _config_identity(config) -> dict:
     """A stage config's fields as they enter its fingerprint. A field marked ``metadata={"fingerprint":
     "when_set"}`` (an option added later whose default keeps the earlier behaviour) counts only when it differs
-    from its default, so that adding it does not re-run every stage built before it existed."""
+    from its default, so that adding it does not re-run every stage built before it existed; one marked ``"never"``
+    (how fast a stage runs, not what it makes: ``workers``) never counts."""
     d = asdict(config)
     for f in dataclasses.fields(config):
-        if f.metadata.get("fingerprint") == "when_set" and d.get(f.name) == f.default:
+        if (f.metadata.get("fingerprint") == "when_set" and d.get(f.name) == f.default
+                or f.metadata.get("fingerprint") == "never"):
             del d[f.name]
     return d
 

@@ -47,6 +47,42 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(builtin_train, tmp
             val_pairs=builtin_train[:1], scale=2, checkpoint_dir=tmp_path, fingerprint="other")
 
 
+def test_sampler_workers_train_the_same_weights_and_resume_across_a_change(builtin_train, tmp_path):
+    """Batches cut ahead by DataLoader workers are the batches of the training process, in the same order: the same
+    weights to the bit; a run begun with 2 workers resumes with none (workers stay out of the fingerprint)."""
+    from edgesr.config import TrainConfig
+    from edgesr.errors import UsageError
+    from edgesr.fitting import config_fingerprint, step_batches
+
+    sampler = PatchSampler(builtin_train, 2, 16, 4, seed=3)
+    ahead = list(step_batches(sampler, 5, 9, (0, 1), workers=2))
+    assert len(ahead) == 4
+    for step, (lr, hr) in zip(range(5, 9), ahead):
+        lr0, hr0 = sampler.batch(step)
+        assert torch.equal(lr, lr0) and torch.equal(hr, hr0)
+    assert not torch.equal(ahead[0][0], ahead[1][0])
+    torch.manual_seed(0)
+    straight = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "a")
+    torch.manual_seed(0)
+    first = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "b", stop_after=3, workers=2)
+    assert first.steps == 3
+    resumed = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "b", workers=0)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    cfg = TrainConfig(model=SPEC)
+    assert config_fingerprint(cfg) == config_fingerprint(TrainConfig(model=SPEC, workers=8))
+    assert config_fingerprint(cfg) != config_fingerprint(TrainConfig(model=SPEC, batch_size=8))
+    from edgesr.pipeline import _config_identity  # the recipe runner's reuse key: artifacts stay reused too
+    assert _config_identity(TrainConfig(model=SPEC, workers=8)) == _config_identity(cfg)
+
+    from edgesr.compress.distill import CachedTeacherSampler  # fills the teacher cache in the training process
+
+    with pytest.raises(UsageError, match="workers: 2 cannot.*CachedTeacherSampler.*cache_teacher: false"):
+        step_batches(CachedTeacherSampler(sampler, cache=None), 0, 4, (0, 1), workers=2)
+    with pytest.raises(UsageError, match="workers must be 0"):
+        step_batches(sampler, 0, 4, (0, 1), workers=-1)
+
+
 def test_a_checkpoint_fingerprint_ignores_what_is_done_with_the_result():
     """A budget tightened after a long training resumes its checkpoint; anything that changes the training does not."""
     from edgesr.compress.qat import QatOnnxConfig
