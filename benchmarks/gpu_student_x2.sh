@@ -10,10 +10,10 @@ mkdir -p "$OUT"
 [ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
 [ -d ../shared/data/train/photos ] || { echo "no ../shared/data/train/photos (and no .gpu/shared to link)"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
-[ -n "${NO_INSTALL:-}" ] || $PY -m pip install -q --no-deps --no-build-isolation . >"$OUT/pip.txt" 2>&1 \
+[ -n "${NO_INSTALL:-}" ] || $PY -m pip install -q --no-deps --no-build-isolation --no-index . $(ls .whl/*.whl 2>/dev/null) >"$OUT/pip.txt" 2>&1 \
     || { echo "pip install failed"; cat "$OUT/pip.txt"; exit 1; }
 arm() {
-    PYTHONUNBUFFERED=1 $PY -c 'import sys; from edgesr.cli import main; sys.exit(main(sys.argv[1:]))' \
+    PYTHONUNBUFFERED=1 $PY -P -c 'import sys; from edgesr.cli import main; sys.exit(main(sys.argv[1:]))' \
         run "$RECIPE" --out "runs/student_gpu_x2_$1" --only "$1" >"$OUT/$1.log" 2>&1
     echo "arm $1: exit $? at $(date +%T)"
 }

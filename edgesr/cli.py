@@ -168,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_recipe
     from .pipeline import run_recipe
 
-    recipe = load_recipe(args.recipe or _builtin_recipe())
+    recipe = load_recipe(args.recipe or _builtin_recipe(), devices=False)  # run_recipe checks the stages that run
     data = dataclasses.replace(recipe.data, **({"eval": tuple(args.eval)} if args.eval else {}),
                                **({"train": args.train} if args.train else {}))
     recipe = recipe.with_overrides(data=data, **({"threads": args.threads} if args.threads is not None else {}))

@@ -322,17 +322,29 @@ def _check_numbers(cfg: Any, where: str) -> None:
         if f.name == "on_budget_exceeded" and value == "fallback" and getattr(cfg, "max_psnr_drop_db", None) is None:
             raise RecipeError(f"{where}.on_budget_exceeded: fallback works towards a budget and there is none; give "
                               "max_psnr_drop_db (e.g. max_psnr_drop_db: 0.1)")
-        if f.name == "device" and value == "cuda":
-            import importlib.util
 
-            import_ok = importlib.util.find_spec("torch") is not None
-            if import_ok:
-                import torch
 
-                import_ok = torch.cuda.is_available()
-            if not import_ok:
-                raise RecipeError(f"{where}.device: cuda, but PyTorch sees no CUDA GPU here; use device: auto (the "
-                                  "GPU where there is one) or cpu, or install a CUDA build of PyTorch")
+def check_devices(recipe: "Recipe", names: set[str] | None = None, reuse_in: str | None = None) -> None:
+    """Stages (those in ``names``; default every one) that ask for ``device: cuda`` where PyTorch sees no GPU are
+    refused before anything runs. ``reuse_in``: the run directory whose artifacts the others reuse (the runner
+    checks only the stages that must run, so a recipe trained on a GPU finishes its CPU stages elsewhere)."""
+    cuda = [(i, s) for i, s in enumerate(recipe.stages)
+            if getattr(s.config, "device", None) == "cuda" and (names is None or s.name in names)]
+    if not cuda:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    i, spec = cuda[0]
+    elsewhere = (f"; or train it on a GPU machine and bring its artifact into {reuse_in} (which holds none made by "
+                 "this configuration from these inputs)" if reuse_in else "")
+    raise RecipeError(f"{recipe.source}: stages[{i}] ({spec.name}).device: cuda, but PyTorch sees no CUDA GPU here; "
+                      f"use device: auto (the GPU where there is one) or cpu, or install a CUDA build of PyTorch"
+                      f"{elsewhere}")
 
 
 def _check_loaded_scale(path: str, scale: int, where: str) -> None:
@@ -360,7 +372,9 @@ def _check_plain_name(name: Any, where: str) -> str:
     return name
 
 
-def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
+def parse_recipe(raw: dict, source: str = "<dict>", *, devices: bool = True) -> Recipe:
+    """The recipe, checked (``devices``: a stage asking for a GPU this machine lacks is refused here; the runner
+    passes False and checks only the stages it must run, :func:`check_devices`)."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with name, scale and stages")
     allowed = {"name", "scale", "stages", "data", "benchmark", "seed", "threads"}
@@ -376,9 +390,12 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
     stages, makes, kinds = _parse_stages(raw["stages"], scale, source)
     data = _parse_data(raw, source)
     bench = _parse_benchmark(raw, stages, makes, kinds, source)
-    return Recipe(name=_check_plain_name(raw["name"], f"{source}: name"), scale=scale, stages=tuple(stages),
-                  data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
-                  threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)
+    recipe = Recipe(name=_check_plain_name(raw["name"], f"{source}: name"), scale=scale, stages=tuple(stages),
+                    data=data, benchmark=bench, seed=_check_type(raw.get("seed", 0), int, f"{source}: seed"),
+                    threads=_check_type(raw.get("threads", 0), int, f"{source}: threads"), source=source)
+    if devices:
+        check_devices(recipe)
+    return recipe
 
 
 def _parse_stages(raw_stages, scale: int, source: str) -> tuple[list[StageSpec], dict[str, str], dict[str, str]]:
@@ -501,7 +518,7 @@ def _parse_benchmark(raw: dict, stages: list[StageSpec], makes: dict[str, str], 
     return bench
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
+def load_recipe(path: str | os.PathLike, *, devices: bool = True) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
@@ -509,4 +526,4 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
-    return parse_recipe(raw, str(path))
+    return parse_recipe(raw, str(path), devices=devices)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import Artifact, ArtifactError, check_destination, content_hash, read_artifact, update_metrics
-from .config import BASELINES, Recipe, RecipeError, StageSpec
+from .config import BASELINES, Recipe, RecipeError, StageSpec, check_devices
 from .data.datasets import ImagePair, holdout_split, load_pairs, set_name
 from .data.degradations import DegradationSpec
 from .files import RunLock, remove_stale_temps
@@ -198,6 +198,28 @@ def stages_needed(recipe: Recipe, only: list[str]) -> set[str]:
     return need
 
 
+def stages_to_run(recipe: Recipe, out: Path, needed: set[str], force: bool = False) -> list[StageSpec]:
+    """The needed stages that will run rather than reuse their artifact in ``out``, in order, read from the
+    manifests alone (nothing is loaded or verified): a stage is reused when its parents are and its artifact
+    records this fingerprint. The runner decides again, verifying, as it goes."""
+    arts: dict[str, Artifact | None] = {}
+    runs = []
+    for spec in recipe.stages:
+        if spec.name not in needed:
+            continue
+        parents = [n for n in _refs(spec).values() if n]
+        art, path = None, out / spec.name
+        if not force and all(arts.get(n) is not None for n in parents) and (path / "manifest.json").is_file():
+            with contextlib.suppress(ArtifactError):
+                prev = read_artifact(path, verify=False)
+                if prev.manifest.get("recipe_fingerprint") == _fingerprint(spec, recipe, [arts[n] for n in parents]):
+                    art = prev
+        arts[spec.name] = art
+        if art is None:
+            runs.append(spec)
+    return runs
+
+
 def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str = "",
                only: list[str] | None = None) -> dict | None:
     """Run every stage of ``recipe`` into ``out``, then the benchmark; returns the results dict.
@@ -214,6 +236,7 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, command: str =
         if not only or bad:
             raise RecipeError(f"under torchrun only training stages run (pass --only with train/distill stages); "
                               f"not {bad or 'the whole recipe'}. Run the other stages without torchrun.")
+    check_devices(recipe, {s.name for s in stages_to_run(recipe, out, needed, force)}, reuse_in=str(out))
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out) if rank == 0 else contextlib.nullcontext()
     with lock:

@@ -221,6 +221,42 @@ def test_only_runs_the_named_stages_and_what_they_need(tiny_run, tmp_path):
     assert not (out / "results.json").exists()
 
 
+def test_a_stage_trained_on_a_gpu_finishes_on_a_machine_without_one(tmp_path, monkeypatch, capsys):
+    """`device: cuda` is refused where there is no GPU only for a stage that must run: its artifact, trained on a
+    lent GPU and brought into the run directory, is reused, and the CPU stages after it run here. (The "GPU" run
+    is this CPU with PyTorch told it has one.) A changed configuration would have to train again: refused before
+    anything runs, naming the run directory."""
+    import edgesr.fitting
+    from edgesr.pipeline import stages_needed, stages_to_run
+
+    recipe = {"name": "g", "scale": 2, "threads": 2, "data": {"patch_size": 16},
+              "stages": [{"name": "s", "stage": "train", "model": {"type": "abpn", "channels": 8, "n_body": 1},
+                          "steps": 4, "batch_size": 2, "val_every": 4, "device": "cuda", "workers": 1},
+                         {"name": "s_onnx", "stage": "export", "input": "s"}]}
+    path, out = tmp_path / "g.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(recipe))
+    with monkeypatch.context() as gpu:
+        gpu.setattr(torch.cuda, "is_available", lambda: True)
+        gpu.setattr(edgesr.fitting, "resolve_device", lambda name: torch.device("cpu"))
+        assert main(["run", str(path), "--out", str(out), "--only", "s"]) == 0
+    with pytest.raises(RecipeError, match="stages\\[0\\] \\(s\\).device: cuda, but PyTorch sees no CUDA GPU"):
+        load_recipe(path)  # loading alone still says so
+    loaded = load_recipe(path, devices=False)
+    assert [s.name for s in stages_to_run(loaded, out, stages_needed(loaded, ["s_onnx"]))] == ["s_onnx"]
+    built = (out / "s" / "manifest.json").read_text()
+    assert main(["run", str(path), "--out", str(out), "--only", "s_onnx"]) == 0
+    assert (out / "s_onnx" / "manifest.json").is_file() and (out / "s" / "manifest.json").read_text() == built
+    recipe["stages"][0]["steps"] = 5  # another training: it would have to run here
+    path.write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "stages[0] (s).device: cuda, but PyTorch sees no CUDA GPU here" in err
+    assert f"bring its artifact into {out / 'again'}" in err and not (out / "again").exists()
+    assert main(["run", str(path), "--out", str(out), "--only", "s_onnx"]) == 2
+    assert (out / "s" / "manifest.json").read_text() == built
+
+
 @pytest.mark.slow
 def test_load_stage_copies_a_verified_artifact(tiny_run, tmp_path, capsys):
     recipe = {"name": "l", "scale": 2, "threads": 2, "data": {"patch_size": 24},
@@ -275,11 +311,11 @@ def test_every_recipe_of_the_project_loads():
     loaded artifacts); the ones that need another run's output or a GPU say exactly that."""
     needs = {"compress_x2.yaml": "runs/zoo_x2/msrep_s: not an edgesr artifact",
              "fsrcnn_tail_x2.yaml": "runs/qat_onnx_x2/fsrcnn_res_onnx: not an edgesr artifact",
-             "distill_gpu_x2.yaml": "PyTorch sees no CUDA GPU here"}
+             "distill_gpu_x2.yaml": "PyTorch sees no CUDA GPU here", "student_gpu_x2.yaml": "PyTorch sees no CUDA GPU here"}
     recipes = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "recipes").glob("*.yaml"))
     assert len(recipes) > 25
     for path in recipes:
-        if path.name in needs and not (path.name == "distill_gpu_x2.yaml" and torch.cuda.is_available()):
+        if path.name in needs and not (path.name.endswith("_gpu_x2.yaml") and torch.cuda.is_available()):
             with pytest.raises(RecipeError, match=re.escape(needs[path.name])):
                 load_recipe(path)
         else:
