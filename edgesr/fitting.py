@@ -364,9 +364,33 @@ def step_batches(sampler, start: int, end: int, part: tuple[int, int], workers: 
         raise UsageError(f"workers: {workers} cannot cut these batches in other processes ({type(sampler).__name__} "
                          f"fills a cache in the training process); set workers: 0, or "
                          f"turn the cache off (cache_teacher: false).")
+    # Spawned, not forked: a fork of the training process (PyTorch's threads and a thread pool running) left it
+    # corrupted, segfaulting later in the same process (garbage collection during an ONNX export, in the suite).
     loader = torch.utils.data.DataLoader(_StepBatches(sampler, start, end, part), batch_size=None, shuffle=False,
-                                         num_workers=workers, pin_memory=pin, prefetch_factor=4)
-    return iter(loader)
+                                         num_workers=workers, pin_memory=pin, prefetch_factor=4,
+                                         multiprocessing_context="spawn")
+    return _loaded(loader)
+
+
+def _loaded(loader):
+    """The loader's batches; once they end (or the caller drops them) the workers end and SIGCHLD is handled again
+    as before: PyTorch's loader installs a Python SIGCHLD handler for the life of the process, which would then run
+    for every child the process starts later (benchmarks, engine builds) and interrupt its system calls."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGCHLD) if main else None
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        del batches
+        if main and signal.getsignal(signal.SIGCHLD) is not before:
+            from torch.utils.data._utils import signal_handling
+
+            signal.signal(signal.SIGCHLD, before)
+            signal_handling._SIGCHLD_handler_set = False  # the next loader installs it again
 
 
 def _ema_with_warmup(decay: float):

@@ -1029,8 +1029,9 @@ LATE_CASES = [
          lambda c: _run_bad_recipe(c, {**_tiny(), "stages": [{"name": "teacher", "stage": "train", "steps": 5,
                                                              "model": {"type": "msrep", "size": "s", "heads": [2, 3, 4]}}]}),
          2, r"msrep emits x\[2, 3, 4\], which cannot train together.*Use heads \[2, 4\]"),
-    Case("recipe-cuda-without-gpu", "recipe", "`device: cuda` on a machine where PyTorch sees no GPU (checked at "
-         "load; it was a RuntimeError traceback when the stage started)", _cuda_without_gpu, 2,
+    Case("recipe-cuda-without-gpu", "recipe", "`device: cuda` on a machine where PyTorch sees no GPU (checked before "
+         "any stage runs, for the stages that must run: one trained on a GPU and brought into the run directory is "
+         "reused; it was a RuntimeError traceback when the stage started)", _cuda_without_gpu, 2,
          r"stages\[0\] \(teacher\)\.device: cuda, but PyTorch sees no CUDA GPU here; use device: auto"),
     Case("recipe-load-other-scale", "recipe", "x3 recipe loading an x2 teacher (checked at load, not when distill starts)",
          _load_other_scale, 2, r"msrep-m-x2 is a x2 model artifact and the recipe's scale is 3"),

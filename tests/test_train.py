@@ -54,8 +54,13 @@ def test_sampler_workers_train_the_same_weights_and_resume_across_a_change(built
     from edgesr.errors import UsageError
     from edgesr.fitting import config_fingerprint, step_batches
 
+    import signal
+
     sampler = PatchSampler(builtin_train, 2, 16, 4, seed=3)
+    sigchld = signal.getsignal(signal.SIGCHLD)
     ahead = list(step_batches(sampler, 5, 9, (0, 1), workers=2))
+    # PyTorch's loader SIGCHLD handler is gone with the loader
+    assert signal.getsignal(signal.SIGCHLD) is sigchld
     assert len(ahead) == 4
     for step, (lr, hr) in zip(range(5, 9), ahead):
         lr0, hr0 = sampler.batch(step)
@@ -65,7 +70,7 @@ def test_sampler_workers_train_the_same_weights_and_resume_across_a_change(built
     straight = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "a")
     torch.manual_seed(0)
     first = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "b", stop_after=3, workers=2)
-    assert first.steps == 3
+    assert first.steps == 3 and signal.getsignal(signal.SIGCHLD) is sigchld
     resumed = _fit(build_model(SPEC), sampler, builtin_train[:1], tmp_path / "b", workers=0)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
