@@ -103,8 +103,8 @@ class TrainConfig:
     amp: bool = True
     """Mixed precision (bfloat16 autocast) when training on a GPU; ignored on CPU."""
     workers: int = field(default=0, metadata={"fingerprint": "never"})
-    """Processes that cut the next batches while the model trains (a PyTorch DataLoader over the training steps;
-    0: in the training process). Each batch still depends only on (seed, step): the same batches, in the same
+    """Processes that cut the next batches while the model trains (spawned, each holding the sampler, at most 4
+    batches each ahead; 0: in the training process). Each batch still depends only on (seed, step): the same batches, in the same
     order, for any number of workers: no fingerprint holds it (artifacts are reused and checkpoints resume across a
     change of it). On a GPU the sampler in the
     training process caps a small student's steps (about 38 a second on an H100): give it several workers."""

@@ -10,6 +10,7 @@ and the optimiser and scheduler states are restored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -288,7 +289,8 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     optimised with the model but not part of it (distillation adapters). ``val_degraded`` ({degradation: pairs},
     a recipe's ``data.valid_degradations``): each is validated and the weights kept are those of the best mean
     over them (``best_psnr`` stays the protocol's). ``clock`` (seconds) drives the wall-clock budget and the
-    recorded training time. ``workers`` > 0 cuts the batches ahead in that many processes (:func:`step_batches`).
+    recorded training time. ``workers`` > 0 cuts the batches ahead in that many processes (:func:`step_batches`;
+    they end with the loop, however it ends).
     """
     schedule = schedule or Schedule(min_ratio=lr_min_ratio)
     run = _Fit(model, lr=lr, device=device, amp=amp, ema_decay=ema_decay, extra_params=extra_params,
@@ -303,7 +305,7 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
     end = steps if stop_after is None else min(steps, start + stop_after)
     running, step, stopped_by_time = None, start, False
     batches = step_batches(sampler, start, end, (rank, world), workers, pin=run.dev.type == "cuda")
-    with progress_bar(desc, total=steps, completed=start, enabled=rank == 0) as bar:
+    with progress_bar(desc, total=steps, completed=start, enabled=rank == 0) as bar, contextlib.closing(batches):
         for step in range(start, end):
             progress = _progress(step, steps, elapsed0 + clock() - t0, max_seconds, world)
             if max_seconds and progress >= 1.0:
@@ -330,7 +332,6 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
                 run.checkpoint(done, elapsed0 + clock() - t0)
         else:
             step = end
-    del batches  # a loader's worker processes end with it
     if rank == 0 and (end == steps or stopped_by_time) and (not run.history or run.history[-1]["step"] != step):
         run.validate(step)
         run.checkpoint(step, elapsed0 + clock() - t0)
@@ -339,23 +340,10 @@ def fit(model: nn.Module, sampler: PatchSampler, *, steps: int, lr: float, loss_
                      stopped_by_time=stopped_by_time)
 
 
-class _StepBatches(torch.utils.data.Dataset):
-    """Training steps ``start``.. as a dataset: item i is the batch of step ``start + i`` (this process's slice)."""
-
-    def __init__(self, sampler, start: int, end: int, part: tuple[int, int]):
-        self.sampler, self.start, self.end, self.part = sampler, start, end, part
-
-    def __len__(self) -> int:
-        return self.end - self.start
-
-    def __getitem__(self, i: int):
-        return self.sampler.batch(self.start + i, self.part)
-
-
 def step_batches(sampler, start: int, end: int, part: tuple[int, int], workers: int, pin: bool = False):
     """The batches of steps ``start`` to ``end`` in order: cut here (``workers`` 0), or ahead by ``workers``
-    processes of a DataLoader. Batches depend only on (seed, step), so both give the same tensors. A sampler that
-    computes in this process (a teacher cache that writes as it goes) says ``parallel = False`` and is refused."""
+    processes. Batches depend only on (seed, step), so both give the same tensors. A sampler that computes in this
+    process (a teacher cache that writes as it goes) says ``parallel = False`` and is refused."""
     if workers < 0:
         raise UsageError(f"workers must be 0 (batches cut in the training process) or more; got {workers}")
     if workers == 0:
@@ -364,33 +352,40 @@ def step_batches(sampler, start: int, end: int, part: tuple[int, int], workers: 
         raise UsageError(f"workers: {workers} cannot cut these batches in other processes ({type(sampler).__name__} "
                          f"fills a cache in the training process); set workers: 0, or "
                          f"turn the cache off (cache_teacher: false).")
-    # Spawned, not forked: a fork of the training process (PyTorch's threads and a thread pool running) left it
-    # corrupted, segfaulting later in the same process (garbage collection during an ONNX export, in the suite).
-    loader = torch.utils.data.DataLoader(_StepBatches(sampler, start, end, part), batch_size=None, shuffle=False,
-                                         num_workers=workers, pin_memory=pin, prefetch_factor=4,
-                                         multiprocessing_context="spawn")
-    return _loaded(loader)
+    return _pooled(sampler, start, end, part, workers, pin)
 
 
-def _loaded(loader):
-    """The loader's batches; once they end (or the caller drops them) the workers end and SIGCHLD is handled again
-    as before: PyTorch's loader installs a Python SIGCHLD handler for the life of the process, which would then run
-    for every child the process starts later (benchmarks, engine builds) and interrupt its system calls."""
-    import signal
-    import threading
+def _pooled(sampler, start: int, end: int, part: tuple[int, int], workers: int, pin: bool):
+    """``workers`` spawned processes (a fork of the training process, with PyTorch's and the runtimes' threads
+    running, is not safe), each holding the sampler, cut at most 4 batches each ahead of the step being trained;
+    the arrays come back as plain NumPy (PyTorch's DataLoader shares tensors through file descriptors and installs a
+    process-wide SIGCHLD handler: the test suite segfaulted after it). The pool ends with the generator."""
+    import collections
+    import multiprocessing
 
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGCHLD) if main else None
-    batches = iter(loader)
-    try:
-        yield from batches
-    finally:
-        del batches
-        if main and signal.getsignal(signal.SIGCHLD) is not before:
-            from torch.utils.data._utils import signal_handling
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(sampler, part)) as pool:
+        pending: collections.deque = collections.deque()
+        ahead = start
+        for _ in range(start, end):
+            while ahead < end and len(pending) < 4 * workers:
+                pending.append(pool.apply_async(_worker_batch, (ahead,)))
+                ahead += 1
+            lr, hr = pending.popleft().get()
+            tensor = (lambda a: torch.from_numpy(a).pin_memory()) if pin else torch.from_numpy
+            yield tensor(lr), ({k: tensor(v) for k, v in hr.items()} if isinstance(hr, dict) else tensor(hr))
 
-            signal.signal(signal.SIGCHLD, before)
-            signal_handling._SIGCHLD_handler_set = False  # the next loader installs it again
+
+_WORKER: dict = {}
+
+
+def _worker_init(sampler, part: tuple[int, int]) -> None:
+    torch.set_num_threads(1)
+    _WORKER.update(sampler=sampler, part=part)
+
+
+def _worker_batch(step: int):
+    lr, hr = _WORKER["sampler"].batch(step, _WORKER["part"])
+    return lr.numpy(), ({k: v.numpy() for k, v in hr.items()} if isinstance(hr, dict) else hr.numpy())
 
 
 def _ema_with_warmup(decay: float):

@@ -48,7 +48,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(builtin_train, tmp
 
 
 def test_sampler_workers_train_the_same_weights_and_resume_across_a_change(builtin_train, tmp_path):
-    """Batches cut ahead by DataLoader workers are the batches of the training process, in the same order: the same
+    """Batches cut ahead by worker processes are the batches of the training process, in the same order: the same
     weights to the bit; a run begun with 2 workers resumes with none (workers stay out of the fingerprint)."""
     from edgesr.config import TrainConfig
     from edgesr.errors import UsageError
@@ -59,7 +59,7 @@ def test_sampler_workers_train_the_same_weights_and_resume_across_a_change(built
     sampler = PatchSampler(builtin_train, 2, 16, 4, seed=3)
     sigchld = signal.getsignal(signal.SIGCHLD)
     ahead = list(step_batches(sampler, 5, 9, (0, 1), workers=2))
-    # PyTorch's loader SIGCHLD handler is gone with the loader
+    # no process-wide SIGCHLD handler left behind (PyTorch's DataLoader installs one; the suite segfaulted)
     assert signal.getsignal(signal.SIGCHLD) is sigchld
     assert len(ahead) == 4
     for step, (lr, hr) in zip(range(5, 9), ahead):
