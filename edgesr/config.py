@@ -45,6 +45,12 @@ class DataConfig:
     valid_holdout: int = 8
     """How many source photographs ``valid: holdout`` takes out of ``train`` (crops named ``<photo>_<y>_<x>`` or
     ``<photo>_s<NNN>`` are one photograph, so none of a validation image's crops is trained on)."""
+    train_rescale: tuple[float, ...] = ()
+    """More training images from the same photographs: each training image again, its HR reduced by each factor
+    (0 < f < 1; MATLAB bicubic, antialiased) and its LR made from that by the protocol, named ``<image>@<f>``.
+    A reduced copy's HR holds detail its full-size LR lost, so the network sees other content at other scales (a
+    standard augmentation for small training sets). Copies whose LR is smaller than ``patch_size`` are left out;
+    validation is untouched."""
     patch_size: int = 32
     """LR patch side in pixels."""
     min_patch_std: float = 0.04
@@ -482,6 +488,11 @@ def _parse_data(raw: dict, source: str) -> DataConfig:
     if not data.valid_degradations:
         raise RecipeError(f"{source}: data.valid_degradations is empty; leave it out to validate on the protocol's "
                           f"LR (bicubic)")
+    bad = [f for f in data.train_rescale if not 0 < f < 1]
+    if bad or len(set(data.train_rescale)) != len(data.train_rescale):
+        raise RecipeError(f"{source}: data.train_rescale: {list(data.train_rescale)}; give distinct factors between 0 "
+                          f"and 1 (each adds the training images reduced by it, e.g. [0.8, 0.6]; the images at full "
+                          f"size are always there)")
     return data
 
 

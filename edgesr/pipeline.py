@@ -25,7 +25,7 @@ import torch
 
 from .artifacts import Artifact, ArtifactError, check_destination, content_hash, read_artifact, update_metrics
 from .config import BASELINES, Recipe, RecipeError, StageSpec, check_devices
-from .data.datasets import ImagePair, holdout_split, load_pairs, set_name
+from .data.datasets import ImagePair, holdout_split, load_pairs, rescaled_pairs, set_name
 from .data.degradations import DegradationSpec
 from .files import RunLock, remove_stale_temps
 from .fitting import distributed
@@ -48,6 +48,11 @@ def load_data(recipe: Recipe) -> tuple[list[ImagePair], list[ImagePair], dict[st
                       f"validates, none is trained on): {', '.join(held)}")
     else:
         valid = load_pairs(recipe.data.valid, s, "valid")
+    if recipe.data.train_rescale:
+        more = rescaled_pairs(train, recipe.data.train_rescale, s, recipe.data.patch_size)
+        console.print(f"train_rescale {list(recipe.data.train_rescale)}: {len(more)} reduced copies added to the "
+                      f"{len(train)} training images")
+        train = train + more
     evals = {set_name(src): load_pairs(src, s, "eval") for src in recipe.data.eval}
     degradations = recipe.data.eval_degradations
     if tuple(degradations) != ("bicubic",):
@@ -117,6 +122,8 @@ def _data_identity(data) -> dict:
         d.pop("degradation_mix", None)
     if d.get("valid") != "holdout":
         d.pop("valid_holdout", None)
+    if not d.get("train_rescale"):
+        d.pop("train_rescale", None)
     if tuple(d.get("valid_degradations") or ("bicubic",)) == ("bicubic",):
         d.pop("valid_degradations", None)
     return d

@@ -175,3 +175,40 @@ def test_a_holdout_validates_on_whole_photographs_never_trained_on(tmp_path):
         parse_recipe({**base, "data": {"valid": "holdout"}})
     with pytest.raises(RecipeError, match="valid_holdout must be >= 1"):
         parse_recipe({**base, "data": {**base["data"], "valid": "holdout", "valid_holdout": 0}})
+
+
+def test_train_rescale_adds_reduced_copies_made_by_the_protocol(tmp_path):
+    """``data.train_rescale``: every training image again at each factor, its HR reduced by MATLAB bicubic and
+    mod-cropped, its LR made from that HR by the protocol; copies too small for a patch are left out; validation
+    untouched; recipes without it keep their fingerprints; factors outside (0, 1) are refused."""
+    from edgesr.config import RecipeError, parse_recipe
+    from edgesr.data.datasets import make_lr, rescaled_pairs
+    from edgesr.pipeline import _data_identity, load_data
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, size in (("astronaut.png", (300, 240)), ("coffee.png", (160, 160))):
+        Image.open(SKIMAGE / name).convert("RGB").crop((0, 0, *size)).save(folder / f"{name[0]}.png")
+    pairs = load_pairs(folder, 2, "train")
+    more = rescaled_pairs(pairs, (0.75, 0.3), 2, min_lr=32)
+    # c at 0.3: 48x48 HR, 24x24 LR, under the 32-px patch: left out
+    assert [p.name for p in more] == ["a@0.75", "c@0.75", "a@0.3"]
+    small = {p.name: p for p in more}
+    hr = imresize(pairs[0].hr, 0.75)
+    want = hr[: hr.shape[0] // 2 * 2, : hr.shape[1] // 2 * 2]
+    assert np.array_equal(small["a@0.75"].hr, want) and np.array_equal(small["a@0.75"].lr, make_lr(want, 2))
+    assert small["a@0.75"].lr.shape == (90, 112, 3) and small["a@0.75"].hr.dtype == np.uint8
+    assert small["a@0.3"].lr.shape == (36, 45, 3)
+
+    base = {"name": "r", "scale": 2, "stages": [{"name": "t", "stage": "train", "model": {"type": "abpn"}}],
+            "data": {"train": str(folder), "patch_size": 32}}
+    recipe = parse_recipe({**base, "data": {**base["data"], "train_rescale": [0.75, 0.3]}})
+    train, valid, _ = load_data(recipe)
+    plain_train, plain_valid, _ = load_data(parse_recipe(base))
+    assert [p.name for p in train] == [p.name for p in plain_train] + [p.name for p in more]
+    assert [p.name for p in valid] == [p.name for p in plain_valid]
+    assert "train_rescale" not in _data_identity(parse_recipe(base).data)
+    assert _data_identity(recipe.data)["train_rescale"] == (0.75, 0.3)
+    for bad in ([1.0], [0.5, 0.5], [-0.2]):
+        with pytest.raises(RecipeError, match="data.train_rescale.*between 0 and 1"):
+            parse_recipe({**base, "data": {**base["data"], "train_rescale": bad}})

@@ -157,6 +157,23 @@ def load_pairs(source: str | Path, scale: int, split: str = "train", min_size: i
 _CROP_SUFFIX = re.compile(r"(_\d+_\d+|_s\d{3,})$")
 
 
+def rescaled_pairs(pairs: list[ImagePair], factors: tuple[float, ...], scale: int, min_lr: int = 0) -> list[ImagePair]:
+    """Each pair's HR image reduced by each factor (MATLAB bicubic, antialiased), mod-cropped to ``scale``, with
+    its LR made from it by the protocol (:func:`make_lr`), named ``<name>@<factor>``; copies whose LR is smaller
+    than ``min_lr`` on a side are left out (``data.train_rescale``)."""
+    out = []
+    for f in factors:
+        for p in pairs:
+            if p.hr.dtype == np.uint16:
+                hr = np.clip(np.round(imresize(p.hr.astype(np.float64) / 65535.0, f) * 65535.0), 0, 65535)
+                hr = modcrop(hr.astype(np.uint16), scale)
+            else:
+                hr = modcrop(imresize(p.hr, f), scale)
+            if min(hr.shape[:2]) // scale >= max(min_lr, 1):
+                out.append(ImagePair(f"{p.name}@{f:g}", make_lr(hr, scale), hr))
+    return out
+
+
 def source_photo(name: str) -> str:
     """The photograph a training image was cropped from: ``<photo>_<y>_<x>`` (crops named by their offset, as
     in ../shared/data/train/photos) and ``<photo>_s<NNN>`` (BasicSR's DIV2K sub-images) name ``<photo>``; any
