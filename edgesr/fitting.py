@@ -391,12 +391,18 @@ def _worker_batch(step: int):
 def _ema_with_warmup(decay: float):
     """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates (as
     TensorFlow's ExponentialMovingAverage with num_updates), so short runs are not dominated by their
-    initial weights."""
+    initial weights. Integer tensors (index buffers, e.g. MSRep's space-to-depth anchor) are copied, not averaged."""
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
         n = float(num_averaged)
         d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(averaged, current, 1 - d)
+        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        if len(floats) < len(averaged):
+            for i in set(range(len(averaged))) - set(floats):
+                averaged[i].copy_(current[i])
+            averaged, current = [averaged[i] for i in floats], [current[i] for i in floats]
+        if averaged:  # torch groups the tensors by dtype: a group may hold integers only
+            torch._foreach_lerp_(averaged, current, 1 - d)
     return update
 
 

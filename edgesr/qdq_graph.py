@@ -260,7 +260,8 @@ def _unsupported(n) -> torch.Tensor:
 
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div",
                  "Clip", "Concat", "DepthToSpace", "Resize", "ReduceSum", "Identity", "Constant", "Shape", "MaxPool",
-                 "Split", "Slice", "Gather", "QuantizeLinear", "DequantizeLinear")
+                 "Split", "Slice", "Gather", "Pad", "Reshape", "Squeeze", "Unsqueeze", "QuantizeLinear",
+                 "DequantizeLinear")
 
 
 class QdqGraph(nn.Module):
@@ -754,7 +755,66 @@ def _gather(n, a: dict, x: list):
     return _unsupported(n)
 
 
+_PAD_MODES = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}
+
+
+def _pad(n, a: dict, x: list):
+    """ONNX Pad (opset >= 11: pads as an input; [begin_0, begin_1, ..., end_0, end_1, ...]), non-negative
+    pads on the last two axes in any mode, or on any axis in constant mode."""
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads = [int(v) for v in x[1].tolist()]
+    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(x[0].ndim))
+    axes = [int(ax) % x[0].ndim for ax in axes]
+    k = len(axes)
+    begin, end = dict(zip(axes, pads[:k])), dict(zip(axes, pads[k:]))
+    if mode not in _PAD_MODES or min(pads, default=0) < 0 or \
+            (mode != "constant" and any(begin[ax] or end[ax] for ax in axes if ax < x[0].ndim - 2)):
+        return _unsupported(n)
+    order = sorted(axes, reverse=True) if mode == "constant" else [x[0].ndim - 1, x[0].ndim - 2]
+    torch_pads = [p for ax in order for p in (begin.get(ax, 0), end.get(ax, 0))]
+    value = float(x[2]) if mode == "constant" and len(x) > 2 and x[2] is not None and x[2].numel() else 0.0
+    if mode == "constant":
+        return F.pad(x[0], torch_pads, value=value)
+    return F.pad(x[0], torch_pads, mode=_PAD_MODES[mode])
+
+
+def _reshape(n, a: dict, x: list):
+    shape = [int(v) for v in x[1].tolist()]
+    if not a.get("allowzero", 0):
+        shape = [x[0].shape[i] if v == 0 else v for i, v in enumerate(shape)]
+    return x[0].reshape(shape)
+
+
+def _axes(n, a: dict, x: list) -> list[int] | None:
+    if len(x) > 1 and x[1] is not None:
+        return [int(v) for v in x[1].tolist()]
+    return a.get("axes")
+
+
+def _squeeze(n, a: dict, x: list):
+    axes = _axes(n, a, x)
+    if axes is None:
+        return x[0].squeeze()
+    y = x[0]
+    for ax in sorted((ax % y.ndim for ax in axes), reverse=True):
+        y = y.squeeze(ax)
+    return y
+
+
+def _unsqueeze(n, a: dict, x: list):
+    y = x[0]
+    out_rank = y.ndim + len(_axes(n, a, x))
+    for ax in sorted(ax % out_rank for ax in _axes(n, a, x)):
+        y = y.unsqueeze(ax)
+    return y
+
+
 _OPS = {
+    "Pad": _pad,
+    "Reshape": _reshape,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "Clip": _clip,

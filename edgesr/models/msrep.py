@@ -20,8 +20,17 @@ What it follows, and from where:
   ``x4_blocks`` blocks deeper. One forward pass emits every scale in ``heads``; every head works in LR
   space, so x4 costs only its extra blocks and a wider last conv.
 
+* **Space-to-depth trunk** (``space_to_depth: u``; the pixel-unshuffle input of ESPCN's inverse, as in
+  the Mobile AI real-time SR entries): the LR is unshuffled by ``u`` (edge-padded at the bottom/right to whole
+  u x u cells and the output cropped back), the trunk runs at 1/u^2 of the LR's pixels with u^2 times
+  the input channels, and the tail's PixelShuffle(u * s) returns to HR. At equal MACs per pixel a trunk of
+  ``2 C`` channels at u = 2 costs what ``C`` channels cost at u = 1 and holds four times the parameters per
+  layer (``su``: 32 x 3 at u = 2, 45.1k parameters). The unshuffle and the anchor (the LR pixel under each output
+  sub-pixel, before the add) are fixed 0/1 stride-u convolutions: the graph is Pad, Conv, Relu, Add,
+  DepthToSpace and a final crop, and still predicts a correction to nearest upsampling.
+
 Sizes (deployed x2-only parameter counts): ``s`` 16 ch x 3 blocks = 9.1k, ``m`` 32 x 5 = 50.6k,
-``l`` 64 x 5 = 193k. ``heads=[2, 4]`` adds the x4 path. ``deploy=True`` builds the collapsed form
+``l`` 64 x 5 = 193k, ``su`` 32 x 3 at space_to_depth 2 = 45.1k. ``heads=[2, 4]`` adds the x4 path. ``deploy=True`` builds the collapsed form
 (what ``reparameterized()`` returns and what is exported, pruned and quantized).
 Forward returns one tensor for one head, else a tuple ordered like ``heads``.
 """
@@ -35,7 +44,28 @@ from torch import nn
 from . import MODELS
 from .reparam import MergedConv, copy_merged
 
-SIZES = {"s": (16, 3), "m": (32, 5), "l": (64, 5)}
+SIZES = {"s": (16, 3), "m": (32, 5), "l": (64, 5), "su": (32, 3)}
+SPACE_TO_DEPTH = {"su": 2}  # a size's default space_to_depth (1 elsewhere)
+
+
+def cell_weights(scale: int, unshuffle: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 kernels (u x u, stride u = ``unshuffle``) of the two fixed convolutions of a space-to-depth MSRep:
+    ``fold`` puts LR pixel (a, b) of each u x u cell, colour c, in channel c u^2 + a u + b (PixelUnshuffle);
+    ``anchor`` gives output channel c r^2 + i r + j (r = u * scale; PixelShuffle(r) puts it at sub-pixel (i, j))
+    the LR pixel under that sub-pixel, (i // scale, j // scale) of the cell: shuffled, nearest upsampling.
+    Convolutions, not reshapes: one exact node each, which every runtime and quantizer handles."""
+    u, r = unshuffle, unshuffle * scale
+    fold = torch.zeros(3 * u * u, 3, u, u)
+    for c in range(3):
+        for a in range(u):
+            for b in range(u):
+                fold[c * u * u + a * u + b, c, a, b] = 1.0
+    anchor = torch.zeros(3 * r * r, 3, u, u)
+    for c in range(3):
+        for i in range(r):
+            for j in range(r):
+                anchor[c * r * r + i * r + j, c, i // scale, j // scale] = 1.0
+    return fold, anchor
 
 
 class RepConv(MergedConv):
@@ -80,7 +110,7 @@ class RepConv(MergedConv):
 class MSRep(nn.Module):
     def __init__(self, *, scale: int = 2, heads: list[int] | None = None, size: str = "s",
                  channels: int | None = None, n_blocks: int | None = None, x4_blocks: int = 1,
-                 expand: int = 2, deploy: bool = False):
+                 expand: int = 2, space_to_depth: int | None = None, deploy: bool = False):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"MSRep size must be one of {sorted(SIZES)}, got {size!r}")
@@ -89,15 +119,22 @@ class MSRep(nn.Module):
             raise ValueError(f"MSRep heads must be distinct scales among 2, 3, 4 and include scale={scale}; got {heads}")
         c, n = SIZES[size]
         c, n = channels or c, n_blocks if n_blocks is not None else n
-        self.scale, self.scales, self.deploy_form = scale, tuple(heads), deploy
+        u = SPACE_TO_DEPTH.get(size, 1) if space_to_depth is None else space_to_depth
+        if u not in (1, 2, 3, 4):
+            raise ValueError(f"MSRep space_to_depth must be 1, 2, 3 or 4, got {u!r}")
+        self.scale, self.scales, self.deploy_form, self.unshuffle = scale, tuple(heads), deploy, u
         rep = lambda i, o: RepConv(i, o, expand=expand, deploy=deploy)
-        self.head = rep(3, c)
+        self.head = rep(3 * u * u, c)
         self.act = nn.ReLU()
         # Trunk blocks; head k taps the trunk after depth[k] blocks.
         self.depth = [n + i * x4_blocks for i in range(len(heads))]
         self.blocks = nn.ModuleList(rep(c, c) for _ in range(self.depth[-1]))
-        self.tails = nn.ModuleList(rep(c, 3 * s * s) for s in heads)
-        self.shuffles = nn.ModuleList(nn.PixelShuffle(s) for s in heads)
+        self.tails = nn.ModuleList(rep(c, 3 * (u * s) ** 2) for s in heads)
+        self.shuffles = nn.ModuleList(nn.PixelShuffle(u * s) for s in heads)
+        for i, s in enumerate(heads if u > 1 else ()):  # buffers: fixed, and not in the state dict
+            fold, anchor = cell_weights(s, u)
+            self.register_buffer("fold", fold, persistent=False)
+            self.register_buffer(f"anchor{i}", anchor, persistent=False)
         if not deploy:  # start close to the anchor (nearest upsampling): a small, not zero, residual
             with torch.no_grad():
                 for tail in self.tails:
@@ -106,14 +143,22 @@ class MSRep(nn.Module):
 
     def _run(self, lr: torch.Tensor, branches: bool):
         conv = (lambda m, x: m.forward_branches(x)) if branches else (lambda m, x: m(x))
-        x = self.act(conv(self.head, lr))
+        u, (h, w) = self.unshuffle, lr.shape[-2:]
+        src = lr
+        if u > 1:  # edge-pad by u - 1 (a static pad: a stride-u conv then covers ceil(H / u) whole cells) and fold
+            src = F.pad(lr, (0, u - 1, 0, u - 1), mode="replicate")
+        x = self.act(conv(self.head, F.conv2d(src, self.fold, stride=u) if u > 1 else src))
         outs, done = [], 0
-        for s, depth, tail, shuffle in zip(self.scales, self.depth, self.tails, self.shuffles):
+        for i, (s, depth, tail, shuffle) in enumerate(zip(self.scales, self.depth, self.tails, self.shuffles)):
             for blk in self.blocks[done:depth]:
                 x = self.act(conv(blk, x))
             done = depth
-            anchor = torch.repeat_interleave(lr, s * s, dim=1)  # channel c*r2+k -> colour c, as PixelShuffle reads it
-            outs.append(shuffle(conv(tail, x) + anchor))
+            if u == 1:
+                anchor = torch.repeat_interleave(lr, s * s, dim=1)  # channel c*r2+k -> colour c, as PixelShuffle reads it
+                outs.append(shuffle(conv(tail, x) + anchor))
+            else:
+                anchor = F.conv2d(src, getattr(self, f"anchor{i}"), stride=u)
+                outs.append(shuffle(conv(tail, x) + anchor)[..., : h * s, : w * s])
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def forward(self, lr: torch.Tensor):
@@ -128,6 +173,6 @@ class MSRep(nn.Module):
             return self, {}
         plain = MSRep(scale=self.scale, heads=list(self.scales), channels=self.head.cout,
                       n_blocks=self.depth[0], x4_blocks=(self.depth[1] - self.depth[0]) if len(self.depth) > 1 else 1,
-                      deploy=True)
+                      space_to_depth=self.unshuffle, deploy=True)
         copy_merged(self, plain)
         return plain.eval(), {"deploy": True}
