@@ -389,6 +389,66 @@ def test_an_operator_it_cannot_run_is_named():
         QdqGraph(helper.make_model(graph), (1,))
 
 
+@pytest.mark.parametrize("mode,pads,value", [("edge", [0, 0, 0, 0, 0, 0, 1, 1], None),
+                                              ("reflect", [0, 0, 2, 1, 0, 0, 1, 2], None),
+                                              ("constant", [0, 1, 1, 0, 0, 0, 2, 3], 0.25)])
+def test_pad_reshape_and_squeeze_compute_what_onnx_runtime_computes(mode, pads, value):
+    """The shape plumbing of a space-to-depth student (a static edge Pad, the crop's Shape -> Squeeze ->
+    Mul -> Reshape) and the other Pad modes, against ONNX Runtime node by node: equal to the last bit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    inits = [numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+             numpy_helper.from_array(np.array(2, np.int64), "two"), numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([3], np.int64), "ax3"),
+             numpy_helper.from_array(np.array([0, 0, -1], np.int64), "flat"),
+             numpy_helper.from_array(np.array([1, 3, 0, 0], np.int64), "back")]
+    pad_in = ["lr", "pads"] + (["v"] if value is not None else [])
+    if value is not None:
+        inits.append(numpy_helper.from_array(np.array(value, np.float32), "v"))
+    nodes = [helper.make_node("Pad", pad_in, ["p"], mode=mode),
+             helper.make_node("Shape", ["lr"], ["shp"], start=3, end=4),  # the input's width, a 1-d tensor
+             helper.make_node("Squeeze", ["shp", "ax0"], ["w"]),
+             helper.make_node("Mul", ["w", "two"], ["w2"]),
+             helper.make_node("Unsqueeze", ["w2", "ax0"], ["w2v"]),
+             helper.make_node("Slice", ["p", "one", "w2v", "ax3"], ["cropped"]),  # width 1 .. 2 W
+             helper.make_node("Reshape", ["cropped", "flat"], ["flat_t"]),  # allowzero 0: 0 copies the dimension
+             helper.make_node("Shape", ["cropped"], ["cshape"]),
+             helper.make_node("Reshape", ["flat_t", "cshape"], ["sr"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1, 3, "oh", "ow"])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(proto)
+    x = np.random.default_rng(3).random((1, 3, 5, 7), dtype=np.float32)
+    ref = ort_session(proto.SerializeToString(), threads=1, optimize=False).run(None, {"lr": x})[0]
+    with torch.no_grad():
+        sim = QdqGraph(proto, (1,))(torch.from_numpy(x)).numpy()
+    assert sim.shape == ref.shape and np.array_equal(sim, ref)
+
+
+def test_a_space_to_depth_student_quantizes_and_its_int8_graph_is_simulated_exactly(butterfly, builtin_train,
+                                                                                    builtin_valid, tmp_path):
+    """MSRep su (fold and anchor as 0/1 stride-2 convs, an edge Pad, the crop): its INT8 graph runs in the
+    Q/DQ trainer as ONNX Runtime runs it, at an odd size too, and stays within reach of its float graph."""
+    from edgesr.runtime.onnxruntime_backend import ort_session
+
+    spec = {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1, "space_to_depth": 2}
+    torch.manual_seed(0)
+    src = save_model(tmp_path / "m", build_model(spec), name="m", arch=spec)
+    fp32 = call_stage(export_stage, ExportConfig(input="m"), name="e", out=tmp_path / "e", source=src)
+    assert {"Pad", "DepthToSpace", "Slice"} <= set(fp32.manifest["ops"]) and "Gather" not in fp32.manifest["ops"]
+    int8 = call_stage(quantize_stage, QuantizeConfig(input="e", calibration_images=4, calibration_patch=48),
+                      name="q", out=tmp_path / "q", source=fp32, calib_pairs=builtin_train,
+                      val_pairs=builtin_valid[:1], scale=2, seed=0)
+    for x in (butterfly, np.ascontiguousarray(butterfly[..., :45, :31])):
+        ref = ort_session(int8.payload, threads=1, optimize=False).run(None, {"lr": x})[0]
+        assert ref.shape == (1, 3, 2 * x.shape[2], 2 * x.shape[3])
+        assert _agreement_db(_simulated(int8, x), ref) > 60
+        flt = ort_session(fp32.payload, threads=1).run(None, {"lr": x})[0]
+        assert 25 < _agreement_db(flt, ref) < 80  # quantized: close to, not equal to, the float graph
+
+
 # ------------------------------------------------------------------------------------------------ qat_onnx
 
 def _fused_ops(path) -> dict:

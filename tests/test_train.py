@@ -127,6 +127,21 @@ def test_resume_with_ema_and_step_schedule_reproduces_uninterrupted_run(builtin_
     assert (tmp_path / "b" / "best.safetensors").is_file() and (tmp_path / "b" / "last.pt").is_file()
 
 
+def test_ema_averages_float_tensors_and_copies_integer_buffers(builtin_train):
+    """A model with an integer buffer (BatchNorm's step count) trains with EMA (torch's lerp has no integer
+    kernel: it raised before); the averaged model handed back keeps the live counter, an integer."""
+    class WithBatchNorm(torch.nn.Sequential):
+        scale = 2
+
+    torch.manual_seed(0)
+    model = WithBatchNorm(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.BatchNorm2d(12), torch.nn.PixelShuffle(2))
+    res = fit(model, PatchSampler(builtin_train, 2, 16, 4), steps=6, lr=1e-3, ema_decay=0.9,
+              loss_fn=lambda sr, lr, hr: (sr - hr).abs().mean(), val_pairs=builtin_train[:1], scale=2, val_every=6)
+    bn = res.model[1]
+    assert int(bn.num_batches_tracked) == 6 and bn.num_batches_tracked.dtype == torch.long
+    assert res.steps == 6 and torch.isfinite(bn.running_mean).all()
+
+
 def test_schedules_warm_up_decay_and_step():
     cos = Schedule("cosine", min_ratio=0.1, warmup_steps=4)
     assert cos.factor(0.0, 0) == pytest.approx(0.25) and cos.factor(0.0, 10) == pytest.approx(1.0)

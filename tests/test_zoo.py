@@ -25,6 +25,7 @@ ZOO = [
     {"type": "espcn", "scale": 3},
     {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 2, "heads": [2, 4]},
     {"type": "msrep", "scale": 4, "size": "s", "heads": [4]},
+    {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1, "space_to_depth": 2, "heads": [2, 4]},
     {"type": "srcnn", "scale": 3, "n1": 8, "n2": 4},
     {"type": "vdsr", "scale": 2, "depth": 3, "n_feats": 8},
     {"type": "lapsrn", "scale": 4, "depth": 1, "n_feats": 8},
@@ -152,7 +153,8 @@ def test_fsrcnn_relu_exports_no_prelu(tmp_path):
         build_model({**spec, "act": "gelu"})
 
 
-@pytest.mark.parametrize("size,low,high", [("s", 8_000, 12_000), ("m", 40_000, 60_000), ("l", 170_000, 230_000)])
+@pytest.mark.parametrize("size,low,high", [("s", 8_000, 12_000), ("m", 40_000, 60_000), ("l", 170_000, 230_000),
+                                           ("su", 45_104, 45_104)])
 def test_student_family_sizes(size, low, high):
     plain, _ = deploy_form(build_model({"type": "msrep", "scale": 2, "size": size}), {})
     n = sum(p.numel() for p in plain.parameters())
@@ -185,7 +187,7 @@ def test_round_trip_odd_sizes_and_onnx(spec, tmp_path):
     assert parity_check(deployed, tmp_path / "m.onnx", odd)["max_abs"] < 1e-4
 
 
-@pytest.mark.parametrize("size", ["s", "m", "l"])
+@pytest.mark.parametrize("size", ["s", "m", "l", "su"])
 def test_reparameterized_student_matches_the_multi_branch_one(size):
     torch.manual_seed(1)
     model = build_model({"type": "msrep", "scale": 2, "size": size, "heads": [2, 4]}).eval()
@@ -225,6 +227,27 @@ def test_students_start_at_their_nearest_anchor_and_heads_share_the_trunk():
         select_outputs(model, (3,))
     with pytest.raises(ValueError, match="heads must be distinct"):
         build_model({"type": "msrep", "scale": 2, "heads": [4]})
+
+
+@pytest.mark.parametrize("heads", [[2], [2, 4], [3]])
+def test_space_to_depth_student_is_nearest_upsampling_plus_its_tail_at_any_size(heads):
+    """MSRep su: the trunk runs on 2 x 2 cells of the LR; with its tails at zero the output is exactly nearest
+    upsampling, also at odd sizes (the edge-padded last cell is cropped away), for every head."""
+    model = build_model({"type": "msrep", "scale": heads[0], "size": "su", "heads": heads}).eval()
+    assert model.unshuffle == 2 and model.head.cin == 12
+    with torch.no_grad():
+        x = torch.rand(1, 3, 13, 7)
+        live = outputs_by_scale(model(x), model.scales)
+        for tail in model.tails:
+            for p in tail.parameters():
+                p.zero_()
+        outs = outputs_by_scale(model(x), model.scales)
+    for s, o in outs.items():
+        assert o.shape == (1, 3, 13 * s, 7 * s)
+        assert torch.equal(o, F.interpolate(x, scale_factor=s, mode="nearest"))
+        assert not torch.equal(live[s], o)
+    with pytest.raises(ValueError, match="space_to_depth must be"):
+        build_model({"type": "msrep", "scale": 2, "size": "s", "space_to_depth": 5})
 
 
 def test_lapsrn_image_branch_starts_as_bilinear_upsampling():
