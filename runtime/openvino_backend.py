@@ -13,7 +13,27 @@ from edgesr.artifacts import ArtifactError
 
 from .base import BACKENDS, Backend
 
-__all__ = ["OpenVinoBackend"]
+__all__ = ["OpenVinoBackend", "openvino_form"]
+
+
+def openvino_form(source) -> tuple[bytes | None, int]:
+    """The graph OpenVINO is given for ``source`` (a path or serialized bytes): its signed INT8 activations
+    rewritten as the unsigned ones with the same values (:func:`edgesr.onnxutil.unsigned_activations`: OpenVINO
+    computes a Concat of signed INT8 activations wrong), serialized, and the number of quantizers rewritten;
+    (None, 0) where there is nothing to rewrite, or no ``onnx`` package to do it with."""
+    try:
+        import onnx
+
+        from edgesr.onnxutil import unsigned_activations
+    except ImportError:
+        return None, 0
+    proto = onnx.load_from_string(source) if isinstance(source, (bytes, bytearray)) else onnx.load(str(source))
+    n = unsigned_activations(proto)
+    return (proto.SerializeToString(), n) if n else (None, 0)
+
+
+def _ov_bytes(source: bytes | None) -> bytes | None:
+    return source if source is None else (openvino_form(source)[0] or source)
 
 
 @BACKENDS.register("openvino")
@@ -32,6 +52,7 @@ class OpenVinoBackend(Backend):
         self.compiled = self.request = None
         self.inference_precision = ""
         self.saturation_risk = False
+        self.unsigned_rewrites = 0
 
     @classmethod
     def run_dir_options(cls, run_dir) -> dict:
@@ -52,7 +73,12 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = self.precision_hint
         self._core, self._config = core, config
         try:
-            self.compiled = core.compile_model(str(artifact.payload), self.device, config)
+            rewritten, self.unsigned_rewrites = openvino_form(artifact.payload)
+            if rewritten is None:
+                self.compiled = core.compile_model(str(artifact.payload), self.device, config)
+            else:
+                self.compiled = core.compile_model(core.read_model(rewritten, ov.Tensor(np.empty(0, np.uint8))),
+                                                   self.device, config)
         except Exception as exc:
             raise ArtifactError(f"{artifact.payload}: OpenVINO cannot compile this graph ({str(exc).splitlines()[0]}). "
                                 "Run it with the onnxruntime backend, or re-export it.") from exc
@@ -70,7 +96,7 @@ class OpenVinoBackend(Backend):
                           "it exactly here.", stacklevel=2)
         from .onnxruntime_backend import uint8_form
 
-        self._u8_source, self._u8_compiled = uint8_form(artifact.payload), None
+        self._u8_source, self._u8_compiled = _ov_bytes(uint8_form(artifact.payload)), None
         self.uint8_native = self._u8_source is not None
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = chosen.to_string() if hasattr(chosen, "to_string") else str(chosen)
@@ -86,10 +112,10 @@ class OpenVinoBackend(Backend):
             return
         from .onnxruntime_backend import uint8_form
 
-        model = self._core.read_model(pruned, ov.Tensor(np.empty(0, np.uint8)))
+        model = self._core.read_model(_ov_bytes(pruned), ov.Tensor(np.empty(0, np.uint8)))
         self.compiled = self._core.compile_model(model, self.device, self._config)
         self.request = self.compiled.create_infer_request()
-        self._u8_source, self._u8_compiled = uint8_form(pruned), None
+        self._u8_source, self._u8_compiled = _ov_bytes(uint8_form(pruned)), None
 
     def _run(self, lr: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: lr})
@@ -117,4 +143,5 @@ class OpenVinoBackend(Backend):
         return {"backend": "openvino", "version": ov.get_version().split("-")[0], "device": self.device,
                 "threads": self.threads, "inference_precision": self.inference_precision,
                 "int8_saturation_risk": self.saturation_risk,
+                "signed_int8_activations_as_unsigned": self.unsigned_rewrites,
                 "uint8_io": "in the graph" if self.uint8_native else "NumPy"}
