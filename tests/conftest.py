@@ -117,6 +117,25 @@ def call_stage(fn, cfg, *, name: str, out, **kw):
         return run_stage(sdef, cfg, ctx, inputs)
 
 
+def exported_and_quantized(spec: dict, root, train_pairs, val_pairs, *, calibration_images: int = 4, **quantize):
+    """A freshly initialised ``spec`` (seed 0) saved, exported and quantized through the real stages, under
+    ``root``: (the FP32 ONNX artifact, the INT8 one). ``quantize``: more QuantizeConfig options (``target``...)."""
+    from edgesr.compress.ptq import QuantizeConfig, quantize_stage
+    from edgesr.export.onnx import ExportConfig, export_stage
+    from edgesr.modelio import save_model
+    from edgesr.models import build_model
+
+    root = Path(root)
+    torch.manual_seed(0)
+    src = save_model(root / "m", build_model(spec), name="m", arch=spec)
+    fp32 = call_stage(export_stage, ExportConfig(input="m"), name="fp32", out=root / "fp32", source=src)
+    int8 = call_stage(quantize_stage, QuantizeConfig(input="fp32", calibration_images=calibration_images,
+                                                     calibration_patch=48, **quantize),
+                      name="q", out=root / "q", source=fp32, calib_pairs=train_pairs, val_pairs=val_pairs[:1],
+                      scale=spec.get("scale", 2), seed=0)
+    return fp32, int8
+
+
 # ------------------------------------------------------------------ the runtime-only install, simulated
 
 BLOCKER = '''

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import call_stage
+from conftest import call_stage, exported_and_quantized
 from edgesr.artifacts import Artifact, read_artifact
 from edgesr.cli import main
 from edgesr.compress.fp16 import Fp16Config, fp16_stage
@@ -361,12 +361,7 @@ def test_a_graph_scaling_by_a_constant_builds_as_tensorrt_int8(builtin_train, bu
 
     arch = {"type": "rlfn", "scale": 2, "channels": 8, "mid_channels": 8, "n_blocks": 1, "esa_channels": 4,
             "pool_padding": 0, "data_range": 255.0}
-    torch.manual_seed(0)
-    src = save_model(tmp_path / "rlfn", build_model(arch), name="rlfn", arch=arch)
-    fp32 = call_stage(export_stage, ExportConfig(input="rlfn"), name="fp32", out=tmp_path / "fp32", source=src)
-    q = call_stage(quantize_stage, QuantizeConfig(input="fp32", calibration_images=3, calibration_patch=48,
-                                                  target="tensorrt"), name="q", out=tmp_path / "q", source=fp32,
-                   calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    _, q = exported_and_quantized(arch, tmp_path, builtin_train, builtin_valid, calibration_images=3, target="tensorrt")
     proto = onnx.load(str(q.payload))
     scalars = {i.name for i in proto.graph.initializer if int(np.prod(i.dims)) == 1}
     dq_of_scalar = [n.name for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in scalars

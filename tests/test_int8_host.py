@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import call_stage
+from conftest import call_stage, exported_and_quantized
 from edgesr.artifacts import read_artifact
 from edgesr.compress.common import QuantizeError, check_qdq
 from edgesr.compress.ptq import QuantizeConfig, quantize_stage
@@ -152,12 +152,7 @@ def test_openvino_runs_signed_int8_concatenations_as_onnx_runtime_does(butterfly
     from edgesr.runtime.onnxruntime_backend import ort_session
 
     spec = {"type": "imdn_rtc", "scale": 2, "channels": 12, "n_blocks": 5}  # untrained (at 2 blocks OpenVINO happened to agree)
-    torch.manual_seed(0)
-    src = save_model(tmp_path / "m", build_model(spec), name="m", arch=spec)
-    fp32 = call_stage(export_stage, ExportConfig(input="m"), name="e", out=tmp_path / "e", source=src)
-    trt = call_stage(quantize_stage, QuantizeConfig(input="e", calibration_images=4, calibration_patch=48,
-                                                    target="tensorrt"), name="q", out=tmp_path / "q", source=fp32,
-                     calib_pairs=builtin_train, val_pairs=builtin_valid[:1], scale=2, seed=0)
+    _, trt = exported_and_quantized(spec, tmp_path, builtin_train, builtin_valid, target="tensorrt")
     proto = onnx.load(str(trt.payload))
     assert "Concat" in {n.op_type for n in proto.graph.node}
     ref = ort_session(trt.payload, threads=1, optimize=False).run(None, {"lr": butterfly})[0]
@@ -469,13 +464,8 @@ def test_a_space_to_depth_student_quantizes_and_its_int8_graph_is_simulated_exac
     from edgesr.runtime.onnxruntime_backend import ort_session
 
     spec = {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1, "space_to_depth": 2}
-    torch.manual_seed(0)
-    src = save_model(tmp_path / "m", build_model(spec), name="m", arch=spec)
-    fp32 = call_stage(export_stage, ExportConfig(input="m"), name="e", out=tmp_path / "e", source=src)
+    fp32, int8 = exported_and_quantized(spec, tmp_path, builtin_train, builtin_valid)
     assert {"Pad", "DepthToSpace", "Slice"} <= set(fp32.manifest["ops"]) and "Gather" not in fp32.manifest["ops"]
-    int8 = call_stage(quantize_stage, QuantizeConfig(input="e", calibration_images=4, calibration_patch=48),
-                      name="q", out=tmp_path / "q", source=fp32, calib_pairs=builtin_train,
-                      val_pairs=builtin_valid[:1], scale=2, seed=0)
     for x in (butterfly, np.ascontiguousarray(butterfly[..., :45, :31])):
         ref = ort_session(int8.payload, threads=1, optimize=False).run(None, {"lr": x})[0]
         assert ref.shape == (1, 3, 2 * x.shape[2], 2 * x.shape[3])
