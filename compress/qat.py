@@ -156,6 +156,8 @@ class QatOnnxConfig:
     """A PyTorch model to distil from instead of ``reference`` (alpha > 0)."""
     alpha: float = 0.0
     """Weight of the distillation target against HR (0: HR only)."""
+    loss: str = field(default="l1", metadata={"fingerprint": "when_set", "checkpoint": "when_set"})
+    """Pixel loss (``edgesr.losses.LOSSES``): ``l1_luma`` weighs luminance, what PSNR-Y measures, over chroma."""
     steps: int = 1000
     batch_size: int = 16
     lr: float = 2e-5
@@ -231,7 +233,7 @@ def qat_onnx_stage(cfg: QatOnnxConfig, ctx: StageContext, input: Artifact, refer
                 p.requires_grad_(False)
     sampler = sampler_for(graph, ctx.train_pairs, scale, cfg.patch_size or ctx.patch_size, cfg.batch_size, seed + 5,
                           ctx.min_patch_std, ctx.degradation)
-    loss_fn = distill_loss(LOSSES.build({"type": "l1"}), distil_from, cfg.alpha, scales)
+    loss_fn = distill_loss(LOSSES.build({"type": cfg.loss}), distil_from, cfg.alpha, scales)
     result = fit(graph, sampler, steps=cfg.steps, lr=cfg.lr, loss_fn=loss_fn, val_pairs=val_pairs, scale=scale,
                  val_degraded=ctx.val_degraded, val_every=cfg.val_every,
                  checkpoint_dir=out.with_name(f"{out.name}.ckpt"), checkpoint_every=250,

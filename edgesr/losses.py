@@ -9,7 +9,7 @@ from torch import nn
 from .models import model_scales, outputs_by_scale
 from .registry import Registry
 
-__all__ = ["LOSSES", "Charbonnier", "distill_loss"]
+__all__ = ["LOSSES", "Charbonnier", "LumaL1", "distill_loss"]
 
 LOSSES: Registry = Registry("loss")
 
@@ -38,6 +38,39 @@ class Charbonnier(torch.nn.Module):
 @LOSSES.register("charbonnier")
 def charbonnier(eps: float = 1e-3) -> torch.nn.Module:
     return Charbonnier(eps)
+
+
+# BT.601 (the protocol's rgb2ycbcr), RGB in [0, 1]: rows Y, Cb, Cr without the offsets (they cancel in a difference).
+_YCBCR = ((65.481, 128.553, 24.966), (-37.797, -74.203, 112.0), (112.0, -93.786, -18.214))
+
+
+class LumaL1(torch.nn.Module):
+    """L1 on BT.601 luminance plus ``chroma_weight`` times L1 on the two chrominances (each on the [0, 1] scale
+    of its 8-bit range: Y spans 219 levels, Cb and Cr 224). PSNR-Y, the papers' measure, sees only the first
+    term; plain ``l1`` on RGB gives the chroma errors, invisible to it, the same weight as luminance."""
+
+    def __init__(self, chroma_weight: float = 0.25):
+        super().__init__()
+        if chroma_weight < 0:
+            raise ValueError(f"chroma_weight must be >= 0, got {chroma_weight}")
+        self.chroma_weight = float(chroma_weight)
+        m = torch.tensor(_YCBCR, dtype=torch.float64) / torch.tensor([[219.0], [224.0], [224.0]], dtype=torch.float64)
+        self.register_buffer("matrix", m.view(3, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        d = torch.nn.functional.conv2d(x - y, self.matrix.to(device=x.device, dtype=x.dtype)).abs().mean(dim=(0, 2, 3))
+        return d[0] + self.chroma_weight * (d[1] + d[2]) / 2
+
+
+@LOSSES.register("l1_luma")
+def l1_luma(chroma_weight: float = 0.25) -> torch.nn.Module:
+    return LumaL1(chroma_weight)
+
+
+@LOSSES.register("l1_y")
+def l1_y() -> torch.nn.Module:
+    """Luminance only: chroma is left to whatever the network's colour paths do (the anchor's input colours)."""
+    return LumaL1(0.0)
 
 
 def distill_loss(criterion: nn.Module, teacher: nn.Module | None, alpha: float,

@@ -316,3 +316,25 @@ def test_a_run_that_will_take_hours_says_so_once(monkeypatch, capsys):
     assert err.count("at this rate the remaining") == 1 and "train big: at this rate" in err
     assert "about 694.4 h" in err and "lower steps, or set max_minutes" in err
     assert "train small: 10/100 (4 s, eta 45 s)" in err
+
+
+def test_luma_loss_measures_what_psnr_y_measures(builtin_valid):
+    """`l1_luma`'s first term is the mean |Y difference| of the protocol's rgb2ycbcr (on the 0-1 scale of Y's 219
+    levels); a change that keeps every pixel's Y costs nothing under `l1_y` and something under `l1_luma`."""
+    import numpy as np
+    from edgesr.losses import LOSSES
+    from edgesr.metrics import rgb_to_y
+    hr = builtin_valid[0].hr
+    lr_up = F.interpolate(torch.from_numpy(builtin_valid[0].lr).permute(2, 0, 1)[None].float() / 255, size=hr.shape[:2],
+                          mode="bicubic", align_corners=False).clamp(0, 1)
+    sr_u8 = (lr_up[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    sr, ref = (torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255 for a in (sr_u8, hr))
+    expected = np.abs(rgb_to_y(sr_u8) - rgb_to_y(hr)).mean() / 219
+    assert LOSSES.build({"type": "l1_y"})(sr, ref).item() == pytest.approx(expected, rel=1e-9)
+    luma = LOSSES.build({"type": "l1_luma"})(sr, ref).item()
+    assert luma > expected                          # the chroma term adds
+    keep_y = torch.tensor([128.553, -65.481, 0.0], dtype=torch.double).view(1, 3, 1, 1) / 2000
+    assert LOSSES.build({"type": "l1_y"})(ref + keep_y, ref).item() < 1e-12
+    assert LOSSES.build({"type": "l1_luma"})(ref + keep_y, ref).item() > 1e-3
+    with pytest.raises(ValueError, match="chroma_weight"):
+        LOSSES.build({"type": "l1_luma", "chroma_weight": -1})
