@@ -472,8 +472,10 @@ def init_weights(model: nn.Module, art: Artifact) -> dict:
         raise ValueError(f"{art.path}: init_from shares no layer (name and shape) with {type(model).__name__}; "
                          "it must be the same architecture family")
     model.load_state_dict({**own, **{k: source[k] for k in loaded}})
-    return {"from": art.manifest.get("name"), "hash": art.hash, "loaded": len(loaded),
-            "fresh": sorted(set(own) - set(loaded))}
+    fresh = sorted(set(own) - set(loaded))
+    if fresh and hasattr(model, "warm_start_fresh"):  # e.g. MSRep: new trunk blocks start as near-identities
+        model.warm_start_fresh(fresh)
+    return {"from": art.manifest.get("name"), "hash": art.hash, "loaded": len(loaded), "fresh": fresh}
 
 
 def sampler_for(model: nn.Module, train_pairs: list[ImagePair], scale: int, patch_size: int, batch_size: int,

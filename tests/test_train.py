@@ -338,3 +338,26 @@ def test_luma_loss_measures_what_psnr_y_measures(builtin_valid):
     assert LOSSES.build({"type": "l1_luma"})(ref + keep_y, ref).item() > 1e-3
     with pytest.raises(ValueError, match="chroma_weight"):
         LOSSES.build({"type": "l1_luma", "chroma_weight": -1})
+
+
+def test_a_deeper_msrep_warm_started_from_a_shallower_one_computes_what_it_did(builtin_valid, tmp_path):
+    """init_from a 3-block MSRep into a 4-block one: the new block starts as a near-identity (its branches scaled
+    by 0.01), so the deeper model's first output is within a small margin of the shallower model's, where a
+    default-initialised block would move it far; the loaded layers are exact copies."""
+    from edgesr.modelio import save_model
+    torch.manual_seed(0)
+    small = build_model({"type": "msrep", "size": "s", "scale": 2})
+    with torch.no_grad():  # a trained-looking tail: the anchor alone would hide the trunk
+        for p in small.tails.parameters():
+            p.mul_(10)
+    art = save_model(tmp_path / "s3", small, name="s3", arch={"type": "msrep", "size": "s", "scale": 2})
+    x = torch.from_numpy(builtin_valid[0].lr[:64, :64]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        ref = small(x)
+        deeper = build_model({"type": "msrep", "size": "s", "scale": 2, "n_blocks": 4})
+        cold = (deeper(x) - ref).abs().max().item()
+        record = init_weights(deeper, art)
+        warm = (deeper(x) - ref).abs().max().item()
+    assert all(k.startswith("blocks.3.") for k in record["fresh"]) and record["fresh"]
+    assert torch.equal(deeper.blocks[0].k3.weight, small.blocks[0].k3.weight)
+    assert warm < 0.02 < cold, (warm, cold)

@@ -164,6 +164,18 @@ class MSRep(nn.Module):
     def forward(self, lr: torch.Tensor):
         return self._run(lr, branches=False)
 
+    def warm_start_fresh(self, fresh: list[str], gain: float = 0.01) -> None:
+        """After a warm start from a shallower MSRep (``init_from``): scale the trainable weights and biases of
+        each trunk block that got none (names in ``fresh``) by ``gain``, so that it starts as an identity plus a
+        small residual (a block's identity branch passes the previous ReLU's non-negative output through its own
+        ReLU unchanged) and the deeper network starts computing what the shallower one did (Net2DeeperNet, Chen
+        et al. ICLR 2016). Deploy-form blocks have no identity branch and are left as initialised."""
+        for i, blk in enumerate(self.blocks):
+            if getattr(blk, "identity", False) and any(n.startswith(f"blocks.{i}.") for n in fresh):
+                with torch.no_grad():
+                    for p in blk.parameters():
+                        p.mul_(gain)
+
     def forward_branches(self, lr: torch.Tensor):
         return self._run(lr, branches=True)
 
