@@ -26,6 +26,7 @@ ZOO = [
     {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 2, "heads": [2, 4]},
     {"type": "msrep", "scale": 4, "size": "s", "heads": [4]},
     {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 1, "space_to_depth": 2, "heads": [2, 4]},
+    {"type": "msrep", "scale": 2, "channels": 8, "n_blocks": 2, "head_kernel": 1},
     {"type": "srcnn", "scale": 3, "n1": 8, "n2": 4},
     {"type": "vdsr", "scale": 2, "depth": 3, "n_feats": 8},
     {"type": "lapsrn", "scale": 4, "depth": 1, "n_feats": 8},
@@ -187,16 +188,17 @@ def test_round_trip_odd_sizes_and_onnx(spec, tmp_path):
     assert parity_check(deployed, tmp_path / "m.onnx", odd)["max_abs"] < 1e-4
 
 
-@pytest.mark.parametrize("size", ["s", "m", "l", "su"])
-def test_reparameterized_student_matches_the_multi_branch_one(size):
+@pytest.mark.parametrize("size,extra", [("s", {}), ("m", {}), ("l", {}), ("su", {}), ("s", {"head_kernel": 1})])
+def test_reparameterized_student_matches_the_multi_branch_one(size, extra):
     torch.manual_seed(1)
-    model = build_model({"type": "msrep", "scale": 2, "size": size, "heads": [2, 4]}).eval()
+    model = build_model({"type": "msrep", "scale": 2, "size": size, "heads": [2, 4], **extra}).eval()
     with torch.no_grad():  # move every branch away from its initialisation, as training does
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     plain, delta = model.reparameterized()
     assert delta == {"deploy": True}
-    assert not any(hasattr(m, "k13") for m in plain.modules())  # only plain 3x3 convs remain
+    assert not any(hasattr(m, "k13") for m in plain.modules())  # only plain convs remain
+    assert plain.head.conv.kernel_size == (model.head_kernel,) * 2
     x = torch.rand(1, 3, 29, 17)
     with torch.no_grad():
         branches, merged, deployed = (_tuple(f(x)) for f in (model.forward_branches, model, plain))
@@ -248,6 +250,8 @@ def test_space_to_depth_student_is_nearest_upsampling_plus_its_tail_at_any_size(
         assert not torch.equal(live[s], o)
     with pytest.raises(ValueError, match="space_to_depth must be"):
         build_model({"type": "msrep", "scale": 2, "size": "s", "space_to_depth": 5})
+    with pytest.raises(ValueError, match="head_kernel must be 1 or 3"):
+        build_model({"type": "msrep", "scale": 2, "size": "s", "head_kernel": 5})
 
 
 def test_lapsrn_image_branch_starts_as_bilinear_upsampling():

@@ -106,11 +106,25 @@ class RepConv(MergedConv):
         return y + x if self.identity else y
 
 
+class PointHead(nn.Module):
+    """A plain 1x1 input convolution (``head_kernel: 1``): nothing to merge, the same in both forms."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.cin, self.cout = cin, cout
+        self.conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    forward_branches = forward
+
+
 @MODELS.register("msrep")
 class MSRep(nn.Module):
     def __init__(self, *, scale: int = 2, heads: list[int] | None = None, size: str = "s",
                  channels: int | None = None, n_blocks: int | None = None, x4_blocks: int = 1,
-                 expand: int = 2, space_to_depth: int | None = None, deploy: bool = False):
+                 expand: int = 2, space_to_depth: int | None = None, head_kernel: int = 3, deploy: bool = False):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"MSRep size must be one of {sorted(SIZES)}, got {size!r}")
@@ -122,9 +136,12 @@ class MSRep(nn.Module):
         u = SPACE_TO_DEPTH.get(size, 1) if space_to_depth is None else space_to_depth
         if u not in (1, 2, 3, 4):
             raise ValueError(f"MSRep space_to_depth must be 1, 2, 3 or 4, got {u!r}")
+        if head_kernel not in (1, 3):
+            raise ValueError(f"MSRep head_kernel must be 1 or 3, got {head_kernel!r}")
         self.scale, self.scales, self.deploy_form, self.unshuffle = scale, tuple(heads), deploy, u
+        self.head_kernel = head_kernel
         rep = lambda i, o: RepConv(i, o, expand=expand, deploy=deploy)
-        self.head = rep(3 * u * u, c)
+        self.head = rep(3 * u * u, c) if head_kernel == 3 else PointHead(3 * u * u, c)
         self.act = nn.ReLU()
         # Trunk blocks; head k taps the trunk after depth[k] blocks.
         self.depth = [n + i * x4_blocks for i in range(len(heads))]
@@ -185,6 +202,8 @@ class MSRep(nn.Module):
             return self, {}
         plain = MSRep(scale=self.scale, heads=list(self.scales), channels=self.head.cout,
                       n_blocks=self.depth[0], x4_blocks=(self.depth[1] - self.depth[0]) if len(self.depth) > 1 else 1,
-                      space_to_depth=self.unshuffle, deploy=True)
+                      space_to_depth=self.unshuffle, head_kernel=self.head_kernel, deploy=True)
         copy_merged(self, plain)
+        if self.head_kernel == 1:
+            plain.head.load_state_dict(self.head.state_dict())
         return plain.eval(), {"deploy": True}
