@@ -5,8 +5,9 @@ Why: on ONNX Runtime's INT8 path the 3-input-channel 3x3 head conv of msrep-s co
 block (4.4 against 3.0 ms at 640x360), and a 3 -> 16 1x1 conv about 1.3 ms: a 1x1 head plus one more block costs
 about what the 3x3 head alone did.
 
-The rewrite (train form, exact): the 1x1 head copies R, G, B into channels 0-2 (zero elsewhere; the input is >= 0,
-so its ReLU passes it); the new first block's 3x3 branch holds the old head's merged kernel on those channels minus
+The rewrite (train form, exact): the 1x1 head copies R, G, B into channels 0-2 (the input is >= 0, so its ReLU
+passes it) and gives the other channels small random projections with a positive bias (alive: a channel left at zero
+sits at ReLU's kink, gets no gradient and never trains, as a first attempt here found); the new first block's 3x3 branch holds the old head's merged kernel on those channels minus
 the identity its identity branch adds, its bias the old head's, its other branches zero (the 1x1 -> 3x3 pair: the
 expand keeps its random init and the squeeze is zero, so both still train); the old blocks and tail follow unchanged.
 Run from the repository root:
@@ -31,8 +32,11 @@ arch.update(n_blocks=n + 1, head_kernel=1)
 new = build_model(arch).eval()
 c, cin = old.head.cout, old.head.cin
 with torch.no_grad():
-    new.head.conv.weight.zero_()
-    new.head.conv.bias.zero_()
+    gen = torch.Generator().manual_seed(0)
+    new.head.conv.weight.copy_(torch.randn(new.head.conv.weight.shape, generator=gen) * 0.1)
+    new.head.conv.bias.fill_(0.1)
+    new.head.conv.weight[:cin].zero_()
+    new.head.conv.bias[:cin].zero_()
     for i in range(cin):
         new.head.conv.weight[i, i, 0, 0] = 1.0
     b0 = new.blocks[0]
@@ -40,7 +44,7 @@ with torch.no_grad():
     for m in (b0.k3, b0.k13, b0.k31, b0.k1, b0.squeeze):
         m.weight.zero_()
         m.bias.zero_()
-    b0.k3.weight[:, :cin] = w
+    b0.k3.weight[:, :cin] = w  # the extra channels' weights stay zero: the function is unchanged
     b0.k3.weight[torch.arange(c), torch.arange(c), 1, 1] -= 1.0
     b0.k3.bias.copy_(b)
     for i in range(n):
