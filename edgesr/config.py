@@ -325,6 +325,11 @@ def _check_numbers(cfg: Any, where: str) -> None:
         if f.name in LEARNING_RATES and isinstance(value, float) and not (math.isfinite(value) and value > 0):
             raise RecipeError(f"{where}.{f.name}: {value}; a learning rate must be a finite number above 0 "
                               f"(e.g. {f.default})")
+        if f.name == "loss" and isinstance(value, str):
+            from .losses import LOSSES
+            if value not in LOSSES:
+                raise RecipeError(f"{where}.loss: unknown loss {value!r}; known: {', '.join(LOSSES.names())}"
+                                  f"{_did_you_mean(value, LOSSES.names())}")
         if f.name == "on_budget_exceeded" and value == "fallback" and getattr(cfg, "max_psnr_drop_db", None) is None:
             raise RecipeError(f"{where}.on_budget_exceeded: fallback works towards a budget and there is none; give "
                               "max_psnr_drop_db (e.g. max_psnr_drop_db: 0.1)")

@@ -172,6 +172,8 @@ def test_recipe_validation():
         parse_recipe({**TINY, "stages": [{**TINY["stages"][1], "teacher": "nope"}]})
     with pytest.raises(RecipeError, match="steps: expected an integer"):
         parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "steps": "many"}]})
+    with pytest.raises(RecipeError, match=r"loss: unknown loss 'l1_lmua'.*did you mean 'l1_luma'"):
+        parse_recipe({**TINY, "stages": [{**TINY["stages"][0], "loss": "l1_lmua"}]})
     with pytest.raises(RecipeError, match="benchmark variant 'ghost'"):
         parse_recipe({**TINY, "benchmark": {"variants": ["ghost"]}})
     with pytest.raises(RecipeError, match="benchmark backend 'openvio'.*did you mean 'openvino'"):

@@ -29,6 +29,12 @@ What it follows, and from where:
   sub-pixel, before the add) are fixed 0/1 stride-u convolutions: the graph is Pad, Conv, Relu, Add,
   DepthToSpace and a final crop, and still predicts a correction to nearest upsampling.
 
+* **1x1 head** (``head_kernel: 1``): the input conv as a plain 1x1 (3 -> C) instead of a 3x3. ONNX Runtime's INT8
+  conv (NHWC) runs a 3x3 conv of 3 input channels slower than a 16-channel trunk block (4.4 against 3.0 ms at
+  640x360), a 1x1 one in 1.3 ms; but a 1x1 head plus one more block, frame in / frame out, took what msrep-s takes on
+  ONNX Runtime (19.3 vs 19.4 ms) and 11 % more on OpenVINO, and scored what msrep-s scores (same count of 3x3 convs;
+  benchmarks/results/deep_cpu_x2). Kept for such experiments; no shipped model uses it.
+
 Sizes (deployed x2-only parameter counts): ``s`` 16 ch x 3 blocks = 9.1k, ``m`` 32 x 5 = 50.6k,
 ``l`` 64 x 5 = 193k, ``su`` 32 x 3 at space_to_depth 2 = 45.1k. ``heads=[2, 4]`` adds the x4 path. ``deploy=True`` builds the collapsed form
 (what ``reparameterized()`` returns and what is exported, pruned and quantized).
