@@ -891,7 +891,7 @@ def test_qat_onnx_trains_named_layers_off_the_int8_grid(shipped_ptq, builtin_tra
 
 
 def test_options_added_later_leave_earlier_checkpoints_resumable():
-    """``float_layers`` and ``patch_size`` (marked ``checkpoint: when_set``) enter a qat_onnx checkpoint's
+    """``float_layers``, ``patch_size`` and ``loss`` (marked ``checkpoint: when_set``) enter a qat_onnx checkpoint's
     fingerprint only when set: a checkpoint written before they existed still resumes; setting one does not."""
     import dataclasses
     import hashlib
@@ -902,11 +902,12 @@ def test_options_added_later_leave_earlier_checkpoints_resumable():
 
     cfg = QatOnnxConfig(input="ptq", steps=10)
     before = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-              if f.name not in POLICY_FIELDS | {"float_layers", "patch_size"}}
+              if f.name not in POLICY_FIELDS | {"float_layers", "patch_size", "loss"}}
     old = hashlib.sha256(json.dumps(["h", before], sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_fingerprint("h", cfg) == old
     assert config_fingerprint("h", dataclasses.replace(cfg, patch_size=48)) != old
     assert config_fingerprint("h", dataclasses.replace(cfg, float_layers=("c",))) != old
+    assert config_fingerprint("h", dataclasses.replace(cfg, loss="l1_luma")) != old
 
 
 def test_weight_sensitivity_finds_the_layer_whose_weights_the_grid_hurts(builtin_valid, tmp_path):
