@@ -325,10 +325,10 @@ def test_luma_loss_measures_what_psnr_y_measures(builtin_valid):
     from edgesr.losses import LOSSES
     from edgesr.metrics import rgb_to_y
     hr = builtin_valid[0].hr
-    lr_up = F.interpolate(torch.from_numpy(builtin_valid[0].lr).permute(2, 0, 1)[None].float() / 255, size=hr.shape[:2],
+    lr_up = F.interpolate(torch.from_numpy(builtin_valid[0].lr.copy()).permute(2, 0, 1)[None].float() / 255, size=hr.shape[:2],
                           mode="bicubic", align_corners=False).clamp(0, 1)
     sr_u8 = (lr_up[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    sr, ref = (torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255 for a in (sr_u8, hr))
+    sr, ref = (torch.from_numpy(a.copy()).permute(2, 0, 1)[None].double() / 255 for a in (sr_u8, hr))
     expected = np.abs(rgb_to_y(sr_u8) - rgb_to_y(hr)).mean() / 219
     assert LOSSES.build({"type": "l1_y"})(sr, ref).item() == pytest.approx(expected, rel=1e-9)
     luma = LOSSES.build({"type": "l1_luma"})(sr, ref).item()
@@ -351,7 +351,7 @@ def test_a_deeper_msrep_warm_started_from_a_shallower_one_computes_what_it_did(b
         for p in small.tails.parameters():
             p.mul_(10)
     art = save_model(tmp_path / "s3", small, name="s3", arch={"type": "msrep", "size": "s", "scale": 2})
-    x = torch.from_numpy(builtin_valid[0].lr[:64, :64]).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(builtin_valid[0].lr[:64, :64].copy()).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         ref = small(x)
         deeper = build_model({"type": "msrep", "size": "s", "scale": 2, "n_blocks": 4})
