@@ -16,6 +16,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .files import atomic_write_text, fix_mode, make_temp_dir
 
 __all__ = [
     "Artifact", "ArtifactError", "Manifest", "read_artifact", "write_artifact", "content_hash", "update_metrics",
+    "check_pinned",
     "atomic_write_text", "verify_payload", "parent_record", "derived_manifest", "derived_transforms",
     "check_destination", "artifact_files", "Candidate", "Quality", "staging_dir", "commit", "materialize",
 ]
@@ -116,6 +118,26 @@ def content_hash(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def check_pinned(art: Artifact, pin: str | None, source: str, where: str) -> None:
+    """``pin`` (8 to 16 hex digits of a content hash, or None): the version of ``source`` (a path or a pretrained
+    name) that a recipe was made with. Another version (a pretrained name that this edgesr ships anew, a folder
+    rewritten since) is refused, naming both hashes and the two ways on."""
+    if pin is None:
+        return
+    if not isinstance(pin, str) or not re.fullmatch(r"[0-9a-fA-F]{8,16}", pin):
+        raise ArtifactError(f"{where}.hash: {pin!r} is not a content hash; give the first 8 to 16 hex digits of the "
+                            f"artifact's (its manifest's \"hash\": {source} has {art.hash})")
+    if art.hash.startswith(pin.lower()):
+        return
+    shipped = art.path.parent.name == "pretrained" and Path(source).name == source and not Path(source).exists()
+    where_from = (f"the pretrained model {source!r} of this edgesr is {art.hash}" if shipped
+                  else f"{art.path} now holds {art.hash}")
+    get = " (from the edgesr release or commit that shipped it)" if shipped else ""
+    raise ArtifactError(f"{where}: {where_from}, not the {pin} the recipe pins (the version it was made with). "
+                        f"Point path at a copy of the pinned version{get}, or set hash: {art.hash} to accept "
+                        "this one (the stages that use it then re-run).")
 
 
 def _check_payload_name(name: object, mpath: Path) -> str:

@@ -186,9 +186,10 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # an optional X: X's own message
+            return _check_type(value, options[0], where)
+        for a in options:
             try:
                 return _check_type(value, a, where)
             except RecipeError:
@@ -231,6 +232,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             raise RecipeError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise RecipeError(f"{where}: expected a string, got the number {value!r} (YAML reads digits as a number: "
+                              "write the value in quotes, as it was meant)")
         if not isinstance(value, str):
             raise RecipeError(f"{where}: expected a string, got {value!r}")
         return value
@@ -358,14 +362,20 @@ def check_devices(recipe: "Recipe", names: set[str] | None = None, reuse_in: str
                       f"{elsewhere}")
 
 
-def _check_loaded_scale(path: str, scale: int, where: str) -> None:
-    """A loaded artifact made for another scale is refused at load, not when a stage that uses it starts."""
-    from .artifacts import ArtifactError, read_artifact
+def _check_loaded(cfg, scale: int, where: str) -> None:
+    """A loaded artifact made for another scale, or other than the version the stage pins (``hash``), is refused at
+    load, not when a stage that uses it starts."""
+    from .artifacts import ArtifactError, check_pinned, read_artifact
 
+    path = cfg.path
     try:
         art = read_artifact(path, verify=False)  # its hash is verified when the stage runs
     except ArtifactError as exc:
         raise RecipeError(f"{where}.path: {exc}") from None
+    try:
+        check_pinned(art, cfg.hash, path, where)
+    except ArtifactError as exc:
+        raise RecipeError(str(exc)) from None
     scales = [int(v) for v in art.manifest["scales"]]
     if scale not in scales:
         raise RecipeError(f"{where}.path: {art.path} is a x{'/x'.join(map(str, scales))} {art.kind} artifact and the "
@@ -446,7 +456,7 @@ def _parse_stages(raw_stages, scale: int, source: str) -> tuple[list[StageSpec],
                                   f"stage's {ref} must be {what}")
         _check_numbers(cfg, f"{where} ({name})")
         if sdef.external and kind == "load":
-            _check_loaded_scale(getattr(cfg, sdef.external), scale, f"{where} ({name})")
+            _check_loaded(cfg, scale, f"{where} ({name})")
         if hasattr(cfg, "model"):
             check_model_spec(cfg.model, f"{where} ({name}).model", scale)
         seen.add(name)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .artifacts import Artifact, Candidate, check_destination, commit, read_artifact, staging_dir
+from .artifacts import Artifact, Candidate, check_destination, check_pinned, commit, read_artifact, staging_dir
 from .budget import Budget
 from .registry import Registry
 
@@ -165,15 +165,19 @@ def run_stage(sdef: StageDef, cfg: Any, ctx: StageContext, inputs: dict[str, Art
 @dataclass(frozen=True)
 class LoadConfig:
     """Bring an artifact made elsewhere (another run, a colleague's model) into this run: copied into the run
-    directory after its content hash is verified."""
+    directory after its content hash is verified. ``hash`` (optional: the first 8 to 16 hex digits of the content
+    hash) pins the version the recipe was made with: a pretrained name that a newer edgesr ships anew, or a folder
+    rewritten since, is refused when the recipe loads instead of silently training on from another model."""
 
     path: str
+    hash: str | None = dataclasses.field(default=None, metadata={"fingerprint": "never"})  # the source's hash counts
 
 
 @register_stage("load", LoadConfig, makes=ANY, external="path")
 def load_stage(cfg: LoadConfig, ctx: StageContext) -> Candidate:
     """Copy a verified artifact into the run directory, as it is (manifest included)."""
     art = read_artifact(cfg.path)  # verifies the payload against the manifest's content hash
+    check_pinned(art, cfg.hash, cfg.path, f"stage {ctx.name} (load)")  # again: the folder may have changed since
     check_destination(ctx.out, kind=art.kind, overwrite=False, inputs=(art.path,))
     shutil.copytree(art.path, ctx.staging, dirs_exist_ok=True)
     return Candidate(ctx.staging, art.manifest["payload"], dict(art.manifest), complete=True)

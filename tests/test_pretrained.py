@@ -1,6 +1,8 @@
 """The pretrained models shipped inside the package: each one re-evaluated on Set5 through the protocol
 matches the PSNR its index records (to 0.01 dB), and a pretrained name works wherever an artifact path does."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,46 @@ def test_a_recipe_starts_from_a_pretrained_model(tmp_path):
     loaded = read_artifact(tmp_path / "run" / "student")
     assert loaded.hash == pretrained.index()[name]["hash"]
     assert read_artifact(tmp_path / "run" / "student_onnx").manifest["parent"]["hash"] == loaded.hash
+
+
+def test_a_load_stage_pins_the_version_it_was_made_with(tmp_path, capsys):
+    """``hash:`` on a load stage: the version of a pretrained name (or folder) the recipe was made with. The same
+    version loads; another one (a newer edgesr ships the name anew, a folder rewritten) is refused when the recipe
+    loads, naming both hashes and the fix, before anything is written; a folder changed after the recipe loaded is
+    refused by the stage itself."""
+    import yaml
+
+    from edgesr.config import RecipeError, load_recipe
+    from edgesr.pipeline import run_recipe
+
+    name = "msrep-s-x2"
+    shipped = pretrained.index()[name]["hash"]
+    recipe = {"name": "pinned", "scale": 2, "threads": 2,
+              "stages": [{"name": "student", "stage": "load", "path": name, "hash": shipped[:8]}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--only", "student"]) == 0
+    assert read_artifact(tmp_path / "run" / "student").hash == shipped
+
+    other = pretrained.index()["msrep-m-x2"]["hash"]
+    recipe["stages"][0]["hash"] = other
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--out", str(tmp_path / "run2"), "--only", "student"]) == 2
+    err = capsys.readouterr().err
+    assert f"the pretrained model '{name}' of this edgesr is {shipped}, not the {other} the recipe pins" in err
+    assert f"set hash: {shipped} to accept this one" in err and not (tmp_path / "run2").exists()
+    recipe["stages"][0]["hash"] = 12345678  # YAML's reading of an all-digit prefix
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RecipeError, match="got the number 12345678 .*write the value in quotes"):
+        load_recipe(path)
+
+    folder = tmp_path / "mine"
+    shutil.copytree(read_artifact(name).path, folder)
+    recipe["stages"][0].update(path=str(folder), hash=shipped)
+    path.write_text(yaml.safe_dump(recipe))
+    loaded = load_recipe(path)
+    shutil.rmtree(folder)
+    shutil.copytree(read_artifact("msrep-s-x2-general").path, folder)  # rewritten after the recipe loaded
+    with pytest.raises(ArtifactError, match=f"{folder} now holds .*, not the {shipped} the recipe pins"):
+        run_recipe(loaded, tmp_path / "run3", only=["student"])
+    assert not (tmp_path / "run3" / "student").exists()
