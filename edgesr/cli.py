@@ -426,8 +426,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     models = pretrained.index()
     table = Table(title=f"pretrained models ({len(models)}; use the name wherever an artifact path goes)")
     for col in ("name", "kind", "precision", "scale", "parameters", "GMACs 640x360", "Set5 PSNR/SSIM",
-                "Set14 PSNR/SSIM", "measured on", "training steps", "trained on LR"):
-        table.add_column(col, no_wrap=col == "name")
+                "Set14 PSNR/SSIM", "measured on", "training steps", "trained on LR", "hash"):
+        table.add_column(col, no_wrap=col in ("name", "hash"), min_width=8 if col == "hash" else None)
     for name, r in sorted(models.items()):
         by_scale = r.get("quality_by_scale") or {str(r["scale"]): r.get("quality", {})}
         cells = ["; ".join((f"x{sc} " if len(by_scale) > 1 else "") + f"{q[s]['psnr']:.2f} / {q[s]['ssim']:.4f}"
@@ -435,8 +435,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         scale = "/".join(f"x{sc}" for sc in r.get("scales", [r["scale"]]))
         table.add_row(name, r["kind"], r["precision"], scale, f"{r['params']:,}" if r.get("params") else "–",
                       f"{r['macs_640x360'] / 1e9:.2f}" if r.get("macs_640x360") else "–", *cells,
-                      r.get("eval_backend", "–"), str(r.get("training_steps") or "–"), _trained_for(r))
+                      r.get("eval_backend", "–"), str(r.get("training_steps") or "–"), _trained_for(r), r["hash"][:8])
     console.print(table)
+    console.print("hash: the first digits of each file's content hash; a recipe's load stage pins a version with "
+                  "them (`{stage: load, path: NAME, hash: ...}`).", markup=False)
     if any(r.get("quality_by_degradation") for r in models.values()):
         console.print("trained on LR: bicubic = MATLAB's antialiased bicubic (the benchmarks' LR); such a model "
                       "over-sharpens frames made otherwise (OpenCV's resize: -2 dB below bicubic). general = a mix "

@@ -69,6 +69,7 @@ def test_pretrained_names_work_in_the_cli_and_the_api(tmp_path, capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert all(n in listing for n in SHIPPED)
+    assert pretrained.index()[name]["hash"][:8] in listing  # what a load stage pins
     with pytest.raises(ArtifactError, match=f"Did you mean the pretrained model '{name}'"):
         read_artifact(name.replace("int8", "int7"))
 
