@@ -128,7 +128,8 @@ class TorchBackend(Backend):
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(frames)
+            # a read-only frame (np.frombuffer over a capture buffer) is copied: PyTorch warns on such arrays
+            x = torch.from_numpy(frames if frames.flags.writeable else frames.copy())
             if self._cuda:  # through pinned host buffers kept per shape, as the float path's are
                 key = ("uint8", tuple(frames.shape))
                 if key not in self._io:

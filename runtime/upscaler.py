@@ -6,7 +6,8 @@ receptive radius, the output equals the untiled one). With ``tile=0`` (the defau
 unless it has more than ``max_pixels`` LR pixels; larger ones are tiled automatically, so an image too large
 for the network's activations in memory still upscales. The ``uint8`` output is assembled tile by tile,
 never as a full-size float array. 16-bit images come back at 16 bits; :meth:`Upscaler.upscale_picture`
-also carries an alpha channel (resized apart with bicubic).
+also carries an alpha channel (resized apart with bicubic). ``layout`` takes frames as capture and decoders give them
+(OpenCV's BGR, BGRx / RGBx 4-byte pixels) and returns them the same way; the network sees RGB.
 """
 
 from __future__ import annotations
@@ -17,7 +18,22 @@ from edgesr.imaging import Picture, to_float, to_uint8, to_uint16
 
 from .base import Backend, OutputError, check_finite
 
-__all__ = ["Upscaler", "DEFAULT_OVERLAP", "AUTO_TILE", "AUTO_MAX_PIXELS"]
+__all__ = ["Upscaler", "DEFAULT_OVERLAP", "AUTO_TILE", "AUTO_MAX_PIXELS", "LAYOUTS"]
+
+LAYOUTS = ("rgb", "bgr", "rgbx", "bgrx", "xrgb", "xbgr")
+"""Pixel layouts of the frames an Upscaler takes and returns: the colour order, and where a 4-byte pixel keeps its
+padding byte (``x``: ignored on the way in, 255 on the way out; an alpha channel is not this: see
+:meth:`Upscaler.upscale_picture`)."""
+
+
+def _layout(layout: str) -> tuple[list[int] | None, int | None]:
+    """(where R, G and B sit in a pixel, or None for plain RGB; where the padding byte sits, or None)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: use one of {', '.join(LAYOUTS)} (OpenCV frames are 'bgr'; GStreamer's "
+                         "BGRx is 'bgrx', RGBx 'rgbx'; an RGBA picture with real transparency goes through "
+                         "upscale_picture)")
+    rgb = [layout.index(c) for c in "rgb"]
+    return (None if layout == "rgb" else rgb), (layout.index("x") if "x" in layout else None)
 
 DEFAULT_OVERLAP = 16
 AUTO_TILE = 1024
@@ -28,16 +44,20 @@ AUTO_MAX_PIXELS = 2048 * 2048
 
 class Upscaler:
     def __init__(self, backend: Backend, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP,
-                 size_multiple: int | None = None, max_pixels: int = AUTO_MAX_PIXELS, io: str = "auto"):
+                 size_multiple: int | None = None, max_pixels: int = AUTO_MAX_PIXELS, io: str = "auto",
+                 layout: str = "rgb"):
         """``size_multiple``: pad inputs to multiples of it (default: what the loaded artifact's manifest says).
         ``io``: ``auto`` (default) runs 8-bit images through the backend's 8-bit form where it has one
         (:meth:`Backend.run_uint8`: conversions inside the runtime, the same output values), ``float`` always
-        converts in NumPy around the float graph (the older path, kept for comparison)."""
+        converts in NumPy around the float graph (the older path, kept for comparison). ``layout``: the pixel
+        layout of the images given and returned (:data:`LAYOUTS`; default ``rgb``)."""
         if tile < 0 or (tile and tile <= 2 * overlap):
             raise ValueError(f"tile ({tile}) must be 0 (automatic) or exceed twice the overlap ({overlap})")
         if io not in ("auto", "float"):
             raise ValueError(f"io {io!r}: use 'auto' (8-bit in the runtime where it can) or 'float'")
         self.io = io
+        self.layout = layout
+        self._order, self._pad = _layout(layout)
         art = getattr(backend, "artifact", None)
         if size_multiple is None:
             size_multiple = art.manifest.size_multiple if art is not None else 1
@@ -56,18 +76,20 @@ class Upscaler:
 
     @classmethod
     def open(cls, artifact, backend: str | None = None, *, threads: int = 0, tile: int = 0, io: str = "auto",
-             **backend_options) -> "Upscaler":
+             layout: str = "rgb", **backend_options) -> "Upscaler":
         """An Upscaler on an artifact directory (model or ONNX) in one call::
 
             up = Upscaler.open("runs/quickstart/int8")          # the first available backend for it
             sr = up.upscale(image)                               # H x W x 3 uint8 -> 2H x 2W x 3 uint8
             for sr in up.frames(video_frames): ...               # any iterable of frames, batched
 
-        ``backend``: onnxruntime, openvino, torch, ...; ``backend_options`` go to it (e.g. ``precision``)."""
+        ``backend``: onnxruntime, openvino, torch, ...; ``backend_options`` go to it (e.g. ``precision``);
+        ``layout``: the frames' pixel layout (e.g. ``bgr`` for OpenCV's)."""
+        _layout(layout)  # a wrong layout is named before a runtime is started
         from .base import open_backend
 
         b = open_backend(artifact, backend, threads=threads, **backend_options)
-        return cls(b, tile=tile, io=io)
+        return cls(b, tile=tile, io=io, layout=layout)
 
     def frames(self, frames, batch: int = 4):
         """Upscale an iterable of H x W x 3 frames lazily, ``batch`` at a time through the backend; yields each
@@ -211,21 +233,56 @@ class Upscaler:
             out[:] = full[: h * s, : w * s]
         return out
 
+    def _to_rgb(self, img: np.ndarray) -> np.ndarray:
+        """An image in the Upscaler's layout -> H x W x 3 RGB (a copy unless the layout is ``rgb``)."""
+        n = len(self.layout)
+        if img.ndim != 3 or img.shape[2] != n:
+            hint = (f"; open the Upscaler with the layout the images have (layout=...: {', '.join(LAYOUTS)})"
+                    if img.ndim == 3 and img.shape[2] in (3, 4) else "")
+            raise ValueError(f"Upscaler expects an HxWx{n} image ({self.layout!r} pixels), got shape {img.shape}{hint}")
+        return img if self._order is None else img[..., self._order]
+
+    def _from_rgb(self, sr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """H x W x 3 RGB SR -> the Upscaler's layout (into ``out`` where given); a padding byte is the range's top."""
+        if self._order is None:
+            if out is not None and out is not sr:
+                out[:] = sr
+                return out
+            return sr
+        res = np.empty(sr.shape[:2] + (len(self.layout),), sr.dtype) if out is None else out
+        res[..., self._order] = sr
+        if self._pad is not None:
+            res[..., self._pad] = 1.0 if sr.dtype.kind == "f" else np.iinfo(sr.dtype).max
+        return res
+
+    def _out_shape(self, img: np.ndarray) -> tuple[int, int, int]:
+        return img.shape[0] * self.scale, img.shape[1] * self.scale, len(self.layout)
+
     def upscale_float(self, img: np.ndarray) -> np.ndarray:
-        """H x W x 3 (uint8/uint16/float in [0, 1]) -> sH x sW x 3 float32 SR, clamped to [0, 1]."""
-        h, w = img.shape[:2]
+        """H x W x 3 (uint8/uint16/float in [0, 1]; the Upscaler's ``layout``) -> sH x sW x 3 float32 SR, clamped
+        to [0, 1], in that layout (a padding byte: 1.0)."""
+        rgb = self._to_rgb(img)
+        h, w = rgb.shape[:2]
         out = np.empty((h * self.scale, w * self.scale, 3), dtype=np.float32)
-        return self._upscale_into(img, out, lambda x: np.clip(x, 0.0, 1.0))
+        return self._from_rgb(self._upscale_into(rgb, out, lambda x: np.clip(x, 0.0, 1.0)))
 
     def upscale(self, img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """H x W x 3 image -> sH x sW x 3, ``uint16`` for ``uint16`` input, else ``uint8`` (clamped and rounded
-        tile by tile). 8-bit images take the backend's 8-bit form where it has one (``io``). ``out``: the array
-        to fill (a memory map, for an output larger than memory), returned."""
+        """H x W x 3 image (x 4 for a 4-byte ``layout``) -> sH x sW x 3 (4), ``uint16`` for ``uint16`` input, else
+        ``uint8`` (clamped and rounded tile by tile), in the Upscaler's layout. 8-bit images take the backend's
+        8-bit form where it has one (``io``). ``out``: the array to fill (a memory map, for an output larger than
+        memory), returned."""
+        shape, dtype = self._out_shape(img), np.uint16 if img.dtype == np.uint16 else np.uint8
+        if out is not None and (out.shape != shape or out.dtype != dtype):
+            raise ValueError(f"out is {out.dtype} {out.shape}; this image needs {np.dtype(dtype)} {shape}")
+        rgb = self._to_rgb(img)
+        if self._order is None:
+            return self._upscale_rgb(rgb, out)
+        return self._from_rgb(self._upscale_rgb(rgb, None), out)
+
+    def _upscale_rgb(self, img: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         h, w = img.shape[:2]
         wide = img.dtype == np.uint16
         shape, dtype = (h * self.scale, w * self.scale, 3), np.uint16 if wide else np.uint8
-        if out is not None and (out.shape != shape or out.dtype != dtype):
-            raise ValueError(f"out is {out.dtype} {out.shape}; this image needs {np.dtype(dtype)} {shape}")
         given = out
         out = np.empty(shape, dtype=dtype) if out is None else out
         res = self._upscale_into(img, out, None if self._bytes_path(img) else to_uint16 if wide else to_uint8)
@@ -235,14 +292,21 @@ class Upscaler:
         return res
 
     def upscale_batch(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        """Several H x W x 3 images of one size (video frames) -> their ``uint8``/``uint16`` SR images, in one
-        backend call when they run whole (tiled images run one by one). Each result equals ``upscale`` of
-        the same image."""
+        """Several H x W x 3 images of one size (video frames; the Upscaler's ``layout``) -> their
+        ``uint8``/``uint16`` SR images, in one backend call when they run whole (tiled images run one by one).
+        Each result equals ``upscale`` of the same image."""
+        if self._order is not None:
+            return [self._from_rgb(sr) for sr in self._upscale_batch_rgb([self._to_rgb(f) for f in frames])]
+        for f in frames:
+            self._to_rgb(f)  # the shape named here, as upscale() names it
+        return self._upscale_batch_rgb(frames)
+
+    def _upscale_batch_rgb(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         if not frames:
             return []
         h, w = frames[0].shape[:2]
         if len(frames) == 1 or self._tile_for(h, w) or any(f.shape != frames[0].shape for f in frames):
-            return [self.upscale(f) for f in frames]
+            return [self._upscale_rgb(f, None) for f in frames]
         if self._bytes_path(frames[0]):
             return [np.ascontiguousarray(f) for f in self._run_padded_uint8(np.stack(frames))]
         m = self.size_multiple
@@ -260,7 +324,7 @@ class Upscaler:
         """A :class:`Picture` upscaled: colour through the network (at 16 bits for 16-bit pictures), the alpha
         channel resized apart with MATLAB-style bicubic (networks are trained on colour; transparency is a
         mask), clamped to its range."""
-        rgb = self.upscale(pic.rgb)
+        rgb = self._upscale_rgb(pic.rgb, None)  # a Picture's colour is RGB, whatever the frames' layout
         alpha = None
         if pic.alpha is not None:
             from edgesr.data.bicubic import imresize

@@ -250,3 +250,40 @@ def test_an_output_too_large_for_memory_is_assembled_on_disk_and_written_in_band
     np.testing.assert_array_equal(np.asarray(disk), np.asarray(ram))
     assert disk.info.get("icc_profile") == icc == ram.info.get("icc_profile")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "disk.png", "ram.png"]
+
+
+@pytest.mark.parametrize("io", ["auto", "float"])
+def test_frames_come_in_and_go_out_in_the_layout_capture_gives(io):
+    """OpenCV's BGR and 4-byte BGRx / RGBx / xBGR pixels: the network sees the frame's RGB, and the SR frame comes
+    back in the frame's layout (the padding byte 255, whatever it held), through the 8-bit path and the float
+    one, whole, batched and tiled; a frame of the other width is named with the fix."""
+    from edgesr.data.datasets import load_pairs
+
+    rgb = np.ascontiguousarray(load_pairs("builtin", 2, split="valid")[0].lr[:48, :56])
+    plain = Upscaler.open("msrep-s-x2-int8", "onnxruntime", threads=1, io=io)
+    ref, ref_float = plain.upscale(rgb), plain.upscale_float(rgb)
+    assert ref.std() > 20  # a real picture, not a flat test card
+    for layout in ("bgr", "bgrx", "rgbx", "xbgr"):
+        where = [layout.index(c) for c in "rgb"]
+        frame = np.full(rgb.shape[:2] + (len(layout),), 9, np.uint8)
+        frame[..., where] = rgb
+        up = Upscaler.open("msrep-s-x2-int8", "onnxruntime", threads=1, io=io, layout=layout)
+        sr = up.upscale(frame)
+        assert sr.shape == ref.shape[:2] + (len(layout),) and sr.dtype == np.uint8
+        assert np.array_equal(sr[..., where], ref), layout
+        if "x" in layout:
+            assert (sr[..., layout.index("x")] == 255).all()
+        assert all(np.array_equal(b, sr) for b in up.upscale_batch([frame, frame]))
+        assert np.array_equal(up.upscale_float(frame)[..., where], ref_float)
+        out = np.zeros_like(sr)
+        assert up.upscale(frame, out=out) is out and np.array_equal(out, sr)
+        up.tile = 40  # tiled: the same as the tiled RGB frame
+        plain.tile = 40
+        assert np.array_equal(up.upscale(frame)[..., where], plain.upscale(rgb))
+        plain.tile = 0
+    with pytest.raises(ValueError, match=r"expects an HxWx3 image \('rgb' pixels\), got shape \(48, 56, 4\); open "
+                                         r"the Upscaler with the layout the images have \(layout=\.\.\.: rgb, bgr"):
+        plain.upscale(np.zeros((48, 56, 4), np.uint8))
+    with pytest.raises(ValueError, match="layout 'rgba': use one of .*an RGBA picture with real transparency goes "
+                                         "through upscale_picture"):
+        Upscaler.open("msrep-s-x2-int8", "onnxruntime", layout="rgba")
