@@ -317,6 +317,7 @@ def test_every_recipe_of_the_project_loads():
              "deep_cpu_x2.yaml": ["runs/luma_cpu_x2_luma/luma: not an edgesr artifact"],
              "m_cpu_x2.yaml": ["runs/m_first/msrep-m-x2: not an edgesr artifact"],
              "m_cpu_x4.yaml": ["runs/m4_first/msrep-m-x4: not an edgesr artifact"],
+             "s_cpu_x4.yaml": ["runs/s4_first/msrep-s-x4: not an edgesr artifact"],
              "float_ends_x2.yaml": ["runs/student_gpu_x2/kd: not an edgesr artifact"],
              "s4_gpu_x2.yaml": ["runs/deep_cpu_x2_b4/b4_long: not an edgesr artifact", cuda],
              "m_gpu_x2.yaml": ["runs/m_cpu_x2/m: not an edgesr artifact", cuda],
